@@ -24,5 +24,9 @@
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
 
 pub mod cli;
+pub mod daemon;
+pub mod filter;
 pub mod layout;
 pub mod store;
+pub mod upload;
+pub mod watch;

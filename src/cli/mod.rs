@@ -3,6 +3,7 @@
 //! Shared here: host naming, logging setup, and the warning about secrets on argv.
 
 pub mod logging;
+pub mod snap;
 
 /// The host's fully qualified name, as Python's `socket.getfqdn()` gives it: the canonical
 /// name of the host name, falling back to the plain host name.

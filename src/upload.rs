@@ -1,0 +1,715 @@
+//! One file into the store, the way the layout wants it, without ever storing a torn or
+//! misdescribed object: stat and MD5 metadata, a single PUT for small files and a streamed,
+//! concurrent multipart upload for large ones (memory bounded by a shared budget of part
+//! buffers, never whole files), a check that the file did not change while it was read,
+//! and the `-listdir.json` index written only after every file it names is durable.
+//!
+//! The uploader remembers which keys are known durable (from uploads and from the startup
+//! LIST), so rescans and repeated events cost no requests.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use object_store::PutPayload;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::filter::Filter;
+use crate::layout::{self, Layout, StatMeta};
+use crate::store::{ErrorKind, ObjectInfo, PutMeta, Store, StoreError};
+
+/// S3 allows at most this many parts in one upload.
+const MAX_PARTS: u64 = 10_000;
+/// Smallest part S3 accepts (except the last).
+const MIN_PART: u64 = 5 << 20;
+/// Default part size: small enough that memory stays low, large enough for throughput.
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+/// Permits of the memory budget are counted in units of this many bytes.
+const MEM_UNIT: u64 = 64 << 10;
+
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    pub with_index: bool,
+    pub md5_on_start: bool,
+    /// Files above this size always go multipart (the original's `--max-upload-size`).
+    pub max_upload_size: u64,
+    /// Part size; `None` = [`DEFAULT_PART_SIZE`], grown so no file needs more than 10,000 parts.
+    pub part_size: Option<u64>,
+    pub filter: Filter,
+    /// Bytes of file data held in memory at once across all uploads.
+    pub memory_budget: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            with_index: true,
+            md5_on_start: false,
+            max_upload_size: 5120 << 20,
+            part_size: None,
+            filter: Filter::default(),
+            memory_budget: 4 * DEFAULT_PART_SIZE,
+        }
+    }
+}
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now.
+    Uploaded { bytes: u64 },
+    /// Already in the store with the same size (and MD5 with `--md5-on-start`).
+    Present,
+    /// Gone before it could be read (compacted away): nothing to do.
+    Vanished,
+    /// Not a regular file, or filtered out.
+    Ignored,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the path is not valid UTF-8 and cannot be named in a key")]
+    NotUtf8 { path: PathBuf },
+    #[error("{path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error(
+        "{path} changed while it was being uploaded (size, mtime or inode); uploading it again"
+    )]
+    Changed { path: PathBuf },
+    #[error("upload of {path} cancelled by shutdown")]
+    Cancelled { path: PathBuf },
+}
+
+impl UploadError {
+    /// A local problem (permissions, I/O): report and wait for the next rescan instead of
+    /// hammering the disk with retries.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UploadError::Read { .. } | UploadError::NotUtf8 { .. })
+    }
+    pub fn store_kind(&self) -> Option<ErrorKind> {
+        match self {
+            UploadError::Store { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// Counters for the summary line and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub files_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub files_vanished: AtomicU64,
+    pub indexes_written: AtomicU64,
+    pub multipart_aborted: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    size: u64,
+    /// MD5 compared (or written by us) during this run.
+    verified: bool,
+}
+
+pub struct Uploader {
+    store: Store,
+    layout: Layout,
+    cfg: UploadConfig,
+    known: Mutex<HashMap<String, Known>>,
+    /// Key prefixes (`DIRKEY/`) whose full content was LISTed: absence there means absent.
+    listed: Mutex<Vec<String>>,
+    locks: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
+    mem: Arc<Semaphore>,
+    mem_units: u64,
+    names: Mutex<HashMap<(bool, u32), Option<String>>>,
+    pub stats: Stats,
+}
+
+fn key_of(layout: &Layout, path: &Path) -> Result<String, UploadError> {
+    let s = path.to_str().ok_or_else(|| UploadError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
+    Ok(layout.data_key(s))
+}
+
+impl Uploader {
+    pub fn new(store: Store, layout: Layout, cfg: UploadConfig) -> Self {
+        let part = cfg.part_size.unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART);
+        let mem_units = (cfg.memory_budget.max(part) / MEM_UNIT).clamp(1, u32::MAX as u64 / 2);
+        Self {
+            store,
+            layout,
+            cfg,
+            known: Mutex::new(HashMap::new()),
+            listed: Mutex::new(Vec::new()),
+            locks: Mutex::new(HashMap::new()),
+            mem: Arc::new(Semaphore::new(mem_units as usize)),
+            mem_units,
+            names: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.cfg.filter
+    }
+
+    /// Records everything under `dir` (a local directory) with one LIST, so that files
+    /// already stored are skipped without a request each (the original sent one HEAD per
+    /// file). Returns the number of objects found.
+    pub async fn reconcile(&self, dir: &Path) -> Result<usize, UploadError> {
+        let dir_key = key_of(&self.layout, dir)?;
+        let objects = self
+            .store
+            .list_all(&dir_key)
+            .await
+            .map_err(|source| UploadError::Store {
+                path: dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let n = objects.len();
+        {
+            let mut known = self.known.lock().unwrap();
+            for o in objects {
+                known.entry(o.key).or_insert(Known {
+                    size: o.size,
+                    verified: false,
+                });
+            }
+        }
+        self.listed
+            .lock()
+            .unwrap()
+            .push(format!("{}/", dir_key.trim_end_matches('/')));
+        Ok(n)
+    }
+
+    fn covered(&self, key: &str) -> bool {
+        self.listed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+
+    fn known(&self, key: &str) -> Option<Known> {
+        self.known.lock().unwrap().get(key).copied()
+    }
+
+    fn mark(&self, key: &str, size: u64, verified: bool) {
+        self.known
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), Known { size, verified });
+    }
+
+    /// Whether the index of this data file is known to be missing (only answerable for
+    /// directories covered by a LIST; otherwise `false`, to avoid a request per file).
+    pub fn index_missing(&self, data_path: &Path) -> bool {
+        let Ok(k) = key_of(&self.layout, data_path) else {
+            return false;
+        };
+        let ik = layout::index_key(&k);
+        self.covered(&ik) && self.known(&ik).is_none()
+    }
+
+    fn lock_for(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap();
+        if let Some(l) = locks.get(path).and_then(Weak::upgrade) {
+            return l;
+        }
+        if locks.len() > 4096 {
+            locks.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(path.to_path_buf(), Arc::downgrade(&l));
+        l
+    }
+
+    /// Makes sure the file at `path` is durable in the store, uploading it if needed.
+    /// Never writes an index (see [`Uploader::write_index`]).
+    pub async fn ensure_durable(
+        &self,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let lock = self.lock_for(path);
+        let _guard = lock.lock().await;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.stats.files_vanished.fetch_add(1, Ordering::Relaxed);
+                return Ok(Outcome::Vanished);
+            }
+            Err(source) => {
+                return Err(UploadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        if !meta.is_file() {
+            return Ok(Outcome::Ignored);
+        }
+        let key = key_of(&self.layout, path)?;
+        let size = meta.len();
+        let store_err = |source| UploadError::Store {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let known = self.known(&key);
+        if let Some(k) = known {
+            if k.size == size && (k.verified || !self.cfg.md5_on_start) {
+                return Ok(Outcome::Present);
+            }
+        }
+        let must_ask = self.cfg.md5_on_start || !self.covered(&key) || known.is_some();
+        if must_ask {
+            if let Some(info) = self.store.head(&key).await.map_err(store_err)? {
+                if info.size == size {
+                    if !self.cfg.md5_on_start || self.same_md5(path, &info).await? {
+                        self.mark(&key, size, true);
+                        return Ok(Outcome::Present);
+                    }
+                    tracing::warn!(
+                        path = %path.display(), key,
+                        "the stored object has the same size but a different MD5; uploading the local file again"
+                    );
+                } else {
+                    tracing::warn!(
+                        path = %path.display(), key, local = size, stored = info.size,
+                        "the stored object has a different size; uploading the local file again"
+                    );
+                }
+            }
+        }
+        let bytes = self.put_file(path, &key, cancel).await?;
+        self.mark(&key, bytes, true);
+        self.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_uploaded
+            .fetch_add(bytes, Ordering::Relaxed);
+        Ok(Outcome::Uploaded { bytes })
+    }
+
+    async fn same_md5(&self, path: &Path, info: &ObjectInfo) -> Result<bool, UploadError> {
+        let Some(expected) = info.expected_md5() else {
+            return Ok(false);
+        };
+        let p = path.to_path_buf();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut f = File::open(&p)?;
+            md5_of_reader(&mut f)
+        })
+        .await
+        .expect("hash task panicked");
+        match got {
+            Ok(h) => Ok(h == expected),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(source) => Err(UploadError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn stat_meta(&self, m: &std::fs::Metadata) -> StatMeta {
+        StatMeta {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode(),
+            user: self.name_of(false, m.uid()),
+            group: self.name_of(true, m.gid()),
+        }
+    }
+
+    fn name_of(&self, group: bool, id: u32) -> Option<String> {
+        let mut cache = self.names.lock().unwrap();
+        cache
+            .entry((group, id))
+            .or_insert_with(|| if group { group_name(id) } else { user_name(id) })
+            .clone()
+    }
+
+    /// Part size for a file of `size` bytes: the configured one, grown to fit 10,000 parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        let base = self
+            .cfg
+            .part_size
+            .unwrap_or(DEFAULT_PART_SIZE)
+            .max(MIN_PART);
+        let needed = size.div_ceil(MAX_PARTS);
+        base.max(needed.div_ceil(1 << 20) << 20)
+    }
+
+    async fn acquire(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let units = bytes.div_ceil(MEM_UNIT).clamp(1, self.mem_units) as u32;
+        self.mem
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("memory semaphore closed")
+    }
+
+    async fn put_file(
+        &self,
+        path: &Path,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<u64, UploadError> {
+        let read_err = |source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return Err(read_err(e)),
+        };
+        let before = file.metadata().map_err(read_err)?;
+        let size = before.len();
+        let stat = self.stat_meta(&before).to_json();
+        let file = Arc::new(file);
+        let part = self.part_size_for(size);
+        let single = size <= self.cfg.max_upload_size && size <= part;
+        tracing::debug!(path = %path.display(), size, single, "uploading");
+        let uploaded = if single {
+            let _permit = self.acquire(size).await;
+            let f = file.clone();
+            let (body, md5) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let mut buf = Vec::with_capacity(size as usize);
+                (&*f).take(size).read_to_end(&mut buf)?;
+                let md5 = hex::encode(Md5::digest(&buf));
+                Ok((Bytes::from(buf), md5))
+            })
+            .await
+            .expect("read task panicked")
+            .map_err(read_err)?;
+            if body.len() as u64 != size {
+                return Err(UploadError::Changed {
+                    path: path.to_path_buf(),
+                });
+            }
+            let meta = self.data_meta(stat, md5);
+            self.store
+                .put(key, body, &meta)
+                .await
+                .map_err(|source| UploadError::Store {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?;
+            size
+        } else {
+            let f = file.clone();
+            let md5 = tokio::task::spawn_blocking(move || md5_of_reader(&mut &*f))
+                .await
+                .expect("hash task panicked")
+                .map_err(read_err)?;
+            let meta = self.data_meta(stat, md5);
+            self.put_multipart(path, key, &file, size, part, &meta, cancel)
+                .await?;
+            size
+        };
+        // Immutable files only: if the file moved under us, what we stored may be torn.
+        match std::fs::symlink_metadata(path) {
+            Ok(after)
+                if after.len() == before.len()
+                    && after.ino() == before.ino()
+                    && after.mtime() == before.mtime()
+                    && after.mtime_nsec() == before.mtime_nsec() =>
+            {
+                Ok(uploaded)
+            }
+            // Deleted after we read it completely: what we stored is the whole file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = file.metadata().map_err(read_err)?;
+                if now.len() == size && now.mtime_nsec() == before.mtime_nsec() {
+                    Ok(uploaded)
+                } else {
+                    Err(UploadError::Changed {
+                        path: path.to_path_buf(),
+                    })
+                }
+            }
+            _ => Err(UploadError::Changed {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    fn data_meta(&self, stat: String, md5: String) -> PutMeta {
+        PutMeta {
+            content_type: None,
+            user: vec![(layout::META_STAT, stat), (layout::META_MD5, md5)],
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        key: &str,
+        file: &Arc<File>,
+        size: u64,
+        part: u64,
+        meta: &PutMeta,
+        cancel: &CancellationToken,
+    ) -> Result<(), UploadError> {
+        let store_err = |source| UploadError::Store {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let mut upload = self
+            .store
+            .start_multipart(key, meta)
+            .await
+            .map_err(store_err)?;
+        let result: Result<(), UploadError> = async {
+            let mut parts: JoinSet<object_store::Result<()>> = JoinSet::new();
+            let mut offset = 0u64;
+            while offset < size {
+                if cancel.is_cancelled() {
+                    return Err(UploadError::Cancelled {
+                        path: path.to_path_buf(),
+                    });
+                }
+                // Surface a failed part early instead of reading the rest of the file.
+                while let Some(done) = parts.try_join_next() {
+                    done.expect("part task panicked")
+                        .map_err(|source| store_err(StoreError::Op {
+                            op: "upload part of",
+                            key: key.to_string(),
+                            source,
+                        }))?;
+                }
+                let len = part.min(size - offset);
+                let permit = tokio::select! {
+                    p = self.acquire(len) => p,
+                    _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
+                };
+                let f = file.clone();
+                let at = offset;
+                let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+                    let mut buf = vec![0u8; len as usize];
+                    f.read_exact_at(&mut buf, at)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .expect("read task panicked")
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        UploadError::Changed {
+                            path: path.to_path_buf(),
+                        }
+                    } else {
+                        UploadError::Read {
+                            path: path.to_path_buf(),
+                            source: e,
+                        }
+                    }
+                })?;
+                let fut = upload.put_part(PutPayload::from_bytes(chunk));
+                parts.spawn(async move {
+                    let r = fut.await;
+                    drop(permit);
+                    r
+                });
+                offset += len;
+            }
+            loop {
+                let next = tokio::select! {
+                    n = parts.join_next() => n,
+                    _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
+                };
+                let Some(done) = next else { break };
+                done.expect("part task panicked").map_err(|source| {
+                    store_err(StoreError::Op {
+                        op: "upload part of",
+                        key: key.to_string(),
+                        source,
+                    })
+                })?;
+            }
+            upload.complete().await.map_err(|source| {
+                store_err(StoreError::Op {
+                    op: "complete multipart upload of",
+                    key: key.to_string(),
+                    source,
+                })
+            })?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Never leave an orphaned multipart upload behind (parts cost money, forever).
+            self.stats.multipart_aborted.fetch_add(1, Ordering::Relaxed);
+            if let Err(ae) = upload.abort().await {
+                tracing::warn!(key, error = %ae, "could not abort the multipart upload; a bucket lifecycle rule will clean it up");
+            }
+            return Err(e);
+        }
+        self.store.finish_multipart(key, meta).map_err(store_err)
+    }
+
+    /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
+    /// lists the directory now, makes every listed file durable first (uploading what is
+    /// missing; a file that vanished is left out), then PUTs the index. Returns the names.
+    pub async fn write_index(
+        &self,
+        dir: &Path,
+        data_files: &[PathBuf],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, UploadError> {
+        let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
+            path: dir.to_path_buf(),
+        })?;
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| self.cfg.filter.accepts(n))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => {
+                return Err(UploadError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        names.sort();
+        let mut listed = Vec::with_capacity(names.len());
+        for n in names {
+            match self.ensure_durable(&dir.join(&n), cancel).await? {
+                Outcome::Uploaded { .. } | Outcome::Present => listed.push(n),
+                Outcome::Vanished | Outcome::Ignored => {}
+            }
+        }
+        let body = Bytes::from(layout::listdir_json(dir_str, &listed));
+        let meta = PutMeta {
+            content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
+            user: vec![],
+        };
+        for data in data_files {
+            let key = layout::index_key(&key_of(&self.layout, data)?);
+            self.store
+                .put(&key, body.clone(), &meta)
+                .await
+                .map_err(|source| UploadError::Store {
+                    path: data.clone(),
+                    source: Box::new(source),
+                })?;
+            self.mark(&key, body.len() as u64, true);
+            self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(listed)
+    }
+}
+
+/// Lowercase hex MD5 of everything `r` yields.
+pub fn md5_of_reader(r: &mut impl Read) -> std::io::Result<String> {
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: zeroed passwd is valid as an out parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the given lengths.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into buf, NUL-terminated.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: zeroed group is valid as an out parameter.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the given lengths.
+    let r = unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() {
+        return None;
+    }
+    // SAFETY: gr_name points into buf, NUL-terminated.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(gr.gr_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Resolves a user name to a uid (for restores with `-o`).
+pub fn uid_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C string; getpwnam returns a pointer to static storage or NULL.
+    let p = unsafe { libc::getpwnam(c.as_ptr()) };
+    // SAFETY: p checked for NULL.
+    (!p.is_null()).then(|| unsafe { (*p).pw_uid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_fit_ten_thousand_parts() {
+        let store = Store::open(&crate::store::StoreOptions {
+            destination: "file:///tmp/tablesnap-unit-part-size".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let u = Uploader::new(store, Layout::new("", "h", ":"), UploadConfig::default());
+        assert_eq!(u.part_size_for(1 << 30), DEFAULT_PART_SIZE);
+        let huge = 400u64 << 30; // 400 GiB
+        let p = u.part_size_for(huge);
+        assert!(huge.div_ceil(p) <= MAX_PARTS && p % (1 << 20) == 0, "{p}");
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(uid_of("root"), Some(0));
+    }
+}

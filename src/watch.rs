@@ -1,0 +1,275 @@
+//! Linux inotify, with exactly the requested event masks: turns kernel events into "this
+//! file may need a backup", "this directory appeared" and "events were lost, rescan".
+//!
+//! Fixes over the original: `IN_Q_OVERFLOW` is reported (the daemon rescans everything),
+//! a directory that appears under `-a` is scanned right after its watch is in place (files
+//! written before the watch existed are not missed), and running out of watches is a clear
+//! error naming the sysctl to raise.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
+
+/// The file events a user can ask for (`--listen-events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Events {
+    pub moved_to: bool,
+    pub close_write: bool,
+    pub create: bool,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            moved_to: true,
+            close_write: true,
+            create: false,
+        }
+    }
+}
+
+impl Events {
+    /// From `--listen-events` values; none given means the default pair.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut e = Events {
+            moved_to: false,
+            close_write: false,
+            create: false,
+        };
+        for n in names {
+            match n.as_str() {
+                "IN_MOVED_TO" => e.moved_to = true,
+                "IN_CLOSE_WRITE" => e.close_write = true,
+                "IN_CREATE" => e.create = true,
+                other => {
+                    return Err(format!(
+                        "unknown event {other:?}: use IN_MOVED_TO, IN_CLOSE_WRITE or IN_CREATE"
+                    ));
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    fn mask(&self, auto_add: bool) -> WatchMask {
+        let mut m = WatchMask::DELETE_SELF | WatchMask::MOVE_SELF | WatchMask::DONT_FOLLOW;
+        if self.moved_to || auto_add {
+            m |= WatchMask::MOVED_TO;
+        }
+        if self.close_write {
+            m |= WatchMask::CLOSE_WRITE;
+        }
+        if self.create || auto_add {
+            m |= WatchMask::CREATE;
+        }
+        m
+    }
+}
+
+/// What the watcher tells the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A file was written, renamed into place or linked: back it up.
+    File(PathBuf),
+    /// A directory appeared and is now watched: scan it (its files may predate the watch).
+    NewDir(PathBuf),
+    /// The kernel queue overflowed: events were lost, rescan everything.
+    Overflow,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start inotify: {0}")]
+    Init(#[source] std::io::Error),
+    #[error(
+        "cannot watch {path}: the inotify watch limit is reached; raise the sysctl fs.inotify.max_user_watches (now {limit})"
+    )]
+    Limit { path: PathBuf, limit: String },
+    #[error("cannot watch {path}: {source}")]
+    Add {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading inotify events: {0}")]
+    Read(#[source] std::io::Error),
+}
+
+pub struct Watcher {
+    stream: EventStream<Vec<u8>>,
+    watches: Watches,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    events: Events,
+    mask: WatchMask,
+    recursive: bool,
+    auto_add: bool,
+}
+
+impl Watcher {
+    pub fn new(events: Events, recursive: bool, auto_add: bool) -> Result<Self, WatchError> {
+        let ino = Inotify::init().map_err(WatchError::Init)?;
+        let watches = ino.watches();
+        let stream = ino
+            .into_event_stream(vec![0u8; 64 * 1024])
+            .map_err(WatchError::Init)?;
+        Ok(Self {
+            stream,
+            watches,
+            dirs: HashMap::new(),
+            events,
+            mask: events.mask(auto_add),
+            recursive,
+            auto_add,
+        })
+    }
+
+    /// Watches `root` (and, with `-r`, every directory below it). Returns the directories
+    /// now watched.
+    pub fn add_root(&mut self, root: &Path) -> Result<Vec<PathBuf>, WatchError> {
+        self.add_tree(root, self.recursive)
+    }
+
+    fn add_tree(&mut self, root: &Path, recursive: bool) -> Result<Vec<PathBuf>, WatchError> {
+        let mut added = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            match self.add_one(&dir) {
+                Ok(()) => added.push(dir.clone()),
+                // A subdirectory removed while we walk is not an error.
+                Err(WatchError::Add { source, .. })
+                    if dir != root && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if !recursive {
+                continue;
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    fn add_one(&mut self, dir: &Path) -> Result<(), WatchError> {
+        match self.watches.add(dir, self.mask | WatchMask::ONLYDIR) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(WatchError::Limit {
+                path: dir.to_path_buf(),
+                limit: std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into()),
+            }),
+            Err(source) => Err(WatchError::Add {
+                path: dir.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn watched_dirs(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// The next batch of events. Cancel-safe: it can be used inside `select!`.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, WatchError> {
+        let first = match self.stream.next().await {
+            Some(r) => r.map_err(WatchError::Read)?,
+            None => return Ok(vec![]),
+        };
+        let mut out = Vec::new();
+        self.translate(first, &mut out)?;
+        Ok(out)
+    }
+
+    fn translate(
+        &mut self,
+        ev: inotify::Event<OsString>,
+        out: &mut Vec<WatchEvent>,
+    ) -> Result<(), WatchError> {
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            out.push(WatchEvent::Overflow);
+            return Ok(());
+        }
+        if ev.mask.contains(EventMask::IGNORED) {
+            self.dirs.remove(&ev.wd);
+            return Ok(());
+        }
+        let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
+            return Ok(());
+        };
+        if ev
+            .mask
+            .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+        {
+            // The kernel drops the watch (IN_IGNORED follows); a moved directory's path is stale.
+            if ev.mask.contains(EventMask::MOVE_SELF) {
+                let _ = self.watches.remove(ev.wd.clone());
+                self.dirs.remove(&ev.wd);
+            }
+            return Ok(());
+        }
+        let Some(name) = ev.name else {
+            return Ok(());
+        };
+        if name.as_bytes().is_empty() {
+            return Ok(());
+        }
+        let path = dir.join(&name);
+        if ev.mask.contains(EventMask::ISDIR) {
+            if self.auto_add && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                // Watch the new directory (and, with -r, its subtree) before scanning it.
+                match self.add_tree(&path, true) {
+                    Ok(added) => out.extend(added.into_iter().map(WatchEvent::NewDir)),
+                    Err(e @ WatchError::Limit { .. }) => return Err(e),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            return Ok(());
+        }
+        let wanted = (self.events.moved_to && ev.mask.contains(EventMask::MOVED_TO))
+            || (self.events.close_write && ev.mask.contains(EventMask::CLOSE_WRITE))
+            || (self.events.create && ev.mask.contains(EventMask::CREATE));
+        if wanted {
+            out.push(WatchEvent::File(path));
+        }
+        Ok(())
+    }
+}
+
+/// Every regular file in `dir` (and below, with `recursive`). Symlinks and special files
+/// are never returned. A directory that vanished yields nothing.
+pub fn scan(dir: &Path, recursive: bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_file() {
+                out.push(e.path());
+            } else if t.is_dir() && recursive {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
