@@ -54,6 +54,9 @@ pub struct Config {
     pub index_delay: Duration,
     /// How long in-flight uploads may take to finish after a shutdown request.
     pub shutdown_timeout: Duration,
+    /// Notified once the watches are in place and the startup scan is queued (tests wait on
+    /// it; the binary reports readiness to systemd there).
+    pub ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             rescan_interval: None,
             index_delay: Duration::from_millis(1000),
             shutdown_timeout: Duration::from_secs(30),
+            ready: None,
         }
     }
 }
@@ -225,6 +229,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     };
     if cfg.backup || cfg.once {
         d.reconcile_and_scan().await;
+    }
+    if let Some(r) = &cfg.ready {
+        r.notify_one();
     }
 
     let permits = Arc::new(Semaphore::new(cfg.threads.max(1)));
@@ -418,6 +425,12 @@ impl Daemon<'_> {
         let recursive = self.cfg.recursive || (self.cfg.once && self.cfg.auto_add);
         for r in self.roots.clone() {
             for f in scan(&r, recursive) {
+                if !f
+                    .to_str()
+                    .is_some_and(|s| self.uploader.filter().accepts(s))
+                {
+                    continue;
+                }
                 if self.cfg.upload.with_index
                     && f.file_name()
                         .and_then(|n| n.to_str())
