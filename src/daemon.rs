@@ -86,11 +86,10 @@ impl Config {
 pub enum DaemonError {
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error(
-        "cannot use {dest}: {source}; check that the bucket exists, the endpoint (--endpoint-url) is reachable and the credentials (-k/-s, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the instance role) may list it"
-    )]
+    #[error("cannot use {dest}: {hint} ({source})")]
     Probe {
         dest: String,
+        hint: &'static str,
         #[source]
         source: StoreError,
     },
@@ -183,6 +182,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     {
         return Err(DaemonError::Probe {
             dest: store.destination().to_string(),
+            hint: probe_hint(source.kind()),
             source,
         });
     }
@@ -636,6 +636,24 @@ impl Daemon<'_> {
             .entry(Instant::now() + delay)
             .or_default()
             .push(task);
+    }
+}
+
+/// What to tell an operator whose destination does not answer as it should.
+pub fn probe_hint(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => {
+            "the bucket does not exist; check that the bucket exists and its name and region (--aws-region)"
+        }
+        ErrorKind::Denied => {
+            "access denied; check the credentials (-k/-s, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the instance role) and that they may list and write the bucket"
+        }
+        ErrorKind::Transient => {
+            "the endpoint did not answer; check the endpoint (--endpoint-url, AWS_ENDPOINT_URL) and the network"
+        }
+        ErrorKind::Other => {
+            "check that the bucket exists, the endpoint is reachable and the credentials may list it"
+        }
     }
 }
 

@@ -183,9 +183,8 @@ impl StoreError {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
                 object_store::Error::PermissionDenied { .. }
                 | object_store::Error::Unauthenticated { .. } => ErrorKind::Denied,
-                object_store::Error::Generic { .. } | object_store::Error::JoinError { .. } => {
-                    ErrorKind::Transient
-                }
+                object_store::Error::Generic { .. } => classify_generic(source),
+                object_store::Error::JoinError { .. } => ErrorKind::Transient,
                 _ => ErrorKind::Other,
             },
             StoreError::Local { source, .. } => match source.kind() {
@@ -195,6 +194,39 @@ impl StoreError {
             },
             _ => ErrorKind::Other,
         }
+    }
+}
+
+/// Some object_store paths (listing) report HTTP failures as `Generic` errors: read the
+/// status and the S3 error code from the error chain.
+fn classify_generic(e: &object_store::Error) -> ErrorKind {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    if has(&["NoSuchBucket", "404 Not Found", "NoSuchKey"]) {
+        ErrorKind::NotFound
+    } else if has(&[
+        "403 Forbidden",
+        "401 Unauthorized",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+    ]) {
+        ErrorKind::Denied
+    } else if has(&[
+        "400 Bad Request",
+        "405 Method Not Allowed",
+        "501 Not Implemented",
+    ]) {
+        ErrorKind::Other
+    } else {
+        ErrorKind::Transient
     }
 }
 

@@ -1,0 +1,206 @@
+//! The `tablesnap` binary as operators run it: original invocations, exit codes, one-line
+//! errors that name the problem, secrets kept out of the output, clean SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tablesnap");
+
+fn run(args: &[&str], env: &[(String, String)]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn exclude_and_include_are_mutually_exclusive_like_the_original() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_str().unwrap();
+    let (code, out) = run(&["b", p, "-e", "x", "-i", "y"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot be used with"), "{out}");
+}
+
+#[test]
+fn bad_regex_and_bad_event_names_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_str().unwrap();
+    let (code, out) = run(&["b", p, "-e", "("], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("regular expression"), "{out}");
+    let (code, out) = run(&["b", p, "--listen-events", "IN_DELETE"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("IN_DELETE"), "{out}");
+}
+
+#[test]
+fn missing_bucket_fails_fast_naming_it_without_leaking_the_secret() {
+    let s3 = common::s3();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_str().unwrap();
+    let t0 = Instant::now();
+    let (code, out) = run(
+        &[
+            "no-such-bucket-tablesnap",
+            p,
+            "-k",
+            &s3.access_key,
+            "-s",
+            &s3.secret_key,
+            "--endpoint-url",
+            &s3.endpoint,
+        ],
+        &[],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("no-such-bucket-tablesnap"), "{out}");
+    assert!(out.contains("the bucket does not exist"), "{out}");
+    assert!(!out.contains(&s3.secret_key), "secret leaked: {out}");
+    assert!(
+        out.contains("secret was given on the command line"),
+        "argv secret warning: {out}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn wrong_credentials_fail_fast_without_leaking_them() {
+    let s3 = common::s3();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_str().unwrap();
+    let env = vec![
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            "GK00000000000000000000dead".to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "wrong-secret-value-1234".to_string(),
+        ),
+    ];
+    let (code, out) = run(&[&s3.bucket, p, "--endpoint-url", &s3.endpoint], &env);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&s3.bucket) && out.contains("credentials"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-secret-value-1234"), "{out}");
+    assert!(
+        !out.contains("secret was given on the command line"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_is_a_clear_configuration_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_str().unwrap();
+    // A port nothing listens on (bound then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "k".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
+    ];
+    let t0 = Instant::now();
+    let (code, out) = run(
+        &[
+            "bucket1",
+            p,
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+        &env,
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("s3://bucket1") && out.contains("endpoint"),
+        "{out}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_missing_watch_path_is_named() {
+    let (code, out) = run(
+        &["file:///tmp/tablesnap-cli-dest", "/nonexistent/data/dir"],
+        &[],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("/nonexistent/data/dir"), "{out}");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
+    let s3 = common::s3();
+    let d = tempfile::tempdir().unwrap();
+    let prefix = s3.unique_prefix("sigterm");
+    let mut child = Command::new(BIN)
+        .args([
+            &s3.bucket,
+            d.path().to_str().unwrap(),
+            "-n",
+            "node1",
+            "-p",
+            &prefix,
+        ])
+        .env_clear()
+        .envs(s3.cli_env())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is watching, then write a file and let it upload.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.contains("tablesnap started") {
+        let l = rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("no startup line");
+        log.push_str(&l);
+        log.push('\n');
+    }
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"TOC").unwrap();
+    let key = format!("{prefix}node1:{}/nb-1-big-TOC.txt", d.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(common::wait_until_async(
+        Duration::from_secs(30),
+        &key,
+        || async { s3.raw_get(&key).await.as_deref() == Some(b"TOC".as_slice()) },
+    ));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+        log.push_str(&l);
+        log.push('\n');
+    }
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("tablesnap stopped: 1 files (3 bytes) uploaded"),
+        "{log}"
+    );
+}
