@@ -571,18 +571,15 @@ impl Daemon<'_> {
                         if self.cfg.upload.with_index && is_data && stored {
                             self.schedule_index(&p, false);
                         }
+                        let index_pending = self
+                            .indexes
+                            .get(p.parent().unwrap_or(&p))
+                            .is_some_and(|pi| pi.files.contains(&p));
                         if self.cfg.delete_on_backup
                             && matches!(outcome, Outcome::Uploaded { .. } | Outcome::Present)
-                            && !(is_data && self.indexes.contains_key(p.parent().unwrap_or(&p)))
+                            && !index_pending
                         {
-                            match std::fs::remove_file(&p) {
-                                Ok(()) => {
-                                    tracing::info!(path = %p.display(), "deleted after a confirmed upload (--delete-on-backup)")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(path = %p.display(), "could not delete after upload: {e}")
-                                }
-                            }
+                            self.uploader.delete_local(&p);
                         }
                     }
                     Err(e) => self.failed(Task::File(p.clone()), &p, e),
@@ -597,7 +594,7 @@ impl Daemon<'_> {
                     tracing::info!(dir = %dir.display(), files = names.len(), indexes = files.len(), "index written");
                     if self.cfg.delete_on_backup {
                         for f in &files {
-                            let _ = std::fs::remove_file(f);
+                            self.uploader.delete_local(f);
                         }
                     }
                 }

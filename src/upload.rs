@@ -140,6 +140,9 @@ pub struct Uploader {
     mem: Arc<Semaphore>,
     mem_units: u64,
     names: Mutex<HashMap<(bool, u32), Option<String>>>,
+    /// Files removed by `--delete-on-backup` after a confirmed upload, per directory: later
+    /// indexes of that directory still name them (they are durable, only no longer local).
+    deleted: Mutex<HashMap<PathBuf, std::collections::BTreeSet<String>>>,
     pub stats: Stats,
 }
 
@@ -164,6 +167,7 @@ impl Uploader {
             mem: Arc::new(Semaphore::new(mem_units as usize)),
             mem_units,
             names: Mutex::new(HashMap::new()),
+            deleted: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
@@ -576,6 +580,27 @@ impl Uploader {
         self.store.finish_multipart(key, meta).map_err(store_err)
     }
 
+    /// `--delete-on-backup`: removes a file whose upload is confirmed, remembering it for the
+    /// indexes of its directory.
+    pub fn delete_local(&self, path: &Path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "deleted after a confirmed upload (--delete-on-backup)");
+                if let (Some(dir), Some(name)) =
+                    (path.parent(), path.file_name().and_then(|n| n.to_str()))
+                {
+                    self.deleted
+                        .lock()
+                        .unwrap()
+                        .entry(dir.to_path_buf())
+                        .or_default()
+                        .insert(name.to_string());
+                }
+            }
+            Err(e) => tracing::warn!(path = %path.display(), "could not delete after upload: {e}"),
+        }
+    }
+
     /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
     /// lists the directory now, makes every listed file durable first (uploading what is
     /// missing; a file that vanished is left out), then PUTs the index. Returns the names.
@@ -610,6 +635,11 @@ impl Uploader {
                 Outcome::Uploaded { .. } | Outcome::Present => listed.push(n),
                 Outcome::Vanished | Outcome::Ignored => {}
             }
+        }
+        if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
+            listed.extend(gone.iter().filter(|n| self.cfg.filter.accepts(n)).cloned());
+            listed.sort();
+            listed.dedup();
         }
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let meta = PutMeta {

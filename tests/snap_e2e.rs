@@ -257,7 +257,8 @@ fn flush_in_place(
         write_file(&p, &std::fs::read(root.join(&e.path)).unwrap());
         out.push((p, e.sha256.clone()));
     }
-    std::fs::remove_file(&txn).unwrap();
+    // (With --delete-on-backup the daemon may have removed it already.)
+    let _ = std::fs::remove_file(&txn);
     out
 }
 
@@ -714,4 +715,47 @@ async fn large_files_stream_as_multipart_with_whole_file_md5() {
     assert_eq!(s.files_uploaded, 1);
     assert_object(&s3, &prefix, &f, &common::sha256_bytes(&body)).await;
     check_indexes(&s3, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_on_backup_removes_only_confirmed_files_and_indexes_still_name_them() {
+    let Some(root) = common::sstables() else {
+        return;
+    };
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("delete");
+    let data = tempfile::tempdir().unwrap();
+    let table = data
+        .path()
+        .join("ks/simple-84180d72e04a3ae68cc91ac6cdffd3f3");
+    std::fs::create_dir_all(&table).unwrap();
+    let d = Running::start({
+        let mut c = config(&s3, &prefix, vec![table.clone()]);
+        c.delete_on_backup = true;
+        c
+    })
+    .await;
+    let files = flush_in_place(&root, NB, &table, 5);
+    let mut want: Vec<String> = files.iter().map(|(p, _)| key(&prefix, p)).collect();
+    want.push(layout::index_key(&key(
+        &prefix,
+        &table.join("nb-5-big-Data.db"),
+    )));
+    wait_for_keys(&s3, &prefix, &want).await;
+    common::wait_until(WAIT, "local files deleted", || {
+        files.iter().all(|(p, _)| !p.exists())
+    });
+    for (p, sha) in &files {
+        let body = s3.raw_get(&key(&prefix, p)).await.unwrap();
+        assert_eq!(&common::sha256_bytes(&body), sha, "{}", p.display());
+    }
+    // Every component, although none is on disk any more (the transaction log, uploaded
+    // and deleted too, may also be named).
+    let idx = check_indexes(&s3, &prefix).await;
+    let named: BTreeSet<&String> = idx.values().next().unwrap().iter().collect();
+    for (p, _) in &files {
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(named.contains(&n), "index lacks {n}: {idx:?}");
+    }
+    d.stop().await;
 }
