@@ -13,7 +13,7 @@
 //! * Shutdown: stop watching, let in-flight uploads finish within a deadline, then cancel
 //!   them (their multipart uploads are aborted), and return a summary.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::{self, Layout};
+use crate::metrics::Metrics;
 use crate::store::{ErrorKind, Store, StoreError, StoreOptions};
 use crate::upload::{Outcome, UploadConfig, UploadError, Uploader};
 use crate::watch::{Events, WatchError, WatchEvent, Watcher, scan};
@@ -57,6 +58,24 @@ pub struct Config {
     /// Notified once the watches are in place and the startup scan is queued (tests wait on
     /// it; the binary reports readiness to systemd there).
     pub ready: Option<Arc<tokio::sync::Notify>>,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Called periodically from the main loop (systemd's watchdog): if the loop hangs, the
+    /// pings stop and the service manager restarts the daemon.
+    pub watchdog: Option<Watchdog>,
+}
+
+/// A periodic liveness ping from the daemon's main loop.
+#[derive(Clone)]
+pub struct Watchdog {
+    pub interval: Duration,
+    pub ping: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watchdog({:?})", self.interval)
+    }
 }
 
 impl Config {
@@ -78,6 +97,8 @@ impl Config {
             index_delay: Duration::from_millis(1000),
             shutdown_timeout: Duration::from_secs(30),
             ready: None,
+            metrics_addr: None,
+            watchdog: None,
         }
     }
 }
@@ -97,6 +118,12 @@ pub enum DaemonError {
     NotADir { path: PathBuf },
     #[error("{0}")]
     Watch(#[from] WatchError),
+    #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{failed} file(s) could not be uploaded (see the errors above)")]
     Incomplete { failed: usize },
 }
@@ -187,6 +214,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         });
     }
     let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), cfg.upload.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let cancel = CancellationToken::new();
+    let _stop_metrics = cancel.clone().drop_guard();
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = crate::metrics::serve(
+            addr,
+            metrics.clone(),
+            uploader.clone(),
+            cancel.child_token(),
+        )
+        .await
+        .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+    }
 
     // Watch before scanning, so nothing written between the scan and the watch is missed.
     let mut watcher = if cfg.once {
@@ -212,9 +253,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         "tablesnap started"
     );
 
+    if let Some(w) = &watcher {
+        metrics
+            .watched_dirs
+            .store(w.watched_dirs() as u64, Ordering::Relaxed);
+    }
     let mut d = Daemon {
         cfg: &cfg,
         uploader,
+        metrics: metrics.clone(),
+        pending_since: HashMap::new(),
+        pending_order: BTreeSet::new(),
         roots,
         queue: VecDeque::new(),
         queued: HashSet::new(),
@@ -225,9 +274,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         indexes: HashMap::new(),
         failures: 0,
         gave_up: 0,
-        present: 0,
     };
     if cfg.backup || cfg.once {
+        metrics.rescan("startup");
         d.reconcile_and_scan().await;
     }
     if let Some(r) = &cfg.ready {
@@ -236,7 +285,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
 
     let permits = Arc::new(Semaphore::new(cfg.threads.max(1)));
     let mut tasks: JoinSet<Done> = JoinSet::new();
-    let cancel = CancellationToken::new();
+    let mut watchdog = cfg.watchdog.as_ref().map(|w| {
+        let mut t = tokio::time::interval(w.interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut rescan = cfg.rescan_interval.map(|i| {
         let mut t = tokio::time::interval_at(Instant::now() + i, i);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,6 +320,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
                 }
             });
         }
+        d.update_gauges(tasks.len(), watcher.as_ref().map(|w| w.watched_dirs()));
         if cfg.once && tasks.is_empty() && d.idle() {
             break;
         }
@@ -288,13 +342,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
                     Err(e @ WatchError::Limit { .. }) => tracing::error!("{e}"),
                     Err(e) => {
                         tracing::error!("{e}; rescanning");
+                        d.metrics.rescan("watch_error");
                         d.rescan();
                     }
                 }
             }
             _ = async { rescan.as_mut().unwrap().tick().await }, if rescan.is_some() => {
                 tracing::info!("periodic rescan");
+                d.metrics.rescan("interval");
                 d.reconcile_and_scan().await;
+            }
+            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
+                if let Some(w) = &cfg.watchdog { (w.ping)() }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if wake.is_some() => {}
         }
@@ -326,7 +385,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     let summary = Summary {
         files_uploaded: s.files_uploaded.load(Ordering::Relaxed),
         bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
-        files_present: d.present,
+        files_present: d.metrics.files_present.load(Ordering::Relaxed),
         files_vanished: s.files_vanished.load(Ordering::Relaxed),
         indexes_written: s.indexes_written.load(Ordering::Relaxed),
         failures: d.failures,
@@ -344,6 +403,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
 struct Daemon<'a> {
     cfg: &'a Config,
     uploader: Arc<Uploader>,
+    metrics: Arc<Metrics>,
+    /// When each file not yet durable was first seen (for the recovery-point metric).
+    pending_since: HashMap<PathBuf, u64>,
+    pending_order: BTreeSet<(u64, PathBuf)>,
     roots: Vec<PathBuf>,
     queue: VecDeque<PathBuf>,
     queued: HashSet<PathBuf>,
@@ -355,7 +418,6 @@ struct Daemon<'a> {
     indexes: HashMap<PathBuf, PendingIndex>,
     failures: u64,
     gave_up: usize,
-    present: u64,
 }
 
 impl Daemon<'_> {
@@ -367,6 +429,11 @@ impl Daemon<'_> {
         if !self.uploader.filter().accepts(s) {
             tracing::debug!(path = s, "skipped by the include/exclude rules");
             return;
+        }
+        if !self.pending_since.contains_key(&p) {
+            let t = crate::metrics::now_ms();
+            self.pending_since.insert(p.clone(), t);
+            self.pending_order.insert((t, p.clone()));
         }
         if self.running.contains(&p) {
             self.rerun.insert(p);
@@ -399,6 +466,7 @@ impl Daemon<'_> {
                 tracing::warn!(
                     "inotify queue overflowed: events were lost; rescanning every watched directory"
                 );
+                self.metrics.rescan("overflow");
                 self.rescan();
             }
         }
@@ -550,12 +618,18 @@ impl Daemon<'_> {
                 match r {
                     Ok(outcome) => {
                         self.attempts.remove(&p);
+                        if let Some(t) = self.pending_since.remove(&p) {
+                            self.pending_order.remove(&(t, p.clone()));
+                        }
                         match outcome {
                             Outcome::Uploaded { bytes } => {
+                                self.metrics
+                                    .last_success_ms
+                                    .store(crate::metrics::now_ms(), Ordering::Relaxed);
                                 tracing::info!(path = %p.display(), bytes, "uploaded")
                             }
                             Outcome::Present => {
-                                self.present += 1;
+                                self.metrics.files_present.fetch_add(1, Ordering::Relaxed);
                                 tracing::debug!(path = %p.display(), "already stored")
                             }
                             Outcome::Vanished => {
@@ -603,8 +677,34 @@ impl Daemon<'_> {
         }
     }
 
+    fn update_gauges(&self, in_flight: usize, watched: Option<usize>) {
+        let m = &self.metrics;
+        let retrying: usize = self.retry_at.values().map(Vec::len).sum();
+        m.queue_depth
+            .store((self.queue.len() + retrying) as u64, Ordering::Relaxed);
+        m.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        m.pending_indexes
+            .store(self.indexes.len() as u64, Ordering::Relaxed);
+        if let Some(w) = watched {
+            m.watched_dirs.store(w as u64, Ordering::Relaxed);
+        }
+        let oldest = self.pending_order.first().map(|(t, _)| *t).unwrap_or(0);
+        m.oldest_pending_ms.store(oldest, Ordering::Relaxed);
+    }
+
     fn failed(&mut self, task: Task, p: &Path, e: UploadError) {
         self.failures += 1;
+        self.metrics.failure(match &e {
+            UploadError::Read { .. } | UploadError::NotUtf8 { .. } => "local",
+            UploadError::Changed { .. } => "changed",
+            UploadError::Cancelled { .. } => "other",
+            UploadError::Store { source, .. } => match source.kind() {
+                ErrorKind::Transient => "transient",
+                ErrorKind::Denied => "denied",
+                ErrorKind::NotFound => "not_found",
+                ErrorKind::Other => "other",
+            },
+        });
         if matches!(e, UploadError::Cancelled { .. }) {
             tracing::warn!("{e}");
             return;
@@ -629,6 +729,7 @@ impl Daemon<'_> {
             backoff(attempt, e.store_kind())
         };
         tracing::warn!("{e}; attempt {attempt} failed, retrying in {delay:?}");
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
         self.retry_at
             .entry(Instant::now() + delay)
             .or_default()

@@ -27,6 +27,8 @@ pub mod cli;
 pub mod daemon;
 pub mod filter;
 pub mod layout;
+pub mod metrics;
 pub mod store;
+pub mod throttle;
 pub mod upload;
 pub mod watch;

@@ -46,6 +46,8 @@ pub struct UploadConfig {
     pub filter: Filter,
     /// Bytes of file data held in memory at once across all uploads.
     pub memory_budget: u64,
+    /// Shared bandwidth limit (`--max-bandwidth`).
+    pub throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 impl Default for UploadConfig {
@@ -57,6 +59,7 @@ impl Default for UploadConfig {
             part_size: None,
             filter: Filter::default(),
             memory_budget: 4 * DEFAULT_PART_SIZE,
+            throttle: None,
         }
     }
 }
@@ -420,6 +423,9 @@ impl Uploader {
                 });
             }
             let meta = self.data_meta(stat, md5);
+            if let Some(t) = &self.cfg.throttle {
+                t.take(size).await;
+            }
             self.store
                 .put(key, body, &meta)
                 .await
@@ -537,6 +543,9 @@ impl Uploader {
                         }
                     }
                 })?;
+                if let Some(t) = &self.cfg.throttle {
+                    t.take(len).await;
+                }
                 let fut = upload.put_part(PutPayload::from_bytes(chunk));
                 parts.spawn(async move {
                     let r = fut.await;

@@ -759,3 +759,61 @@ async fn delete_on_backup_removes_only_confirmed_files_and_indexes_still_name_th
     }
     d.stop().await;
 }
+
+fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    use std::io::{Read, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_move_with_uploads() {
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("metrics");
+    let data = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = Running::start({
+        let mut c = config(&s3, &prefix, vec![data.path().into()]);
+        c.metrics_addr = Some(addr);
+        c
+    })
+    .await;
+    let m0 = tokio::task::spawn_blocking(move || scrape(addr))
+        .await
+        .unwrap();
+    assert_eq!(m0["tablesnap_files_uploaded_total"], 0.0);
+    assert_eq!(m0["tablesnap_watched_directories"], 1.0);
+    assert_eq!(m0["tablesnap_last_success_timestamp_seconds"], 0.0);
+    let f = data.path().join("nb-1-big-Data.db");
+    write_file(&f, &[7u8; 1000]);
+    wait_for_keys(&s3, &prefix, &[layout::index_key(&key(&prefix, &f))]).await;
+    let m1 = tokio::task::spawn_blocking(move || scrape(addr))
+        .await
+        .unwrap();
+    assert_eq!(m1["tablesnap_files_uploaded_total"], 1.0, "{m1:?}");
+    assert_eq!(m1["tablesnap_bytes_uploaded_total"], 1000.0);
+    assert_eq!(m1["tablesnap_indexes_written_total"], 1.0);
+    assert_eq!(m1["tablesnap_queue_depth"], 0.0);
+    assert_eq!(m1["tablesnap_oldest_pending_seconds"], 0.0);
+    assert!(m1["tablesnap_last_success_timestamp_seconds"] > 1.7e9);
+    assert_eq!(
+        m1["tablesnap_upload_failures_total{kind=\"transient\"}"],
+        0.0
+    );
+    d.stop().await;
+}

@@ -4,6 +4,7 @@
 
 pub mod logging;
 pub mod snap;
+pub mod systemd;
 
 /// The host's fully qualified name, as Python's `socket.getfqdn()` gives it: the canonical
 /// name of the host name, falling back to the plain host name.

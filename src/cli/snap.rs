@@ -150,6 +150,13 @@ pub struct SnapArgs {
     /// File data held in memory at once across all uploads, in MB [default: 4 parts]
     #[arg(long = "max-memory", env = "TABLESNAP_MAX_MEMORY")]
     pub max_memory: Option<u64>,
+    /// Upload bandwidth shared by all uploads, e.g. 50M (bytes per second; K/M/G = 1024^n)
+    #[arg(long = "max-bandwidth", env = "TABLESNAP_MAX_BANDWIDTH",
+          value_parser = crate::throttle::parse_rate)]
+    pub max_bandwidth: Option<u64>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9108
+    #[arg(long = "metrics-addr", env = "TABLESNAP_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl SnapArgs {
@@ -187,6 +194,9 @@ impl SnapArgs {
                 .max_memory
                 .map(|mb| mb << 20)
                 .unwrap_or(4 * part.unwrap_or(DEFAULT_PART_SIZE)),
+            throttle: self
+                .max_bandwidth
+                .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         };
         let mut cfg = Config::new(store, layout, self.paths);
         cfg.recursive = self.recursive;
@@ -201,6 +211,7 @@ impl SnapArgs {
         cfg.rescan_interval = self.rescan_interval.map(Duration::from_secs);
         cfg.index_delay = Duration::from_millis(self.index_delay);
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
+        cfg.metrics_addr = self.metrics_addr;
         Ok(cfg)
     }
 }
@@ -239,7 +250,24 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(daemon::run(cfg, shutdown_signal())) {
+    let mut cfg = cfg;
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    cfg.ready = Some(ready.clone());
+    if let Some(interval) = super::systemd::watchdog_interval() {
+        cfg.watchdog = Some(daemon::Watchdog {
+            interval,
+            ping: std::sync::Arc::new(|| super::systemd::notify("WATCHDOG=1")),
+        });
+    }
+    rt.spawn(async move {
+        ready.notified().await;
+        super::systemd::notify("READY=1\nSTATUS=watching and uploading");
+    });
+    let result = rt.block_on(daemon::run(cfg, async {
+        shutdown_signal().await;
+        super::systemd::notify("STOPPING=1");
+    }));
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

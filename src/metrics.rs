@@ -1,0 +1,242 @@
+//! Prometheus metrics for the daemon (`--metrics-addr`): what an operator alerts on. The
+//! most important one is `tablesnap_oldest_pending_seconds`, the age of the oldest file not
+//! yet durable: the recovery point this node would lose if its disks died now.
+//!
+//! Served by a deliberately tiny HTTP/1.1 responder (GET /metrics), no framework needed.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::upload::Stats;
+
+/// Failure kinds, as label values.
+pub const FAILURE_KINDS: [&str; 6] = [
+    "transient",
+    "denied",
+    "not_found",
+    "local",
+    "changed",
+    "other",
+];
+/// Rescan reasons, as label values.
+pub const RESCAN_REASONS: [&str; 4] = ["startup", "overflow", "interval", "watch_error"];
+
+/// Daemon-level counters and gauges (the uploader keeps its own [`Stats`]).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub files_present: AtomicU64,
+    pub failures: [AtomicU64; 6],
+    pub retries: AtomicU64,
+    pub rescans: [AtomicU64; 4],
+    pub queue_depth: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub pending_indexes: AtomicU64,
+    pub watched_dirs: AtomicU64,
+    /// Unix time (ms) when the oldest file not yet durable was first seen; 0 = none.
+    pub oldest_pending_ms: AtomicU64,
+    /// Unix time (ms) of the last successful upload; 0 = none yet.
+    pub last_success_ms: AtomicU64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn failure(&self, kind: &str) {
+        let i = FAILURE_KINDS.iter().position(|k| *k == kind).unwrap_or(5);
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rescan(&self, reason: &str) {
+        if let Some(i) = RESCAN_REASONS.iter().position(|k| *k == reason) {
+            self.rescans[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, up: &Stats) -> String {
+        let mut o = String::with_capacity(2048);
+        let mut one = |name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        one(
+            "tablesnap_files_uploaded_total",
+            "counter",
+            "Files stored in the bucket.",
+            l(&up.files_uploaded),
+        );
+        one(
+            "tablesnap_bytes_uploaded_total",
+            "counter",
+            "Bytes of files stored in the bucket.",
+            l(&up.bytes_uploaded),
+        );
+        one(
+            "tablesnap_files_already_stored_total",
+            "counter",
+            "Files found already stored with the same size.",
+            l(&self.files_present),
+        );
+        one(
+            "tablesnap_files_vanished_total",
+            "counter",
+            "Files deleted (compacted) before they could be uploaded.",
+            l(&up.files_vanished),
+        );
+        one(
+            "tablesnap_indexes_written_total",
+            "counter",
+            "-listdir.json indexes written.",
+            l(&up.indexes_written),
+        );
+        one(
+            "tablesnap_multipart_aborted_total",
+            "counter",
+            "Multipart uploads aborted after a failure or shutdown.",
+            l(&up.multipart_aborted),
+        );
+        one(
+            "tablesnap_retries_total",
+            "counter",
+            "Uploads scheduled again after a failure.",
+            l(&self.retries),
+        );
+        one(
+            "tablesnap_queue_depth",
+            "gauge",
+            "Files waiting to be uploaded (queued or waiting to retry).",
+            l(&self.queue_depth),
+        );
+        one(
+            "tablesnap_uploads_in_flight",
+            "gauge",
+            "Uploads and index writes running now.",
+            l(&self.in_flight),
+        );
+        one(
+            "tablesnap_pending_indexes",
+            "gauge",
+            "Directories whose index is waiting to be written.",
+            l(&self.pending_indexes),
+        );
+        one(
+            "tablesnap_watched_directories",
+            "gauge",
+            "Directories watched with inotify.",
+            l(&self.watched_dirs),
+        );
+        let now = now_ms();
+        let oldest = self.oldest_pending_ms.load(Ordering::Relaxed);
+        let age = if oldest == 0 {
+            0.0
+        } else {
+            now.saturating_sub(oldest) as f64 / 1000.0
+        };
+        one(
+            "tablesnap_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest file not yet durable (the recovery point lost if the node died now).",
+            age,
+        );
+        let last = self.last_success_ms.load(Ordering::Relaxed);
+        one(
+            "tablesnap_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful upload (0: none yet).",
+            last as f64 / 1000.0,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP tablesnap_upload_failures_total Failed upload attempts by kind.\n# TYPE tablesnap_upload_failures_total counter"
+        );
+        for (k, a) in FAILURE_KINDS.iter().zip(&self.failures) {
+            let _ = writeln!(
+                o,
+                "tablesnap_upload_failures_total{{kind=\"{k}\"}} {}",
+                a.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP tablesnap_rescans_total Rescans of the watched directories by reason.\n# TYPE tablesnap_rescans_total counter"
+        );
+        for (k, a) in RESCAN_REASONS.iter().zip(&self.rescans) {
+            let _ = writeln!(
+                o,
+                "tablesnap_rescans_total{{reason=\"{k}\"}} {}",
+                a.load(Ordering::Relaxed)
+            );
+        }
+        o
+    }
+}
+
+/// Binds `addr` now (so a bad address fails at startup) and serves until `cancel`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    uploader: Arc<crate::upload::Uploader>,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                _ = cancel.cancelled() => return,
+            };
+            let metrics = metrics.clone();
+            let uploader = uploader.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while n < buf.len() {
+                        match sock.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                if read.is_err() {
+                    return;
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let line = req.lines().next().unwrap_or("");
+                let resp = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?")
+                {
+                    let body = metrics.render(&uploader.stats);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let body = "tablesnap: metrics are at /metrics\n";
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
