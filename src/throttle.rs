@@ -74,7 +74,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a rate such as 50M (bytes per second)"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("{s:?}: the rate must be positive"));
     }
     Ok((v * mult as f64) as u64)
