@@ -205,7 +205,8 @@ launch() {
     RUST_LOG=${GARAGE_LOG_LEVEL:-garage=info} \
         "$GARAGE_BIN" -c "$CFG" server </dev/null >"$LOG" 2>&1 9>&- &
     echo $! >"$PIDFILE"
-    local t0=$SECONDS
+    local t0
+    t0=$(date +%s%N)
     local deadline=$((SECONDS + 60))
     until g status >>"$SETUP_LOG" 2>&1; do
         if ! server_pid >/dev/null; then
@@ -250,7 +251,7 @@ launch() {
     chmod 600 "$ENVFILE.tmp"
     mv "$ENVFILE.tmp" "$ENVFILE"
     say "garage $("$GARAGE_BIN" --version 2>/dev/null | head -n1 | awk '{print $2}') ready on" \
-        "http://127.0.0.1:$s3_port in $((SECONDS - t0)) s (state: $STATE)"
+        "http://127.0.0.1:$s3_port in $((($(date +%s%N) - t0) / 1000000)) ms (state: $STATE)"
 }
 
 start() {
