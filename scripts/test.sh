@@ -45,6 +45,9 @@ if ! bash scripts/s3-server.sh status 2>/dev/null; then
     started_here=1
     if [[ ${TABLESNAP_KEEP_S3:-} != 1 ]]; then
         trap 'bash "$REPO/scripts/s3-server.sh" stop' EXIT
+        # Make sure a signal ends the script through the EXIT trap (stopping the server).
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
     fi
     bash scripts/s3-server.sh start
 fi
