@@ -36,10 +36,11 @@ say() { echo "s3-server: $*" >&2; }
 
 die() {
     say "ERROR: $*"
+    local f
     for f in "$SETUP_LOG" "$LOG"; do
         if [[ -s $f ]]; then
             echo "---- last lines of $f ----" >&2
-            tail -n 40 "$f" >&2
+            tail -n 25 "$f" >&2
         fi
     done
     kill_server
@@ -148,12 +149,19 @@ sys.exit(0 if code < 500 else 1)
 EOF
 }
 
+# Garage logs a bind failure of its S3 API and shuts down slowly (or not at all): look for it.
+port_conflict() { grep -qi 'address already in use' "$LOG" 2>/dev/null; }
+
 wait_for() {
     # wait_for SECONDS WHAT COMMAND...: retries COMMAND while garage is alive.
     local limit=$1 what=$2
     shift 2
     local deadline=$((SECONDS + limit))
     until "$@" >>"$SETUP_LOG" 2>&1; do
+        if port_conflict; then
+            kill_server
+            return 2
+        fi
         server_pid >/dev/null || die "garage exited while waiting for $what"
         ((SECONDS < deadline)) || die "timed out after $limit s waiting for $what"
         sleep 0.2
@@ -202,19 +210,18 @@ launch() {
     read -r s3_port rpc_port admin_port <<<"$ports"
     write_config "$s3_port" "$rpc_port" "$admin_port" || die "cannot write $CFG"
     # fd 9 (the lock) must not be inherited, or the server would hold the lock forever.
-    RUST_LOG=${GARAGE_LOG_LEVEL:-garage=info} \
+    NO_COLOR=1 RUST_LOG=${GARAGE_LOG_LEVEL:-garage=info} \
         "$GARAGE_BIN" -c "$CFG" server </dev/null >"$LOG" 2>&1 9>&- &
     echo $! >"$PIDFILE"
     local t0
     t0=$(date +%s%N)
     local deadline=$((SECONDS + 60))
     until g status >>"$SETUP_LOG" 2>&1; do
-        if ! server_pid >/dev/null; then
-            if grep -qi 'address already in use' "$LOG"; then
-                return 2
-            fi
-            die "garage exited during startup"
+        if port_conflict; then
+            kill_server
+            return 2
         fi
+        server_pid >/dev/null || die "garage exited during startup"
         ((SECONDS < deadline)) || die "garage did not answer 'status' within 60 s"
         sleep 0.2
     done
@@ -233,11 +240,12 @@ launch() {
         die "key import failed"
     local b
     for b in "$BUCKET" "$BUCKET2"; do
-        wait_for 30 "bucket create $b" g bucket create "$b"
+        wait_for 30 "bucket create $b" g bucket create "$b" || return $?
         g bucket allow --read --write --owner "$b" --key "$KEY_NAME" >>"$SETUP_LOG" 2>&1 ||
             die "bucket allow $b failed"
     done
-    wait_for 30 "the S3 API on port $s3_port" s3_answers "http://127.0.0.1:$s3_port/$BUCKET"
+    wait_for 30 "the S3 API on port $s3_port" s3_answers "http://127.0.0.1:$s3_port/$BUCKET" ||
+        return $?
 
     {
         echo "# Garage test server (scripts/s3-server.sh); source this file."
