@@ -30,6 +30,9 @@ pub struct S3 {
     pub bucket: String,
     pub bucket2: String,
     pub region: String,
+    /// Raw clients by bucket. Per `S3` value (one per test), not global: a client's pooled
+    /// connections belong to the tokio runtime that opened them, and each test has its own.
+    raw_clients: Arc<std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
 }
 
 impl std::fmt::Debug for S3 {
@@ -62,6 +65,7 @@ pub fn s3() -> S3 {
         bucket: required_env("TABLESNAP_TEST_S3_BUCKET"),
         bucket2: required_env("TABLESNAP_TEST_S3_BUCKET2"),
         region: required_env("TABLESNAP_TEST_S3_REGION"),
+        raw_clients: Default::default(),
     }
 }
 
@@ -130,18 +134,12 @@ impl S3 {
     /// A plain `object_store` client on `bucket`, independent of `tablesnap::store`, to check
     /// what really landed in the bucket.
     pub fn raw_bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        // Building a client parses the CA bundle (~40 ms): build one per bucket per process.
-        static CLIENTS: std::sync::OnceLock<
-            std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
-        > = std::sync::OnceLock::new();
-        let clients = CLIENTS.get_or_init(Default::default);
-        let id = format!("{}|{}|{bucket}", self.endpoint, self.access_key);
-        if let Some(c) = clients.lock().unwrap().get(&id) {
-            return c.clone();
-        }
-        let c = self.build_raw_bucket(bucket);
-        clients.lock().unwrap().insert(id, c.clone());
-        c
+        // Building a client parses the CA bundle (~40 ms): reuse it within a test.
+        let mut clients = self.raw_clients.lock().unwrap();
+        clients
+            .entry(bucket.to_string())
+            .or_insert_with(|| self.build_raw_bucket(bucket))
+            .clone()
     }
 
     fn build_raw_bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The test command: starts a local Garage S3 server (installing it on first use, about 7 min),
+# runs the whole test suite against it, and stops it.
+#
+#   bash scripts/test.sh                      # cargo test --all-targets -- --test-threads=4
+#   bash scripts/test.sh --test s3_store      # cargo args go before `--` ...
+#   bash scripts/test.sh -- multipart         # ... test-binary args (filters) after it
+#
+# If a server was already started with `scripts/s3-server.sh start`, it is reused and left
+# running. TABLESNAP_KEEP_S3=1 leaves a server started here running too (for debugging).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+export TABLESNAP_S3_STATE=${TABLESNAP_S3_STATE:-$REPO/.ci/work/garage}
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+# Split our arguments at the first `--`: cargo's, then the test binaries'.
+cargo_args=()
+test_args=()
+seen_sep=0
+for a in "$@"; do
+    if [[ $seen_sep == 0 && $a == -- ]]; then
+        seen_sep=1
+    elif [[ $seen_sep == 0 ]]; then
+        cargo_args+=("$a")
+    else
+        test_args+=("$a")
+    fi
+done
+# Default to every target unless the caller picked some.
+select_all=1
+for a in "${cargo_args[@]+"${cargo_args[@]}"}"; do
+    case $a in
+    --lib | --bin | --bin=* | --bins | --test | --test=* | --tests | --bench | --bench=* | \
+        --benches | --example | --example=* | --examples | --doc | --all-targets)
+        select_all=0
+        ;;
+    esac
+done
+((select_all)) && cargo_args=(--all-targets "${cargo_args[@]+"${cargo_args[@]}"}")
+
+started_here=0
+if ! bash scripts/s3-server.sh status 2>/dev/null; then
+    started_here=1
+    if [[ ${TABLESNAP_KEEP_S3:-} != 1 ]]; then
+        trap 'bash "$REPO/scripts/s3-server.sh" stop' EXIT
+        # Make sure a signal ends the script through the EXIT trap (stopping the server).
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+    fi
+    bash scripts/s3-server.sh start
+fi
+((started_here)) || echo "test.sh: reusing the running S3 server" >&2
+
+# Hermetic: credentials, endpoints or profiles from the caller's environment must not leak
+# into the clients under test (the tests pass everything explicitly).
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SECURITY_TOKEN \
+    AWS_ENDPOINT AWS_ENDPOINT_URL AWS_REGION AWS_DEFAULT_REGION AWS_PROFILE
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+# shellcheck disable=SC1091
+source "$TABLESNAP_S3_STATE/env"
+
+threads=(--test-threads=4)
+for a in "${test_args[@]+"${test_args[@]}"}"; do
+    [[ $a == --test-threads* ]] && threads=()
+done
+
+t0=$SECONDS
+rc=0
+cargo test "${cargo_args[@]}" -- "${threads[@]+"${threads[@]}"}" "${test_args[@]+"${test_args[@]}"}" || rc=$?
+echo "test.sh: cargo test exited with $rc after $((SECONDS - t0)) s" >&2
+exit "$rc"
