@@ -462,6 +462,12 @@ impl Daemon<'_> {
                     self.enqueue(f);
                 }
             }
+            WatchEvent::Gone(p) => {
+                // A file being uploaded or queued is handled there (it will be "vanished").
+                if !self.running.contains(&p) && !self.queued.contains(&p) {
+                    self.uploader.forget(&p);
+                }
+            }
             WatchEvent::Overflow => {
                 tracing::warn!(
                     "inotify queue overflowed: events were lost; rescanning every watched directory"
@@ -709,9 +715,8 @@ impl Daemon<'_> {
             tracing::warn!("{e}");
             return;
         }
-        if e.is_local() {
-            // Permissions or I/O: report, and pick it up again at the next rescan.
-            tracing::error!("{e}; skipping it until the next rescan");
+        if e.is_local() && self.cfg.once {
+            tracing::error!("{e}; skipping it");
             self.gave_up += 1;
             return;
         }
@@ -725,6 +730,10 @@ impl Daemon<'_> {
         }
         let delay = if matches!(e, UploadError::Changed { .. }) {
             Duration::from_millis(200)
+        } else if e.is_local() {
+            // Permissions or I/O: someone has to fix it; check again now and then (and at
+            // every rescan) without hammering the disk.
+            backoff(attempt + 4, None)
         } else {
             backoff(attempt, e.store_kind())
         };

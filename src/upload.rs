@@ -191,6 +191,8 @@ impl Uploader {
     /// already stored are skipped without a request each (the original sent one HEAD per
     /// file). Returns the number of objects found.
     pub async fn reconcile(&self, dir: &Path) -> Result<usize, UploadError> {
+        // Replaces what was known under `dir` (objects deleted since, e.g. by tablechop,
+        // are forgotten), keeping MD5 verifications of unchanged objects.
         let dir_key = key_of(&self.layout, dir)?;
         let objects = self
             .store
@@ -201,19 +203,29 @@ impl Uploader {
                 source: Box::new(source),
             })?;
         let n = objects.len();
+        let under = format!("{}/", dir_key.trim_end_matches('/'));
         {
             let mut known = self.known.lock().unwrap();
+            let mut fresh = HashMap::with_capacity(objects.len());
             for o in objects {
-                known.entry(o.key).or_insert(Known {
-                    size: o.size,
-                    verified: false,
-                });
+                let verified = known
+                    .get(&o.key)
+                    .is_some_and(|k| k.verified && k.size == o.size);
+                fresh.insert(
+                    o.key,
+                    Known {
+                        size: o.size,
+                        verified,
+                    },
+                );
             }
+            known.retain(|k, _| !k.starts_with(&under));
+            known.extend(fresh);
         }
-        self.listed
-            .lock()
-            .unwrap()
-            .push(format!("{}/", dir_key.trim_end_matches('/')));
+        let mut listed = self.listed.lock().unwrap();
+        if !listed.contains(&under) {
+            listed.push(under);
+        }
         Ok(n)
     }
 
@@ -234,6 +246,21 @@ impl Uploader {
             .lock()
             .unwrap()
             .insert(key.to_string(), Known { size, verified });
+    }
+
+    /// The local file is gone (compacted, moved away): drop what we remember about it, so
+    /// memory stays bounded over years of compactions. Safe: the objects stay in the store.
+    pub fn forget(&self, path: &Path) {
+        if let Ok(k) = key_of(&self.layout, path) {
+            let mut known = self.known.lock().unwrap();
+            known.remove(&layout::index_key(&k));
+            known.remove(&k);
+        }
+    }
+
+    /// How many keys are remembered (for tests and metrics).
+    pub fn known_len(&self) -> usize {
+        self.known.lock().unwrap().len()
     }
 
     /// Whether the index of this data file is known to be missing (only answerable for

@@ -59,7 +59,13 @@ impl Events {
     }
 
     fn mask(&self, auto_add: bool) -> WatchMask {
-        let mut m = WatchMask::DELETE_SELF | WatchMask::MOVE_SELF | WatchMask::DONT_FOLLOW;
+        // DELETE and MOVED_FROM only keep the daemon's bookkeeping bounded (it forgets files
+        // that are gone); they never cause an upload.
+        let mut m = WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM;
         if self.moved_to || auto_add {
             m |= WatchMask::MOVED_TO;
         }
@@ -82,6 +88,8 @@ pub enum WatchEvent {
     NewDir(PathBuf),
     /// The kernel queue overflowed: events were lost, rescan everything.
     Overflow,
+    /// A file was deleted or moved away (compaction): forget what we know about it.
+    Gone(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +249,13 @@ impl Watcher {
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
+            return Ok(());
+        }
+        if ev
+            .mask
+            .intersects(EventMask::DELETE | EventMask::MOVED_FROM)
+        {
+            out.push(WatchEvent::Gone(path));
             return Ok(());
         }
         let wanted = (self.events.moved_to && ev.mask.contains(EventMask::MOVED_TO))
