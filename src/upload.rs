@@ -331,11 +331,19 @@ impl Uploader {
                         self.mark(&key, size, true);
                         return Ok(Outcome::Present);
                     }
+                    // Same name and size, different bytes: SSTables never change, so this
+                    // is most likely bit rot on the local disk. Like the original, keep the
+                    // stored copy rather than overwrite a good backup with a bad file.
                     tracing::warn!(
                         path = %path.display(), key,
-                        "the stored object has the same size but a different MD5; uploading the local file again"
+                        "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)"
                     );
+                    self.mark(&key, size, true);
+                    return Ok(Outcome::Present);
                 } else {
+                    // A different size is a different file under a reused name (a replaced
+                    // node restarting generation numbers): the original skipped it and so
+                    // never backed up the new data; we store the current file.
                     tracing::warn!(
                         path = %path.display(), key, local = size, stored = info.size,
                         "the stored object has a different size; uploading the local file again"

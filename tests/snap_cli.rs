@@ -204,3 +204,52 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
         "{log}"
     );
 }
+
+#[test]
+fn tablesnap_syslog_sends_daemon_facility_lines_tagged_tablesnap() {
+    let d = tempfile::tempdir().unwrap();
+    let sock_path = d.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("nb-1-big-TOC.txt"), b"x").unwrap();
+    let dest = format!("file://{}", d.path().join("dest").display());
+    let env = vec![
+        ("TABLESNAP_SYSLOG".to_string(), "1".to_string()),
+        (
+            "TABLESNAP_SYSLOG_SOCKET".to_string(),
+            sock_path.display().to_string(),
+        ),
+    ];
+    let (code, out) = run(&["--once", "-n", "h", &dest, data.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("uploaded"),
+        "with syslog, nothing is logged to stderr: {out}"
+    );
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = l.contains("tablesnap stopped");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    // <30> = facility DAEMON (3) * 8 + severity INFO (6).
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<30>tablesnap: ") && l.contains("uploaded")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with('<') && l.contains(">tablesnap: ")),
+        "{lines:?}"
+    );
+}

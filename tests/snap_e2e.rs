@@ -817,3 +817,50 @@ async fn prometheus_metrics_move_with_uploads() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_on_start_keeps_a_same_size_copy_and_replaces_a_different_size_one() {
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("md5start");
+    let data = tempfile::tempdir().unwrap();
+    let same = data.path().join("nb-1-big-Index.db");
+    let other = data.path().join("nb-1-big-Filter.db");
+    let fresh = data.path().join("nb-1-big-TOC.txt");
+    write_file(&same, b"local bytes 1234");
+    write_file(&other, b"local, longer bytes");
+    write_file(&fresh, b"toc");
+    let store = s3.store();
+    let put = |p: &Path, body: &'static [u8]| {
+        let k = key(&prefix, p);
+        let store = store.clone();
+        async move {
+            let meta = tablesnap::store::PutMeta {
+                content_type: None,
+                user: vec![("md5sum", md5_hex(body)), ("stat", "{}".into())],
+            };
+            store.put(&k, body.into(), &meta).await.unwrap();
+        }
+    };
+    put(&same, b"stored bytes 123").await; // same size, other bytes
+    put(&other, b"short").await; // other size
+    // Without --md5-on-start the same-size copy is trusted; a different size is replaced.
+    let s = once(&s3, &prefix, data.path(), |_| {}).await;
+    assert_eq!((s.files_uploaded, s.files_present), (2, 1), "{s}");
+    assert_eq!(
+        s3.raw_get(&key(&prefix, &same)).await.unwrap(),
+        b"stored bytes 123"
+    );
+    assert_eq!(
+        s3.raw_get(&key(&prefix, &other)).await.unwrap(),
+        b"local, longer bytes"
+    );
+    assert_eq!(s3.raw_get(&key(&prefix, &fresh)).await.unwrap(), b"toc");
+    // With it, the MD5s are compared: a mismatch is reported and the stored copy kept
+    // (the local file is the suspect: SSTables never change), a match is left alone.
+    let s = once(&s3, &prefix, data.path(), |c| c.upload.md5_on_start = true).await;
+    assert_eq!((s.files_uploaded, s.files_present), (0, 3), "{s}");
+    assert_eq!(
+        s3.raw_get(&key(&prefix, &same)).await.unwrap(),
+        b"stored bytes 123"
+    );
+}

@@ -17,8 +17,10 @@ pub fn init(tag: &'static str) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     if std::env::var_os("TABLESNAP_SYSLOG").is_some() {
+        // TABLESNAP_SYSLOG_SOCKET: another syslog socket (tests, containers).
+        let path = std::env::var_os("TABLESNAP_SYSLOG_SOCKET").unwrap_or_else(|| "/dev/log".into());
         if let Ok(sock) = UnixDatagram::unbound() {
-            if sock.connect("/dev/log").is_ok() {
+            if sock.connect(&path).is_ok() {
                 tracing_subscriber::fmt()
                     .with_env_filter(filter)
                     .with_ansi(false)
