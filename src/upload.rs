@@ -130,6 +130,13 @@ struct Known {
     size: u64,
     /// MD5 compared (or written by us) during this run.
     verified: bool,
+    /// (inode, mtime s, mtime ns) of the local file the object was checked against during
+    /// this run: a file renamed over another with the same size is still noticed.
+    file: Option<(u64, i64, i64)>,
+}
+
+fn fingerprint(m: &std::fs::Metadata) -> (u64, i64, i64) {
+    (m.ino(), m.mtime(), m.mtime_nsec())
 }
 
 pub struct Uploader {
@@ -211,11 +218,15 @@ impl Uploader {
                 let verified = known
                     .get(&o.key)
                     .is_some_and(|k| k.verified && k.size == o.size);
+                let file = known
+                    .get(&o.key)
+                    .and_then(|k| k.file.filter(|_| k.size == o.size));
                 fresh.insert(
                     o.key,
                     Known {
                         size: o.size,
                         verified,
+                        file,
                     },
                 );
             }
@@ -241,11 +252,15 @@ impl Uploader {
         self.known.lock().unwrap().get(key).copied()
     }
 
-    fn mark(&self, key: &str, size: u64, verified: bool) {
-        self.known
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), Known { size, verified });
+    fn mark(&self, key: &str, size: u64, verified: bool, file: Option<(u64, i64, i64)>) {
+        self.known.lock().unwrap().insert(
+            key.to_string(),
+            Known {
+                size,
+                verified,
+                file,
+            },
+        );
     }
 
     /// The local file is gone (compacted, moved away): drop what we remember about it, so
@@ -318,17 +333,21 @@ impl Uploader {
             source: Box::new(source),
         };
         let known = self.known(&key);
+        let fp = fingerprint(&meta);
+        // The object holds another file that used to have this name (renamed over it).
+        let replaced = known.is_some_and(|k| k.file.is_some_and(|f| f != fp));
         if let Some(k) = known {
-            if k.size == size && (k.verified || !self.cfg.md5_on_start) {
+            if k.size == size && !replaced && (k.verified || !self.cfg.md5_on_start) {
                 return Ok(Outcome::Present);
             }
         }
-        let must_ask = self.cfg.md5_on_start || !self.covered(&key) || known.is_some();
+        let must_ask =
+            !replaced && (self.cfg.md5_on_start || !self.covered(&key) || known.is_some());
         if must_ask {
             if let Some(info) = self.store.head(&key).await.map_err(store_err)? {
                 if info.size == size {
                     if !self.cfg.md5_on_start || self.same_md5(path, &info).await? {
-                        self.mark(&key, size, true);
+                        self.mark(&key, size, true, Some(fp));
                         return Ok(Outcome::Present);
                     }
                     // Same name and size, different bytes: SSTables never change, so this
@@ -338,7 +357,7 @@ impl Uploader {
                         path = %path.display(), key,
                         "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)"
                     );
-                    self.mark(&key, size, true);
+                    self.mark(&key, size, true, Some(fp));
                     return Ok(Outcome::Present);
                 } else {
                     // A different size is a different file under a reused name (a replaced
@@ -352,7 +371,7 @@ impl Uploader {
             }
         }
         let bytes = self.put_file(path, &key, cancel).await?;
-        self.mark(&key, bytes, true);
+        self.mark(&key, bytes, true, Some(fp));
         self.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_uploaded
@@ -699,7 +718,7 @@ impl Uploader {
                     path: data.clone(),
                     source: Box::new(source),
                 })?;
-            self.mark(&key, body.len() as u64, true);
+            self.mark(&key, body.len() as u64, true, None);
             self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
         }
         Ok(listed)

@@ -864,3 +864,27 @@ async fn md5_on_start_keeps_a_same_size_copy_and_replaces_a_different_size_one()
         b"stored bytes 123"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_over_another_of_the_same_size_is_uploaded_again() {
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("renameover");
+    let data = tempfile::tempdir().unwrap();
+    let d = Running::start(config(&s3, &prefix, vec![data.path().into()])).await;
+    let b = data.path().join("nb-1-big-Summary.db");
+    write_file(&b, b"first version!!");
+    common::wait_until_async(WAIT, "first version stored", || async {
+        s3.raw_get(&key(&prefix, &b)).await.as_deref() == Some(b"first version!!".as_slice())
+    })
+    .await;
+    let a = data.path().join("incoming");
+    write_file(&a, b"second version!");
+    std::fs::rename(&a, &b).unwrap();
+    common::wait_until_async(WAIT, "second version stored", || async {
+        s3.raw_get(&key(&prefix, &b)).await.as_deref() == Some(b"second version!".as_slice())
+    })
+    .await;
+    let (_, meta, _) = s3.raw_head(&key(&prefix, &b)).await.unwrap();
+    assert_eq!(meta["md5sum"], md5_hex(b"second version!"));
+    d.stop().await;
+}
