@@ -6,6 +6,12 @@ pub mod logging;
 pub mod snap;
 pub mod systemd;
 
+/// The clap definitions of every tool, for man pages and completions.
+pub fn commands() -> Vec<clap::Command> {
+    use clap::CommandFactory;
+    vec![snap::SnapArgs::command()]
+}
+
 /// The host's fully qualified name, as Python's `socket.getfqdn()` gives it: the canonical
 /// name of the host name, falling back to the plain host name.
 pub fn fqdn() -> String {
