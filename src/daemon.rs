@@ -360,6 +360,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     }
 
     drop(watcher);
+    // Indexes still in their quiet period: write them now (inside the shutdown deadline), so
+    // a Data.db uploaded just before SIGTERM does not wait for the next start to be indexed.
+    for (dir, pi) in std::mem::take(&mut d.indexes) {
+        let up = d.uploader.clone();
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            let r = up.write_index(&dir, &pi.files, &c).await;
+            Done::Index(dir, pi.files, r)
+        });
+    }
     if !tasks.is_empty() {
         let deadline = tokio::time::sleep(cfg.shutdown_timeout);
         tokio::pin!(deadline);

@@ -159,6 +159,8 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
             "node1",
             "-p",
             &prefix,
+            "--index-delay",
+            "600000",
         ])
         .env_clear()
         .envs(s3.cli_env())
@@ -185,12 +187,13 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
         log.push('\n');
     }
     std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"TOC").unwrap();
-    let key = format!("{prefix}node1:{}/nb-1-big-TOC.txt", d.path().display());
+    std::fs::write(d.path().join("nb-1-big-Data.db"), b"DATA").unwrap();
+    let key = format!("{prefix}node1:{}/nb-1-big-Data.db", d.path().display());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(common::wait_until_async(
         Duration::from_secs(30),
         &key,
-        || async { s3.raw_get(&key).await.as_deref() == Some(b"TOC".as_slice()) },
+        || async { s3.raw_get(&key).await.as_deref() == Some(b"DATA".as_slice()) },
     ));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -200,8 +203,19 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
     }
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(
-        log.contains("tablesnap stopped: 1 files (3 bytes) uploaded"),
+        log.contains("tablesnap stopped: 2 files (7 bytes) uploaded"),
         "{log}"
+    );
+    // The index was still in its (10 minute) quiet period: shutdown writes it.
+    let index = rt
+        .block_on(s3.raw_get(&format!("{key}-listdir.json")))
+        .expect("index written at shutdown");
+    assert_eq!(
+        String::from_utf8(index).unwrap(),
+        format!(
+            r#"{{"{}": ["nb-1-big-Data.db", "nb-1-big-TOC.txt"]}}"#,
+            d.path().display()
+        )
     );
 }
 
