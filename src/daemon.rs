@@ -194,7 +194,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     let host_prefix = cfg.layout.host_prefix();
     let mut roots = Vec::new();
     for p in &cfg.paths {
-        let abs = std::path::absolute(p).map_err(|_| DaemonError::NotADir { path: p.clone() })?;
+        let abs = abspath(p).map_err(|_| DaemonError::NotADir { path: p.clone() })?;
         if !abs.is_dir() {
             return Err(DaemonError::NotADir { path: abs });
         }
@@ -756,6 +756,25 @@ impl Daemon<'_> {
     }
 }
 
+/// Python's `os.path.abspath`, which the original applied to watched paths: absolute, with
+/// `.` and `..` resolved lexically. Symlinks are kept as given (keys name the path the
+/// operator configured, as they always did).
+pub fn abspath(p: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(p)?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
 /// What to tell an operator whose destination does not answer as it should.
 pub fn probe_hint(kind: ErrorKind) -> &'static str {
     match kind {
@@ -793,6 +812,17 @@ fn backoff(attempt: u32, kind: Option<ErrorKind>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watched_paths_are_normalized_like_os_path_abspath() {
+        assert_eq!(
+            abspath(Path::new("/a/b/../c/./d/")).unwrap(),
+            Path::new("/a/c/d")
+        );
+        assert_eq!(abspath(Path::new("/../x")).unwrap(), Path::new("/x"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(abspath(Path::new("x/..")).unwrap(), cwd);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
