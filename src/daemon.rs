@@ -202,17 +202,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         Store::path(&key)?;
         roots.push(abs);
     }
-    let probe_dir = host_prefix.trim_end_matches('/');
-    if let Err(source) = probe_store
-        .probe(if probe_dir.is_empty() { "x" } else { probe_dir })
-        .await
-    {
-        return Err(DaemonError::Probe {
-            dest: store.destination().to_string(),
-            hint: probe_hint(source.kind()),
-            source,
-        });
-    }
     let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), cfg.upload.clone()));
     let metrics = Arc::new(Metrics::default());
     let cancel = CancellationToken::new();
@@ -239,6 +228,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         }
         Some(w)
     };
+    // The destination must answer before anything is uploaded. Bad credentials or a missing
+    // bucket are fatal at once; an endpoint that does not answer is waited for (the watches
+    // are already in place, so nothing written meanwhile is missed), except with --once.
+    tokio::pin!(shutdown);
+    let probe_dir = host_prefix.trim_end_matches('/');
+    let probe_dir = if probe_dir.is_empty() { "x" } else { probe_dir };
+    let mut attempt = 0;
+    loop {
+        let source = match probe_store.probe(probe_dir).await {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        let err = DaemonError::Probe {
+            dest: uploader.store().destination().to_string(),
+            hint: probe_hint(source.kind()),
+            source,
+        };
+        let transient = matches!(&err, DaemonError::Probe { source, .. } if source.kind() == ErrorKind::Transient);
+        if !transient || cfg.once {
+            return Err(err);
+        }
+        attempt += 1;
+        let delay = backoff(attempt, None).min(Duration::from_secs(30));
+        tracing::error!(
+            "{err}; retrying in {delay:?} (already watching: nothing written meanwhile is missed)"
+        );
+        tokio::select! {
+            _ = &mut shutdown => return Ok(Summary::default()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     tracing::info!(
         destination = %uploader.store().destination(),
         key_prefix = %host_prefix,
@@ -295,7 +315,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    tokio::pin!(shutdown);
 
     loop {
         // Start what we can.
@@ -338,7 +357,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
             }
             evs = async { watcher.as_mut().unwrap().next().await }, if watcher.is_some() => {
                 match evs {
-                    Ok(evs) => for ev in evs { d.on_event(ev) },
+                    Ok(evs) => for ev in evs {
+                        if ev == WatchEvent::Overflow {
+                            // Directory creations may be among the lost events: watch them now.
+                            let w = watcher.as_mut().expect("watching");
+                            for dir in w.rewatch(&d.roots) {
+                                tracing::info!(dir = %dir.display(), "watching a directory whose creation event was lost");
+                            }
+                        }
+                        d.on_event(ev)
+                    },
                     Err(e @ WatchError::Limit { .. }) => tracing::error!("{e}"),
                     Err(e) => {
                         tracing::error!("{e}; rescanning");
@@ -350,6 +378,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
             _ = async { rescan.as_mut().unwrap().tick().await }, if rescan.is_some() => {
                 tracing::info!("periodic rescan");
                 d.metrics.rescan("interval");
+                if let Some(w) = watcher.as_mut() {
+                    w.rewatch(&d.roots);
+                }
                 d.reconcile_and_scan().await;
             }
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
@@ -469,6 +500,11 @@ impl Daemon<'_> {
             WatchEvent::NewDir(dir) => {
                 tracing::info!(dir = %dir.display(), "new directory: watching and scanning it");
                 for f in scan(&dir, false) {
+                    self.enqueue(f);
+                }
+            }
+            WatchEvent::Unwatched(dir) => {
+                for f in scan(&dir, true) {
                     self.enqueue(f);
                 }
             }
@@ -653,7 +689,10 @@ impl Daemon<'_> {
                             }
                             Outcome::Ignored => {}
                         }
-                        let stored = matches!(outcome, Outcome::Uploaded { .. });
+                        // A Data.db stored as a side effect of a sibling's index (while this task
+                        // waited to retry) still needs its own index.
+                        let stored = matches!(outcome, Outcome::Uploaded { .. })
+                            || (outcome == Outcome::Present && self.uploader.unindexed(&p));
                         let is_data = p
                             .file_name()
                             .and_then(|n| n.to_str())

@@ -153,6 +153,12 @@ pub struct Uploader {
     /// Files removed by `--delete-on-backup` after a confirmed upload, per directory: later
     /// indexes of that directory still name them (they are durable, only no longer local).
     deleted: Mutex<HashMap<PathBuf, std::collections::BTreeSet<String>>>,
+    /// Data.db files uploaded whose own index is not written yet (the uploads a sibling's
+    /// index made as a side effect included).
+    unindexed: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Keys whose stored object may be torn (the file changed while it was read): upload
+    /// again without trusting a size match.
+    force: Mutex<std::collections::HashSet<String>>,
     pub stats: Stats,
 }
 
@@ -178,6 +184,8 @@ impl Uploader {
             mem_units,
             names: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
+            unindexed: Mutex::new(Default::default()),
+            force: Mutex::new(Default::default()),
             stats: Stats::default(),
         }
     }
@@ -273,6 +281,11 @@ impl Uploader {
         }
     }
 
+    /// Whether this Data.db was uploaded during this run and its index is not written yet.
+    pub fn unindexed(&self, path: &Path) -> bool {
+        self.unindexed.lock().unwrap().contains(path)
+    }
+
     /// How many keys are remembered (for tests and metrics).
     pub fn known_len(&self) -> usize {
         self.known.lock().unwrap().len()
@@ -334,6 +347,9 @@ impl Uploader {
         };
         let known = self.known(&key);
         let fp = fingerprint(&meta);
+        if self.force.lock().unwrap().remove(&key) {
+            return self.upload_now(path, key, size, fp, cancel).await;
+        }
         // The object holds another file that used to have this name (renamed over it).
         let replaced = known.is_some_and(|k| k.file.is_some_and(|f| f != fp));
         if let Some(k) = known {
@@ -370,7 +386,40 @@ impl Uploader {
                 }
             }
         }
-        let bytes = self.put_file(path, &key, cancel).await?;
+        self.upload_now(path, key, size, fp, cancel).await
+    }
+
+    /// Uploads the file now (the presence checks are done), and records the result.
+    async fn upload_now(
+        &self,
+        path: &Path,
+        key: String,
+        _size: u64,
+        fp: (u64, i64, i64),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let bytes = match self.put_file(path, &key, cancel).await {
+            Ok(b) => b,
+            Err(e @ UploadError::Changed { .. }) => {
+                // What was stored may be torn and would pass a size check: remove it and
+                // make the retry upload again whatever it finds.
+                self.known.lock().unwrap().remove(&key);
+                self.force.lock().unwrap().insert(key.clone());
+                if let Err(de) = self.store.delete(&key).await {
+                    tracing::warn!(key, "could not delete a possibly torn object: {de}");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if self.cfg.with_index
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(layout::wants_index)
+        {
+            self.unindexed.lock().unwrap().insert(path.to_path_buf());
+        }
         self.mark(&key, bytes, true, Some(fp));
         self.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -694,9 +743,18 @@ impl Uploader {
         names.sort();
         let mut listed = Vec::with_capacity(names.len());
         for n in names {
-            match self.ensure_durable(&dir.join(&n), cancel).await? {
-                Outcome::Uploaded { .. } | Outcome::Present => listed.push(n),
-                Outcome::Vanished | Outcome::Ignored => {}
+            match self.ensure_durable(&dir.join(&n), cancel).await {
+                Ok(Outcome::Uploaded { .. } | Outcome::Present) => listed.push(n),
+                Ok(Outcome::Vanished | Outcome::Ignored) => {}
+                // An unreadable sibling must not hold back the index of everything else:
+                // leave it out (the index names only durable objects); its own retries
+                // upload it, and the next index names it.
+                Err(e) if e.is_local() => {
+                    tracing::warn!("{e}; not named in the index of {}", dir.display())
+                }
+                // Changed: being rewritten now; it gets its own upload and a later index.
+                Err(UploadError::Changed { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
@@ -719,6 +777,7 @@ impl Uploader {
                     source: Box::new(source),
                 })?;
             self.mark(&key, body.len() as u64, true, None);
+            self.unindexed.lock().unwrap().remove(data);
             self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
         }
         Ok(listed)

@@ -90,6 +90,8 @@ pub enum WatchEvent {
     Overflow,
     /// A file was deleted or moved away (compaction): forget what we know about it.
     Gone(PathBuf),
+    /// A new directory that could not be watched (watch limit): scan its whole subtree.
+    Unwatched(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,25 @@ impl Watcher {
             recursive,
             auto_add,
         })
+    }
+
+    /// After events were lost (overflow): watch every directory under the roots that should
+    /// be watched and is not (its creation event may have been lost). Returns the new ones.
+    pub fn rewatch(&mut self, roots: &[PathBuf]) -> Vec<PathBuf> {
+        if !(self.recursive || self.auto_add) {
+            return vec![];
+        }
+        let before: std::collections::HashSet<PathBuf> = self.dirs.values().cloned().collect();
+        for r in roots {
+            if let Err(e) = self.add_tree(r, true) {
+                tracing::error!("{e}");
+            }
+        }
+        self.dirs
+            .values()
+            .filter(|d| !before.contains(*d))
+            .cloned()
+            .collect()
     }
 
     /// Watches `root` (and, with `-r`, every directory below it). Returns the directories
@@ -245,8 +266,14 @@ impl Watcher {
                 // Watch the new directory (and, with -r, its subtree) before scanning it.
                 match self.add_tree(&path, true) {
                     Ok(added) => out.extend(added.into_iter().map(WatchEvent::NewDir)),
-                    Err(e @ WatchError::Limit { .. }) => return Err(e),
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) => {
+                        // Out of watches (or a race): the directory cannot be watched, but
+                        // what is in it now must still be backed up.
+                        tracing::error!(
+                            "{e}; its current files are uploaded, later ones only by a rescan (--rescan-interval)"
+                        );
+                        out.push(WatchEvent::Unwatched(path));
+                    }
                 }
             }
             return Ok(());

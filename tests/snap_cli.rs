@@ -119,8 +119,10 @@ fn unreachable_endpoint_is_a_clear_configuration_error() {
         ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
     ];
     let t0 = Instant::now();
+    // With --once it is fatal (the daemon instead waits for the endpoint, still watching).
     let (code, out) = run(
         &[
+            "--once",
             "bucket1",
             p,
             "--endpoint-url",

@@ -38,9 +38,11 @@ pub fn init(tag: &'static str) {
     }
     // Under systemd, journald stamps every line itself: no second timestamp.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     if journald {
         b.without_time().with_ansi(false).init();
