@@ -25,4 +25,6 @@
 
 pub mod cli;
 pub mod layout;
+pub mod restore;
+pub mod retention;
 pub mod store;

@@ -2,7 +2,9 @@
 //! stay thin and man pages / completions can be generated from the same definitions.
 //! Shared here: host naming, logging setup, and the warning about secrets on argv.
 
+pub mod chop;
 pub mod logging;
+pub mod slurp;
 
 /// The host's fully qualified name, as Python's `socket.getfqdn()` gives it: the canonical
 /// name of the host name, falling back to the plain host name.
