@@ -264,8 +264,8 @@ pub struct Choice {
 
 /// The order in which indexes of one directory are "newer": LastModified at one-second
 /// resolution (what S3 listings give), then the SSTable generation of the data file the index
-/// belongs to (written later), then the key.
-fn newness(o: &ObjectInfo) -> (i64, Option<layout::Generation>, &str) {
+/// belongs to (written later), then the key. Shared with [`crate::retention`].
+pub fn newness(o: &ObjectInfo) -> (i64, Option<layout::Generation>, &str) {
     let name = layout::data_key_of_index(&o.key)
         .map(|d| layout::split_dir(d).1)
         .unwrap_or("");
@@ -481,7 +481,14 @@ pub fn plan(
             files,
         });
     }
-    if let (Some(dir), Some(cl)) = (opts.commitlogs.as_deref(), commitlog_listing) {
+    if opts.commitlogs.is_some() && plan.tables.is_empty() {
+        tracing::warn!("no table restored: commit logs are not restored either");
+    }
+    if let (Some(dir), Some(cl), false) = (
+        opts.commitlogs.as_deref(),
+        commitlog_listing,
+        plan.tables.is_empty(),
+    ) {
         let dir = dir.trim_end_matches('/');
         // Older than every restored table's index: those mutations are in the SSTables.
         let since_ms = plan
@@ -489,7 +496,7 @@ pub fn plan(
             .iter()
             .map(|t| t.index_time.timestamp_millis())
             .min()
-            .unwrap_or(i64::MIN);
+            .unwrap_or(i64::MAX);
         let target = opts
             .commitlog_target
             .clone()
@@ -895,12 +902,19 @@ async fn fetch_once(
         .head(&f.key)
         .await?
         .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?;
+    // A fresh file, never through a symlink planted at the temp name.
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RestoreError::io("remove stale", tmp)(e));
+        }
+        _ => {}
+    }
     let file = OpenOptions::new()
         .write(true)
         .read(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)
         .map_err(RestoreError::io("create", tmp))?;
     let file = Arc::new(file);

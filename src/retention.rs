@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::layout::{self, INDEX_SUFFIX, Layout, Listing};
+use crate::restore::newness;
 use crate::store::ObjectInfo;
 
 /// What to keep and what to delete, keys sorted.
@@ -64,17 +65,6 @@ impl Scope {
 
 fn young(o: &ObjectInfo, now: DateTime<Utc>, age: Duration) -> bool {
     now.signed_duration_since(o.last_modified) < age
-}
-
-fn newness(o: &ObjectInfo) -> (i64, Option<layout::Generation>, &str) {
-    let name = layout::data_key_of_index(&o.key)
-        .map(|d| layout::split_dir(d).1)
-        .unwrap_or("");
-    (
-        o.last_modified.timestamp(),
-        layout::sstable_generation(name),
-        &o.key,
-    )
 }
 
 /// The indexes to keep (rules 1 and 2): the bodies of these are needed by [`decide`].

@@ -49,10 +49,10 @@ pub struct Args {
     #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
-    #[arg(short = 'k', long = "key")]
+    #[arg(short = 'k', long = "key", visible_alias = "aws-key")]
     pub key: Option<String>,
     /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
-    #[arg(short = 's', long = "secret")]
+    #[arg(short = 's', long = "secret", visible_alias = "aws-secret")]
     pub secret: Option<String>,
     /// Session token
     #[arg(
@@ -90,7 +90,10 @@ pub fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let args = Args::parse();
     super::logging::init("tablechop");
-    super::warn_secrets_on_argv(&argv, &["-s", "--secret", "--token", "--aws-token"]);
+    super::warn_secrets_on_argv(
+        &argv,
+        &["-s", "--secret", "--aws-secret", "--token", "--aws-token"],
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
