@@ -738,6 +738,18 @@ pub async fn execute(
     .buffer_unordered(opts.threads.max(1))
     .collect::<Vec<_>>()
     .await;
+    let mut synced = std::collections::HashSet::new();
+    for (f, o) in &results {
+        if let (Outcome::Restored { .. }, Some(dir)) = (o, f.dest.parent()) {
+            if synced.insert(dir) {
+                let d = dir.to_path_buf();
+                let r = tokio::task::spawn_blocking(move || File::open(&d)?.sync_all()).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("fsync directory {}: {e}", dir.display());
+                }
+            }
+        }
+    }
     for (f, o) in results {
         match o {
             Outcome::Restored { .. } => {
@@ -960,12 +972,8 @@ async fn fetch_once(
         .await
         .map_err(|e| RestoreError::io("fsync", tmp)(std::io::Error::other(e)))?
         .map_err(RestoreError::io("fsync", tmp))?;
+    // The directory entry is made durable once per directory, at the end of execute().
     std::fs::rename(tmp, &f.dest).map_err(RestoreError::io("rename into place", &f.dest))?;
-    if let Some(dir) = f.dest.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
     Ok(())
 }
 
