@@ -207,7 +207,8 @@ impl Plan {
                 t.dir,
                 t.target.display(),
                 t.index_key,
-                t.index_time.to_rfc3339(),
+                t.index_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 t.indexes_total,
                 t.files.len(),
                 t.bytes(),

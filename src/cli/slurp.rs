@@ -388,6 +388,7 @@ impl Display {
             );
             pb.set_message(format!("0/{files} files"));
             pb.set_length(bytes);
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
             pb
         });
         Self {
@@ -400,7 +401,7 @@ impl Display {
 
     fn finish(&self) {
         if let Some(b) = &self.bar {
-            b.finish();
+            b.finish_and_clear();
         }
     }
 }
