@@ -36,7 +36,7 @@ struct Fixture {
 /// * outside: another host's keys and a sibling path, old, untouched.
 fn fixture(corpus: &Path) -> Fixture {
     let (opts, c) = dest();
-    let w = Writer::new(&opts);
+    let w = Writer::new(&opts, &c);
     let mut survivors = BTreeSet::new();
     let mut indexes = Vec::new();
     let tables = corpus_tables(corpus);
@@ -98,7 +98,10 @@ fn fixture(corpus: &Path) -> Fixture {
     }
 
     // Outside the scope: untouched whatever their age.
-    let other = Writer::with_layout(&opts, layout::Layout::new("", "node2.example.com", ":"));
+    let other = Writer::with_layout(
+        &opts,
+        layout::Layout::new(c.prefix.clone(), "node2.example.com", ":"),
+    );
     let k = other.put_data(&format!("{DATA}/ks/t/nb-1-big-Data.db"), b"x", 0o100644);
     backdate(&c, &k, 100 * DAY);
     survivors.insert(k);
@@ -110,7 +113,7 @@ fn fixture(corpus: &Path) -> Fixture {
     backdate(&c, &k, 100 * DAY);
     survivors.insert(k);
 
-    let all: BTreeSet<String> = all_keys(&c).into_iter().collect();
+    let all: BTreeSet<String> = all_keys(&opts, &c).into_iter().collect();
     Fixture {
         _c: c,
         opts,
@@ -123,7 +126,7 @@ fn fixture(corpus: &Path) -> Fixture {
 fn chop(f: &Fixture, extra: &[&str]) -> std::process::Output {
     let mut a = s(&["-n", HOST]);
     a.extend(s(extra));
-    a.extend(bucket_args(&f.opts));
+    a.extend(bucket_args(&f.opts, &f._c));
     a.push(DATA.into());
     a.push("7".into());
     run(CHOP, &a)
@@ -133,6 +136,9 @@ fn chop(f: &Fixture, extra: &[&str]) -> std::process::Output {
 fn chop_keeps_exactly_what_restores_need() {
     let Some(corpus) = corpus() else { return };
     let f = fixture(&corpus);
+    if needs_file_dest(&f._c) {
+        return;
+    }
 
     // Dry run (-d, the original's flag) with -l: lists, deletes nothing.
     let o = chop(&f, &["-d", "-l"]);
@@ -143,12 +149,12 @@ fn chop_keeps_exactly_what_restores_need() {
     for k in &doomed {
         assert!(err.contains(&format!("would delete {k}")), "{k} not listed");
     }
-    let after: BTreeSet<String> = all_keys(&f._c).into_iter().collect();
+    let after: BTreeSet<String> = all_keys(&f.opts, &f._c).into_iter().collect();
     assert_eq!(after, f.all, "dry run deleted something");
 
     let o = chop(&f, &["-l", "-j", "2"]);
     assert_eq!(o.status.code(), Some(0));
-    let after: BTreeSet<String> = all_keys(&f._c).into_iter().collect();
+    let after: BTreeSet<String> = all_keys(&f.opts, &f._c).into_iter().collect();
     assert_eq!(after, f.survivors);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -161,7 +167,7 @@ fn chop_keeps_exactly_what_restores_need() {
         let data_name = layout::split_dir(layout::data_key_of_index(index_key).unwrap()).1;
         let t = tempfile::tempdir().unwrap();
         let mut a = s(&["-n", HOST, "-f", data_name]);
-        a.extend(bucket_args(&f.opts));
+        a.extend(bucket_args(&f.opts, &f._c));
         a.push(format!("{DATA}/{rel}"));
         a.push(t.path().display().to_string());
         let o = run(SLURP, &a);
@@ -176,14 +182,17 @@ fn chop_keeps_exactly_what_restores_need() {
     // A second run has nothing left to delete.
     let o = chop(&f, &[]);
     assert_eq!(o.status.code(), Some(0));
-    let after: BTreeSet<String> = all_keys(&f._c).into_iter().collect();
+    let after: BTreeSet<String> = all_keys(&f.opts, &f._c).into_iter().collect();
     assert_eq!(after, f.survivors);
 }
 
 #[test]
 fn unreadable_index_keeps_its_directory() {
     let (opts, c) = dest();
-    let w = Writer::new(&opts);
+    if needs_file_dest(&c) {
+        return;
+    }
+    let w = Writer::new(&opts, &c);
     let dir = format!("{DATA}/ks/t-1");
     let old = w.put_data(&format!("{dir}/nb-1-big-Data.db"), b"d", 0o100644);
     let idx = w.put_index_body(
@@ -192,15 +201,15 @@ fn unreadable_index_keeps_its_directory() {
     );
     backdate(&c, &old, 50 * DAY);
     backdate(&c, &idx, 50 * DAY);
-    let before = all_keys(&c);
+    let before = all_keys(&opts, &c);
     let mut a = s(&["-n", HOST]);
-    a.extend(bucket_args(&opts));
+    a.extend(bucket_args(&opts, &c));
     a.push(DATA.into());
     a.push("7".into());
     let o = run(CHOP, &a);
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read index"));
-    assert_eq!(all_keys(&c), before);
+    assert_eq!(all_keys(&opts, &c), before);
 }
 
 #[test]
