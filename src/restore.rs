@@ -23,7 +23,6 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1025,36 +1024,31 @@ async fn fetch_ranges(
         .step_by(opts.range_size as usize)
         .map(|s| s..(s + opts.range_size).min(size))
         .collect();
-    let written = AtomicU64::new(0);
-    futures::stream::iter(ranges.into_iter().map(|r| {
-        let written = &written;
-        async move {
-            let want = r.end - r.start;
-            let mut s = store.get_stream(key, Some(r.clone())).await?;
-            let mut off = r.start;
-            while let Some(chunk) = s.try_next().await? {
-                if off + chunk.len() as u64 > r.end {
-                    return Err(RestoreError::Size {
-                        key: key.to_string(),
-                        expected: want,
-                        actual: off + chunk.len() as u64 - r.start,
-                    });
-                }
-                file.write_all_at(&chunk, off)
-                    .map_err(RestoreError::io("write", path))?;
-                off += chunk.len() as u64;
-                observer.bytes(chunk.len() as u64);
-            }
-            if off != r.end {
+    futures::stream::iter(ranges.into_iter().map(|r| async move {
+        let want = r.end - r.start;
+        let mut s = store.get_stream(key, Some(r.clone())).await?;
+        let mut off = r.start;
+        while let Some(chunk) = s.try_next().await? {
+            if off + chunk.len() as u64 > r.end {
                 return Err(RestoreError::Size {
                     key: key.to_string(),
                     expected: want,
-                    actual: off - r.start,
+                    actual: off + chunk.len() as u64 - r.start,
                 });
             }
-            written.fetch_add(want, Ordering::Relaxed);
-            Ok::<_, RestoreError>(())
+            file.write_all_at(&chunk, off)
+                .map_err(RestoreError::io("write", path))?;
+            off += chunk.len() as u64;
+            observer.bytes(chunk.len() as u64);
         }
+        if off != r.end {
+            return Err(RestoreError::Size {
+                key: key.to_string(),
+                expected: want,
+                actual: off - r.start,
+            });
+        }
+        Ok::<_, RestoreError>(())
     }))
     .buffer_unordered(opts.threads.max(1))
     .try_collect::<Vec<()>>()
