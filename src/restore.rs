@@ -910,10 +910,6 @@ async fn fetch_once(
     ids: Option<(Option<u32>, Option<u32>)>,
     observer: &dyn Observer,
 ) -> Result<(), RestoreError> {
-    let info = store
-        .head(&f.key)
-        .await?
-        .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?;
     // A fresh file, never through a symlink planted at the temp name.
     match std::fs::remove_file(tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -931,15 +927,28 @@ async fn fetch_once(
         .map_err(RestoreError::io("create", tmp))?;
     let file = Arc::new(file);
     let limit = opts.fault.as_ref().and_then(|h| h(&f.key, attempt));
-    let md5 = if info.size >= opts.range_threshold && opts.range_size > 0 && limit.is_none() {
+    let missing = |e: StoreError| match e.kind() {
+        ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
+        _ => RestoreError::Store(e),
+    };
+    let (info, md5) = if f.size >= opts.range_threshold && opts.range_size > 0 && limit.is_none() {
+        // Large: HEAD for size and metadata, then parallel ranges, then hash the file.
+        let info = store
+            .head(&f.key)
+            .await?
+            .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?;
         fetch_ranges(store, &f.key, info.size, &file, tmp, opts, observer).await?;
         let file = file.clone();
         let tmp2 = tmp.to_path_buf();
-        tokio::task::spawn_blocking(move || hash_file(&file, &tmp2))
+        let md5 = tokio::task::spawn_blocking(move || hash_file(&file, &tmp2))
             .await
-            .map_err(|e| RestoreError::io("hash", tmp)(std::io::Error::other(e)))??
+            .map_err(|e| RestoreError::io("hash", tmp)(std::io::Error::other(e)))??;
+        (info, md5)
     } else {
-        fetch_stream(store, &f.key, &file, tmp, limit, observer).await?
+        // Small: one GET gives the metadata and the bytes, hashed as they stream in.
+        let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
+        let md5 = fetch_stream(stream, &file, tmp, limit, observer).await?;
+        (info, md5)
     };
     let n = file
         .metadata()
@@ -979,14 +988,12 @@ async fn fetch_once(
 
 /// Streams the whole object into `file`, hashing as it goes. Returns (bytes, md5 hex).
 async fn fetch_stream(
-    store: &Store,
-    key: &str,
+    mut s: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
     file: &File,
     path: &Path,
     limit: Option<u64>,
     observer: &dyn Observer,
 ) -> Result<(u64, String), RestoreError> {
-    let mut s = store.get_stream(key, None).await?;
     let mut h = Md5::new();
     let mut off = 0u64;
     while let Some(mut chunk) = s.try_next().await? {
