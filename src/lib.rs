@@ -28,6 +28,8 @@ pub mod daemon;
 pub mod filter;
 pub mod layout;
 pub mod metrics;
+pub mod restore;
+pub mod retention;
 pub mod store;
 pub mod throttle;
 pub mod upload;

@@ -2,14 +2,20 @@
 //! stay thin and man pages / completions can be generated from the same definitions.
 //! Shared here: host naming, logging setup, and the warning about secrets on argv.
 
+pub mod chop;
 pub mod logging;
+pub mod slurp;
 pub mod snap;
 pub mod systemd;
 
 /// The clap definitions of every tool, for man pages and completions.
 pub fn commands() -> Vec<clap::Command> {
     use clap::CommandFactory;
-    vec![snap::SnapArgs::command()]
+    vec![
+        snap::SnapArgs::command(),
+        slurp::Args::command(),
+        chop::Args::command(),
+    ]
 }
 
 /// The host's fully qualified name, as Python's `socket.getfqdn()` gives it: the canonical

@@ -1,0 +1,4 @@
+//! `tableslurp`: restore backups written by tablesnap (see `tablesnap::cli::slurp`).
+fn main() -> std::process::ExitCode {
+    tablesnap::cli::slurp::main()
+}

@@ -1,0 +1,445 @@
+//! The `tableslurp` command line: every flag of the original, plus `--prefix`,
+//! `--keyname-separator`, `--endpoint-url`, URL destinations, `-r`, `--commitlogs`,
+//! `--as-of`, `--dry-run`, `--list` and `--verify`. It only parses, sets up and reports; the
+//! work is in [`crate::restore`].
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use chrono::{DateTime, TimeZone, Utc};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::layout::Layout;
+use crate::restore::{
+    self, ExecOptions, Observer, Outcome, Ownership, PlannedFile, PrepareError, RestoreOptions,
+    Selection,
+};
+use crate::store::{Store, StoreOptions};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (or nothing needed doing)
+  1  some files could not be restored or verified (each is named in the log)
+  2  bad usage
+  3  configuration or destination error: bucket missing, access denied, endpoint
+     unreachable, target not writable, nothing to restore found";
+
+/// Restore Cassandra SSTables backed up by tablesnap.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tableslurp",
+    version,
+    about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap",
+    long_about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap.\n\n\
+        ORIGIN is the directory as it was on the backed-up host; the newest file set \
+        (-listdir.json index) found directly in it is downloaded into TARGET, every file \
+        verified against its stored MD5 before it appears under its final name.",
+    after_help = EXIT_CODES
+)]
+pub struct Args {
+    /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
+    #[arg(short = 'k', long = "aws-key", value_name = "KEY")]
+    pub aws_key: Option<String>,
+    /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
+    #[arg(short = 's', long = "aws-secret", value_name = "SECRET")]
+    pub aws_secret: Option<String>,
+    /// Session token
+    #[arg(
+        long = "token",
+        visible_alias = "aws-token",
+        env = "AWS_SECURITY_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Region
+    #[arg(long = "aws-region", env = "AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
+    #[arg(long = "endpoint-url", env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Host name whose backup to restore (default: this host's FQDN); with --list, '*'
+    /// lists every host
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+    /// String put before every key when backing up
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Separator between host name and path in keys
+    #[arg(long = "keyname-separator", default_value = ":")]
+    pub keyname_separator: String,
+    /// chown restored files to the user/group stored with them (overrides -o/-g)
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
+    /// chown restored files to this user (name or id)
+    #[arg(short = 'o', long)]
+    pub owner: Option<String>,
+    /// chgrp restored files to this group (name or id)
+    #[arg(short = 'g', long)]
+    pub group: Option<String>,
+    /// Parallel downloads
+    #[arg(short = 't', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+    /// Restore the file set of ORIGIN/FILE-listdir.json (FILE = a ...-Data.db name) instead
+    /// of the newest
+    #[arg(short = 'f', long, conflicts_with_all = ["recursive", "as_of"])]
+    pub file: Option<String>,
+    /// ORIGIN is a data root: restore every KS/TABLE directory under it into TARGET/KS/TABLE
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Also restore the commit logs archived in PATH (on the backed-up host) that are newer
+    /// than the oldest restored index
+    #[arg(long, value_name = "PATH")]
+    pub commitlogs: Option<String>,
+    /// Where commit logs go (default: TARGET/commitlogs)
+    #[arg(long, value_name = "DIR", requires = "commitlogs")]
+    pub commitlog_target: Option<PathBuf>,
+    /// For each table, the newest file set at or before TIME (RFC 3339 or epoch seconds)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub as_of: Option<DateTime<Utc>>,
+    /// Download even when the file exists with the same size (replacing it)
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan (index per table, files, bytes, already present); download nothing
+    #[arg(long, conflicts_with_all = ["list", "verify"])]
+    pub dry_run: bool,
+    /// Inventory of the backups: tables, indexes, oldest/newest index, bytes
+    #[arg(long, conflicts_with = "verify")]
+    pub list: bool,
+    /// Check that every object of the selected file sets exists with the right size and MD5;
+    /// write nothing
+    #[arg(long)]
+    pub verify: bool,
+    /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
+    pub bucket: String,
+    /// Directory as it was on the backed-up host, e.g. /var/lib/cassandra/data/ks/tbl-ID
+    #[arg(required_unless_present = "list")]
+    pub origin: Option<String>,
+    /// Local directory to restore into
+    #[arg(required_unless_present_any = ["list", "verify"])]
+    pub target: Option<PathBuf>,
+}
+
+/// RFC 3339 or epoch seconds.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Utc
+            .timestamp_opt(n, 0)
+            .single()
+            .ok_or_else(|| format!("{s}: epoch seconds out of range"));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s}: {e}; expected RFC 3339 (2024-05-01T12:00:00Z) or epoch seconds"))
+}
+
+/// Entry point of the `tableslurp` binary.
+pub fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let args = Args::parse();
+    super::logging::init("tableslurp");
+    super::warn_secrets_on_argv(&argv, &["-s", "--aws-secret", "--token", "--aws-token"]);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn store_options(a: &Args) -> StoreOptions {
+    StoreOptions {
+        destination: a.bucket.clone(),
+        access_key: a.aws_key.clone(),
+        secret_key: a.aws_secret.clone(),
+        token: a.token.clone(),
+        region: Some(a.aws_region.clone()),
+        endpoint: a.endpoint_url.clone(),
+        ..Default::default()
+    }
+}
+
+/// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
+async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
+    let name = a.name.clone().unwrap_or_else(super::fqdn);
+    let layout = Layout::new(a.prefix.clone(), name.clone(), a.keyname_separator.clone());
+    if a.list {
+        return list(&store, &a, &layout).await;
+    }
+    let origin = a
+        .origin
+        .clone()
+        .context("ORIGIN is required")?
+        .trim_end_matches('/')
+        .to_string();
+    let origin = if origin.is_empty() {
+        "/".into()
+    } else {
+        origin
+    };
+    let target = match &a.target {
+        Some(t) => std::path::absolute(t).with_context(|| format!("target {}", t.display()))?,
+        None => PathBuf::from("/nonexistent-verify-only"),
+    };
+    let opts = RestoreOptions {
+        layout,
+        origin,
+        target: target.clone(),
+        selection: match (&a.file, a.recursive) {
+            (Some(f), _) => Selection::File(f.clone()),
+            (None, true) => Selection::Recursive,
+            (None, false) => Selection::Newest,
+        },
+        as_of: a.as_of,
+        commitlogs: a.commitlogs.clone(),
+        commitlog_target: a.commitlog_target.clone(),
+    };
+    let threads = usize::from(a.threads);
+    let plan = match restore::prepare(&store, &opts, threads).await {
+        Ok(p) => p,
+        Err(PrepareError::List(e)) => bail!("{e}"),
+        Err(e) => bail!("{e}"),
+    };
+    for p in &plan.problems {
+        tracing::error!("{p}");
+    }
+    let problems = !plan.problems.is_empty();
+    if a.dry_run {
+        print!("{}", plan.render());
+        return Ok(code(!problems));
+    }
+    let ownership = if a.preserve {
+        Ownership::Preserve
+    } else if a.owner.is_some() || a.group.is_some() {
+        let uid = match &a.owner {
+            Some(o) => Some(restore::uid_of(o).with_context(|| format!("no such user {o:?}"))?),
+            None => None,
+        };
+        let gid = match &a.group {
+            Some(g) => Some(restore::gid_of(g).with_context(|| format!("no such group {g:?}"))?),
+            None => None,
+        };
+        Ownership::Ids { uid, gid }
+    } else {
+        Ownership::Current
+    };
+    let exec = ExecOptions {
+        threads,
+        force: a.force,
+        ownership: ownership.clone(),
+        ..Default::default()
+    };
+    let to_fetch: Vec<&PlannedFile> = plan
+        .files()
+        .filter(|f| a.verify || a.force || !f.already_present())
+        .collect();
+    let bytes: u64 = to_fetch.iter().map(|f| f.size).sum();
+    let observer = Display::new(to_fetch.len() as u64, bytes, a.verify);
+    let started = Instant::now();
+    if a.verify {
+        tracing::info!(
+            "verifying {} tables: {} files, {} bytes",
+            plan.tables.len(),
+            to_fetch.len(),
+            bytes
+        );
+        let r = restore::verify(&store, &plan, &exec, &observer).await;
+        observer.finish();
+        for (_, e) in &r.failures {
+            tracing::error!("{e}");
+        }
+        tracing::info!(
+            "verified {} files, {} problems, in {:.1?}",
+            r.verified,
+            r.failures.len(),
+            started.elapsed()
+        );
+        return Ok(code(r.ok() && !problems));
+    }
+    check_writable(&target)?;
+    tracing::info!(
+        "restoring {} tables into {}: {} files, {} bytes to fetch, {} already present",
+        plan.tables.len(),
+        target.display(),
+        to_fetch.len(),
+        bytes,
+        plan.files().count() - to_fetch.len(),
+    );
+    let r = restore::execute(&store, &plan, &exec, &observer).await;
+    observer.finish();
+    if let Ownership::Ids { uid, gid } = ownership {
+        for t in &plan.tables {
+            if let Err(e) = std::os::unix::fs::chown(&t.target, uid, gid) {
+                tracing::warn!("chown {}: {e}", t.target.display());
+            }
+        }
+    }
+    for (_, e) in &r.failures {
+        tracing::error!("{e}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "restored {} files ({} bytes, {:.1} MB/s), {} already present, {} failed, in {:.1}s",
+        r.restored,
+        r.restored_bytes,
+        r.restored_bytes as f64 / 1e6 / secs.max(1e-3),
+        r.present,
+        r.failures.len(),
+        secs
+    );
+    Ok(code(r.ok() && !problems))
+}
+
+fn code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Like the original's `_test_permissions`: fail before downloading if TARGET cannot be
+/// written.
+fn check_writable(target: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("cannot create target directory {}", target.display()))?;
+    let probe = target.join(format!(".tableslurp-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write to target directory {}", target.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let (dir, filter) = if layout.name == "*" {
+        // Every host: list the prefix's directory and keep the keys that start with it.
+        let d = match layout.prefix.rfind('/') {
+            Some(i) => layout.prefix[..i].to_string(),
+            None => String::new(),
+        };
+        (d, layout.prefix.clone())
+    } else {
+        let o = a.origin.as_deref().unwrap_or("").trim_end_matches('/');
+        let d = layout.data_key(o);
+        (d.clone(), format!("{d}/"))
+    };
+    let objects = store.list_all(&dir).await.map_err(|e| anyhow!("{e}"))?;
+    let objects: Vec<_> = objects
+        .into_iter()
+        .filter(|o| o.key.starts_with(&filter))
+        .collect();
+    let inv = restore::inventory(&objects, &layout.prefix, &layout.separator);
+    if inv.is_empty() {
+        bail!("nothing found under {filter}");
+    }
+    let fmt = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("HOST\tDIRECTORY\tINDEXES\tOLDEST\tNEWEST\tOBJECTS\tBYTES");
+    for d in &inv {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            d.host,
+            d.dir,
+            d.indexes,
+            fmt(d.oldest),
+            fmt(d.newest),
+            d.objects,
+            d.bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal, plain log lines otherwise.
+struct Display {
+    bar: Option<ProgressBar>,
+    verify: bool,
+    files: u64,
+    done: AtomicU64,
+}
+
+impl Display {
+    fn new(files: u64, bytes: u64, verify: bool) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let pb = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb.set_message(format!("0/{files} files"));
+            pb.set_length(bytes);
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
+            pb
+        });
+        Self {
+            bar,
+            verify,
+            files,
+            done: AtomicU64::new(0),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Display {
+    fn bytes(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    fn file_done(&self, f: &PlannedFile, outcome: &Outcome) {
+        let what = if self.verify { "verified" } else { "restored" };
+        match &self.bar {
+            Some(b) => {
+                if !matches!(outcome, Outcome::AlreadyPresent) {
+                    let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+                    b.set_message(format!("{done}/{} files", self.files));
+                }
+                tracing::debug!(key = %f.key, "{outcome:?}");
+            }
+            None => match outcome {
+                Outcome::Restored { attempts } => tracing::info!(
+                    "{what} {} ({} bytes{})",
+                    f.dest.display(),
+                    f.size,
+                    if *attempts > 1 {
+                        format!(", after {attempts} attempts")
+                    } else {
+                        String::new()
+                    }
+                ),
+                Outcome::Verified => tracing::info!("{what} {} ({} bytes)", f.key, f.size),
+                Outcome::AlreadyPresent => {
+                    tracing::info!("{} already present, skipped", f.dest.display())
+                }
+                Outcome::Failed(_) => {}
+            },
+        }
+    }
+}
