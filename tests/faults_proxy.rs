@@ -175,8 +175,9 @@ async fn object_store_through_the_proxy_survives_errors_and_counts_s3_operations
         common::sha256_bytes(&s3.raw_get(&format!("{prefix}big")).await.unwrap()),
         common::sha256_bytes(&big)
     );
-    // Uploading the same key again is seen as a re-upload.
-    store.put(&key, PutPayload::from_static(b"again")).await.unwrap();
+    // Uploading the same content again is seen as a re-upload; other content is not.
+    store.put(&key, PutPayload::from_static(b"hello")).await.unwrap();
+    store.put(&key, PutPayload::from_static(b"other content")).await.unwrap();
     let c = p.counts();
     eprintln!("{c:?}");
     assert_eq!(c.errors, 2);

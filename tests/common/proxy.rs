@@ -56,8 +56,9 @@ pub struct Counts {
     pub multipart_started: u64,
     pub multipart_completed: u64,
     pub multipart_aborted: u64,
-    /// PUT / CreateMultipartUpload of a key that an earlier request through this proxy
-    /// already stored (2xx to a PUT or CompleteMultipartUpload).
+    /// PUT / CreateMultipartUpload of a key with the same content as what an earlier request
+    /// through this proxy already stored there (2xx to a PUT or CompleteMultipartUpload).
+    /// Content is told by the `x-amz-meta-md5sum` header, else by the body length.
     pub reuploads: u64,
 }
 
@@ -101,8 +102,10 @@ struct Plan {
 struct Shared {
     plan: Plan,
     counts: Counts,
-    /// Keys (request paths) stored through the proxy, with how many times.
-    stored: HashMap<String, u32>,
+    /// Keys (request paths) stored through the proxy → content fingerprint.
+    stored: HashMap<String, String>,
+    /// Multipart uploads started → content fingerprint.
+    started: HashMap<String, String>,
     reuploaded: Vec<String>,
 }
 
@@ -260,8 +263,8 @@ impl Proxy {
         self.with(|s| s.counts.clone())
     }
 
-    /// Request paths (`/BUCKET/KEY`, still URL-encoded) uploaded again after an earlier
-    /// upload through this proxy had succeeded.
+    /// Request paths (`/BUCKET/KEY`, still URL-encoded) uploaded again with the same content
+    /// after an earlier upload through this proxy had succeeded.
     pub fn reuploaded(&self) -> Vec<String> {
         self.with(|s| s.reuploaded.clone())
     }
@@ -443,6 +446,7 @@ struct Head {
     content_length: Option<u64>,
     chunked: bool,
     close: bool,
+    md5: Option<String>,
 }
 
 fn parse_head(raw: &[u8]) -> Option<Head> {
@@ -462,6 +466,7 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
         content_length: None,
         chunked: false,
         close: false,
+        md5: None,
     };
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
@@ -472,6 +477,7 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
             "content-length" => h.content_length = v.parse().ok(),
             "transfer-encoding" => h.chunked = v.contains("chunked"),
             "connection" => h.close = v.contains("close"),
+            "x-amz-meta-md5sum" => h.md5 = Some(v),
             _ => {}
         }
     }
@@ -557,6 +563,10 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
         }
         let body_len = req.content_length.unwrap_or(0);
         let (op, key) = op_of(&req.first, &req.second);
+        let fingerprint = req
+            .md5
+            .clone()
+            .unwrap_or_else(|| format!("len:{body_len}"));
         let (fault, delay, nreq) = {
             let mut s = inner.shared.lock().unwrap();
             s.counts.requests += 1;
@@ -579,9 +589,12 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
                 Fault::None
             };
             if matches!(fault, Fault::None) && matches!(op, Op::Put | Op::Start) {
-                if s.stored.get(&key).copied().unwrap_or(0) > 0 {
+                if s.stored.get(&key) == Some(&fingerprint) {
                     s.counts.reuploads += 1;
                     s.reuploaded.push(key.clone());
+                }
+                if op == Op::Start {
+                    s.started.insert(key.clone(), fingerprint.clone());
                 }
             }
             (fault, s.plan.delay, s.counts.requests)
@@ -668,8 +681,18 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
         {
             let mut s = inner.shared.lock().unwrap();
             s.counts.forwarded += 1;
-            if resp.first.starts_with('2') && matches!(op, Op::Put | Op::Complete) {
-                *s.stored.entry(key).or_insert(0) += 1;
+            if resp.first.starts_with('2') {
+                match op {
+                    Op::Put => {
+                        s.stored.insert(key, fingerprint);
+                    }
+                    Op::Complete => {
+                        if let Some(fp) = s.started.get(&key).cloned() {
+                            s.stored.insert(key, fp);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         if !keep || resp.close || req.close {
