@@ -43,7 +43,10 @@ fn generator(root: PathBuf, stop: Arc<AtomicBool>, out: Arc<Mutex<Written>>) {
     let mut tables: Vec<(PathBuf, Vec<u32>)> = Vec::new();
     let mut next_gen = 1u32;
     let new_table = |n: usize, root: &Path| {
-        let t = root.join(format!("ks{}/table{n}-0123456789abcdef0123456789abcdef", n % 2));
+        let t = root.join(format!(
+            "ks{}/table{n}-0123456789abcdef0123456789abcdef",
+            n % 2
+        ));
         std::fs::create_dir_all(&t).unwrap();
         t
     };
@@ -71,8 +74,10 @@ fn generator(root: PathBuf, stop: Arc<AtomicBool>, out: Arc<Mutex<Written>>) {
         {
             let mut w = out.lock().unwrap();
             for f in &files {
-                w.sizes
-                    .insert(f.clone(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
+                w.sizes.insert(
+                    f.clone(),
+                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                );
             }
             w.flushes += 1;
         }
@@ -114,17 +119,24 @@ impl Bin {
             .open(&self.log)
             .unwrap();
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_tablesnap"));
-        c.args(["-n", h::HOST, "-p", &self.prefix, "--endpoint-url", &self.endpoint])
-            .args(["--index-delay", "200", "--multipart-chunk-size", "5"])
-            .args(["--max-upload-size", "5"])
-            .args(extra)
-            .arg(s3.dest())
-            .arg(&self.data)
-            .envs(s3.cli_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
+        c.args([
+            "-n",
+            h::HOST,
+            "-p",
+            &self.prefix,
+            "--endpoint-url",
+            &self.endpoint,
+        ])
+        .args(["--index-delay", "200", "--multipart-chunk-size", "5"])
+        .args(["--max-upload-size", "5"])
+        .args(extra)
+        .arg(s3.dest())
+        .arg(&self.data)
+        .envs(s3.cli_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
         c
     }
 
@@ -193,7 +205,11 @@ async fn kill_9_at_random_moments_loses_nothing() {
             std::fs::create_dir_all(&dir).unwrap();
             let f = dir.join(format!("nb-{i}-big-Data.db"));
             let body = h::bytes(1000 + i as u64, 8 << 20);
-            written.lock().unwrap().sizes.insert(f.clone(), body.len() as u64);
+            written
+                .lock()
+                .unwrap()
+                .sizes
+                .insert(f.clone(), body.len() as u64);
             h::write_file(&f, &body);
             let t1 = Instant::now();
             while proxy.counts().parts == parts && t1.elapsed() < Duration::from_secs(10) {
@@ -233,10 +249,14 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let started_before = proxy.counts().multipart_started;
     let parts_before = proxy.counts().parts;
     h::write_file(&sig_dir.join("nb-1-big-Data.db"), &h::bytes(99, 21 << 20));
-    common::wait_until_async(Duration::from_secs(60), "a multipart part in flight", || async {
-        let c = proxy.counts();
-        c.multipart_started > started_before && c.parts > parts_before
-    })
+    common::wait_until_async(
+        Duration::from_secs(60),
+        "a multipart part in flight",
+        || async {
+            let c = proxy.counts();
+            c.multipart_started > started_before && c.parts > parts_before
+        },
+    )
     .await;
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
@@ -262,7 +282,11 @@ async fn kill_9_at_random_moments_loses_nothing() {
         if st.success() {
             break;
         }
-        assert!(once_runs < 3, "--once failed {once_runs} times:\n{}", bin.log_tail());
+        assert!(
+            once_runs < 3,
+            "--once failed {once_runs} times:\n{}",
+            bin.log_tail()
+        );
     }
 
     // ---- the invariant over every file on disk --------------------------------------------

@@ -81,7 +81,11 @@ async fn directory_deleted_while_watched_then_recreated() {
     let prefix = s3.unique_prefix("rmdir");
     let data = tempfile::tempdir().unwrap();
     let d = Running::start({
-        let mut c = h::config(h::store_via(&s3, &p.url()), &prefix, vec![data.path().into()]);
+        let mut c = h::config(
+            h::store_via(&s3, &p.url()),
+            &prefix,
+            vec![data.path().into()],
+        );
         c.recursive = true;
         c.auto_add = true;
         c.threads = 1;
@@ -106,7 +110,10 @@ async fn directory_deleted_while_watched_then_recreated() {
     p.pass();
     let c = h::wait_caught_up(&s3, &prefix, &files, true, Duration::from_secs(60)).await;
     c.assert_ok();
-    assert!(d.is_running(), "a vanished directory must not stop the daemon");
+    assert!(
+        d.is_running(),
+        "a vanished directory must not stop the daemon"
+    );
     // Still watching the recreated directory.
     let later = gone.join("nb-3-big-TOC.txt");
     h::write_file(&later, b"Data.db\n");
@@ -133,14 +140,17 @@ async fn directories_created_and_filled_faster_than_watches_are_added() {
     let mut files = Vec::new();
     for i in 0..15u32 {
         // mkdir -p of several levels and files at every level at once...
-        let deep = data
-            .path()
-            .join(format!("ks{i}/t{i}-0123456789abcdef0123456789abcdef/backups/x"));
+        let deep = data.path().join(format!(
+            "ks{i}/t{i}-0123456789abcdef0123456789abcdef/backups/x"
+        ));
         std::fs::create_dir_all(&deep).unwrap();
         let mut dir = deep.clone();
         for level in 0..4 {
             let f = dir.join(format!("nb-{}-big-Data.db", i * 10 + level));
-            h::write_file(&f, &h::bytes((i * 10 + level) as u64, 1000 + level as usize));
+            h::write_file(
+                &f,
+                &h::bytes((i * 10 + level) as u64, 1000 + level as usize),
+            );
             files.push(f);
             if !dir.pop() {
                 break;
@@ -163,7 +173,9 @@ async fn directories_created_and_filled_faster_than_watches_are_added() {
     // The new directories are watched: files written there later are uploaded too.
     let mut later = Vec::new();
     for i in 0..15u32 {
-        let f = data.path().join(format!("ks{i}/moved{i}/sub/nb-3-big-TOC.txt"));
+        let f = data
+            .path()
+            .join(format!("ks{i}/moved{i}/sub/nb-3-big-TOC.txt"));
         h::write_file(&f, b"later");
         later.push(f);
     }
@@ -245,7 +257,14 @@ async fn changed_while_uploading(same_size: bool) {
     }
     p.pass();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let c = h::wait_caught_up(&s3, &prefix, &[f.clone()], true, Duration::from_secs(60)).await;
+    let c = h::wait_caught_up(
+        &s3,
+        &prefix,
+        std::slice::from_ref(&f),
+        true,
+        Duration::from_secs(60),
+    )
+    .await;
     eprintln!("proxy {:?}", p.counts());
     assert!(d.is_running());
     d.stop().await;
@@ -289,7 +308,10 @@ async fn unreadable(index_while_unreadable: bool) {
         .spawn()
         .expect("start tablesnap as nobody");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(child.try_wait().unwrap().is_none(), "tablesnap exited early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "tablesnap exited early"
+    );
     let bad = t.join("nb-1-big-Index.db");
     {
         let mut w = std::fs::OpenOptions::new()
@@ -367,7 +389,10 @@ async fn inotify_queue_overflow_loses_nothing_even_in_new_directories() {
     let witness = inotify::Inotify::init().unwrap();
     witness
         .watches()
-        .add(data.path(), inotify::WatchMask::CREATE | inotify::WatchMask::CLOSE_WRITE)
+        .add(
+            data.path(),
+            inotify::WatchMask::CREATE | inotify::WatchMask::CLOSE_WRITE,
+        )
         .unwrap();
     let d = Running::start({
         let mut c = h::config(s3.store_options(), &prefix, vec![data.path().into()]);
@@ -381,7 +406,9 @@ async fn inotify_queue_overflow_loses_nothing_even_in_new_directories() {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for i in 0..40u32 {
-        let t = data.path().join(format!("t{i}-0123456789abcdef0123456789abcdef"));
+        let t = data
+            .path()
+            .join(format!("t{i}-0123456789abcdef0123456789abcdef"));
         std::fs::create_dir(&t).unwrap();
         files.extend(h::flush(&t, i + 1, 500));
         dirs.push(t);

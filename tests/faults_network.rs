@@ -46,7 +46,11 @@ async fn endpoint_refusing_connections_then_back_loses_nothing() {
     let prefix = s3.unique_prefix("refused");
     let data = tempfile::tempdir().unwrap();
     let d = Running::start({
-        let mut c = h::config(h::store_via(&s3, &p.url()), &prefix, vec![data.path().into()]);
+        let mut c = h::config(
+            h::store_via(&s3, &p.url()),
+            &prefix,
+            vec![data.path().into()],
+        );
         c.recursive = true;
         c.auto_add = true;
         c.upload = small_parts();
@@ -237,7 +241,10 @@ async fn shutdown_in_the_middle_of_a_multipart_upload_aborts_it() {
     p.pass();
     assert!(counts.multipart_aborted >= 1, "{counts:?}");
     let left = h::multipart_uploads(&s3, &prefix);
-    assert!(left.is_empty(), "left behind after a clean shutdown: {left:?}");
+    assert!(
+        left.is_empty(),
+        "left behind after a clean shutdown: {left:?}"
+    );
     // No partial object is visible.
     assert!(
         s3.raw_head(&h::key(&prefix, &f)).await.is_none(),

@@ -36,7 +36,10 @@ async fn roundtrip(s: &mut TcpStream, req: &[u8]) -> std::io::Result<(u16, Strin
                 }
                 buf.extend_from_slice(&tmp[..n]);
             }
-            return Ok((status, String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).into()));
+            return Ok((
+                status,
+                String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).into(),
+            ));
         }
         let n = s.read(&mut tmp).await?;
         if n == 0 {
@@ -68,13 +71,14 @@ async fn canned_errors_hit_exactly_the_next_requests_on_a_keep_alive_connection(
     let (st, body) = roundtrip(&mut s, &get_req(&path)).await.unwrap();
     assert!(st == 403 || st == 400 || st == 404, "{st} {body}");
     let c = p.counts();
-    assert_eq!((c.requests, c.errors, c.forwarded, c.connections), (3, 2, 1, 1));
+    assert_eq!(
+        (c.requests, c.errors, c.forwarded, c.connections),
+        (3, 2, 1, 1)
+    );
     // A request with a body that is answered by a canned error: the body is consumed and
     // the connection stays usable.
     p.fail_next(1, 503);
-    let put = format!(
-        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello"
-    );
+    let put = format!("PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(roundtrip(&mut s, put.as_bytes()).await.unwrap().0, 503);
     assert!(roundtrip(&mut s, &get_req(&path)).await.unwrap().0 >= 400);
     assert_eq!(p.counts().faults(), 3);
@@ -129,8 +133,8 @@ async fn reset_mid_body_cuts_only_large_bodies_and_delay_holds_responses() {
     let small = format!("PUT {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789");
     assert!(roundtrip(&mut s, small.as_bytes()).await.is_ok());
     // A large one is cut after 1000 bytes: no response, the connection is reset.
-    let mut req = format!("PUT {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n")
-        .into_bytes();
+    let mut req =
+        format!("PUT {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n").into_bytes();
     req.extend(std::iter::repeat_n(b'z', 5000));
     let r = roundtrip(&mut s, &req).await;
     assert!(r.is_err(), "{r:?}");
@@ -162,22 +166,35 @@ async fn object_store_through_the_proxy_survives_errors_and_counts_s3_operations
         .put(&key, PutPayload::from_static(b"hello"))
         .await
         .expect("PUT retried past two 503s");
-    assert_eq!(s3.raw_get(&format!("{prefix}small")).await.unwrap(), b"hello");
+    assert_eq!(
+        s3.raw_get(&format!("{prefix}small")).await.unwrap(),
+        b"hello"
+    );
     // A multipart upload of two parts (5 MiB + 1 byte), the first part reset mid-body once.
     p.reset_mid_body(1 << 20, 1);
     let big: Vec<u8> = (0..(5u32 << 20) + 1).map(|i| (i % 251) as u8).collect();
     let mkey = Path::parse(format!("{prefix}big")).unwrap();
     let mut up = store.put_multipart(&mkey).await.unwrap();
-    up.put_part(PutPayload::from(big[..5 << 20].to_vec())).await.unwrap();
-    up.put_part(PutPayload::from(big[5 << 20..].to_vec())).await.unwrap();
+    up.put_part(PutPayload::from(big[..5 << 20].to_vec()))
+        .await
+        .unwrap();
+    up.put_part(PutPayload::from(big[5 << 20..].to_vec()))
+        .await
+        .unwrap();
     up.complete().await.unwrap();
     assert_eq!(
         common::sha256_bytes(&s3.raw_get(&format!("{prefix}big")).await.unwrap()),
         common::sha256_bytes(&big)
     );
     // Uploading the same content again is seen as a re-upload; other content is not.
-    store.put(&key, PutPayload::from_static(b"hello")).await.unwrap();
-    store.put(&key, PutPayload::from_static(b"other content")).await.unwrap();
+    store
+        .put(&key, PutPayload::from_static(b"hello"))
+        .await
+        .unwrap();
+    store
+        .put(&key, PutPayload::from_static(b"other content"))
+        .await
+        .unwrap();
     let c = p.counts();
     eprintln!("{c:?}");
     assert_eq!(c.errors, 2);

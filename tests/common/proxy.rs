@@ -128,7 +128,7 @@ pub struct Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = self.inner.kill.send_modify(|e| *e += 1);
+        self.inner.kill.send_modify(|e| *e += 1);
     }
 }
 
@@ -136,9 +136,7 @@ impl Proxy {
     /// Starts a proxy on a free port of 127.0.0.1 in front of `upstream`
     /// (`http://HOST:PORT`, as in `TABLESNAP_TEST_S3_ENDPOINT`).
     pub async fn start(upstream: &str) -> Proxy {
-        let hostport = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
+        let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
         let upstream: SocketAddr = tokio::net::lookup_host(hostport)
             .await
             .unwrap_or_else(|e| panic!("resolve {hostport}: {e}"))
@@ -211,7 +209,11 @@ impl Proxy {
     /// Answers the next `n` requests with a canned S3 error: 500 InternalError or
     /// 503 SlowDown (any other status: a generic error).
     pub fn fail_next(&self, n: u32, status: u16) {
-        self.with(|s| s.plan.errors.extend(std::iter::repeat_n(status, n as usize)));
+        self.with(|s| {
+            s.plan
+                .errors
+                .extend(std::iter::repeat_n(status, n as usize))
+        });
     }
 
     /// For the next `times` requests whose body is larger than `after` bytes: forward
@@ -497,7 +499,11 @@ enum Op {
 
 fn op_of(method: &str, target: &str) -> (Op, String) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let has = |k: &str| query.split('&').any(|kv| kv == k || kv.starts_with(&format!("{k}=")));
+    let has = |k: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == k || kv.starts_with(&format!("{k}=")))
+    };
     let op = match method {
         "PUT" if has("partNumber") => Op::Part,
         "PUT" => Op::Put,
@@ -511,11 +517,7 @@ fn op_of(method: &str, target: &str) -> (Op, String) {
 
 fn canned(status: u16, head_only: bool, n: u64) -> Vec<u8> {
     let (reason, code, msg) = match status {
-        503 => (
-            "Slow Down",
-            "SlowDown",
-            "Please reduce your request rate.",
-        ),
+        503 => ("Slow Down", "SlowDown", "Please reduce your request rate."),
         500 => (
             "Internal Server Error",
             "InternalError",
@@ -563,10 +565,7 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
         }
         let body_len = req.content_length.unwrap_or(0);
         let (op, key) = op_of(&req.first, &req.second);
-        let fingerprint = req
-            .md5
-            .clone()
-            .unwrap_or_else(|| format!("len:{body_len}"));
+        let fingerprint = req.md5.clone().unwrap_or_else(|| format!("len:{body_len}"));
         let (fault, delay, nreq) = {
             let mut s = inner.shared.lock().unwrap();
             s.counts.requests += 1;
@@ -630,8 +629,7 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
         let Some(u) = connect(inner, &mut up).await else {
             return End::Reset;
         };
-        if u.s.write_all(&raw).await.is_err() || c.copy(body_len, Some(&mut u.s)).await.is_err()
-        {
+        if u.s.write_all(&raw).await.is_err() || c.copy(body_len, Some(&mut u.s)).await.is_err() {
             return End::Reset;
         }
         // The response (skipping interim 1xx answers).

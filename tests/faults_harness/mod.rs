@@ -103,8 +103,8 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 pub fn write_file(path: &Path, data: &[u8]) {
-    let mut f = std::fs::File::create(path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut f =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     f.write_all(data).unwrap();
     f.sync_all().unwrap();
 }
@@ -278,7 +278,8 @@ pub async fn check(
         let l = match layout::parse_listing(&body) {
             Ok(l) => l,
             Err(e) => {
-                out.bad_indexes.push((k.clone(), format!("unparsable: {e}")));
+                out.bad_indexes
+                    .push((k.clone(), format!("unparsable: {e}")));
                 continue;
             }
         };
@@ -359,7 +360,11 @@ pub async fn wait_caught_up(
 
 /// Keys under `prefix` (the set of names).
 pub async fn key_set(s3: &S3, prefix: &str) -> BTreeSet<String> {
-    s3.raw_keys(prefix).await.into_iter().map(|(k, _)| k).collect()
+    s3.raw_keys(prefix)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 // ---- multipart uploads left in the bucket (aws CLI) -----------------------------------------
@@ -449,10 +454,7 @@ impl Sysctl {
         let old = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         std::fs::write(&path, value.to_string()).unwrap_or_else(|e| {
-            panic!(
-                "write {} (the test must run as root): {e}",
-                path.display()
-            )
+            panic!("write {} (the test must run as root): {e}", path.display())
         });
         Sysctl { path, old }
     }
