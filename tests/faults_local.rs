@@ -1,7 +1,7 @@
 //! Races and bad local state: files deleted between their event and their upload,
 //! directories deleted while watched, directories created and filled faster than a watch can
 //! be added, files renamed over others, files that change while they are uploaded, an
-//! unreadable file, the inotify queue overflowing and the watch limit. Each test asserts on
+//! unreadable file (inotify limits: faults_inotify.rs). Each test asserts on
 //! the bucket (bytes, md5sum metadata, indexes), never on logs.
 
 mod common;
@@ -15,8 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use faults_harness::{self as h, Running, Sysctl};
-use tablesnap::daemon;
+use faults_harness::{self as h, Running};
 use tablesnap::upload::UploadConfig;
 
 fn small_parts() -> UploadConfig {
@@ -372,119 +371,4 @@ async fn unreadable_file_is_skipped_without_stopping_the_others_and_retried_on_r
 #[ignore = "daemon bug: one unreadable file in a table directory blocks the -listdir.json of every other Data.db there (upload.rs Uploader::write_index fails on the first sibling that cannot be read)"]
 async fn unreadable_file_does_not_block_the_index_of_another_generation() {
     unreadable(true).await;
-}
-
-// ---- inotify limits: they are machine-wide, so these tests hold SYSCTL_LOCK and restore
-// ---- the old value as soon as the daemon has its watches (and on panic).
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inotify_queue_overflow_loses_nothing_even_in_new_directories() {
-    let _lock = h::SYSCTL_LOCK.lock().await;
-    let s3 = common::s3();
-    let prefix = s3.unique_prefix("overflow");
-    let data = tempfile::tempdir().unwrap();
-    // A tiny kernel queue for the inotify instances created now (the daemon's, and a witness
-    // that shows the burst below really overflows a queue of this size).
-    let limit = Sysctl::set("max_queued_events", 16);
-    let witness = inotify::Inotify::init().unwrap();
-    witness
-        .watches()
-        .add(
-            data.path(),
-            inotify::WatchMask::CREATE | inotify::WatchMask::CLOSE_WRITE,
-        )
-        .unwrap();
-    let d = Running::start({
-        let mut c = h::config(s3.store_options(), &prefix, vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c
-    })
-    .await;
-    drop(limit);
-    // A burst: 40 new table directories with a flush each, far more than 16 events.
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..40u32 {
-        let t = data
-            .path()
-            .join(format!("t{i}-0123456789abcdef0123456789abcdef"));
-        std::fs::create_dir(&t).unwrap();
-        files.extend(h::flush(&t, i + 1, 500));
-        dirs.push(t);
-    }
-    let mut witness = witness;
-    let mut buf = [0u8; 65536];
-    let overflowed = witness
-        .read_events(&mut buf)
-        .map(|evs| {
-            evs.into_iter()
-                .any(|e| e.mask.contains(inotify::EventMask::Q_OVERFLOW))
-        })
-        .unwrap_or(false);
-    assert!(overflowed, "the burst must overflow a 16-event queue");
-    let c = h::wait_caught_up(&s3, &prefix, &files, true, Duration::from_secs(60)).await;
-    c.assert_ok();
-    // The directories whose creation events were lost must be watched too.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut later = Vec::new();
-    for (i, t) in dirs.iter().enumerate() {
-        later.extend(h::flush(t, 100 + i as u32, 300));
-    }
-    let c2 = h::wait_caught_up(&s3, &prefix, &later, true, Duration::from_secs(30)).await;
-    assert!(d.is_running());
-    d.stop().await;
-    eprintln!(
-        "after the overflow: {} files checked, {} lost; later in the new directories: {} checked, {} lost",
-        c.files,
-        c.lost.len(),
-        c2.files,
-        c2.lost.len()
-    );
-    c2.assert_ok();
-}
-
-/// Watches of all processes of this user (from /proc/*/fdinfo).
-fn inotify_watches_in_use() -> u64 {
-    let mut n = 0;
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(rd) = std::fs::read_dir(p.path().join("fdinfo")) else {
-            continue;
-        };
-        for f in rd.flatten() {
-            if let Ok(t) = std::fs::read_to_string(f.path()) {
-                n += t.lines().filter(|l| l.starts_with("inotify wd:")).count() as u64;
-            }
-        }
-    }
-    n
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_limit_reached_is_a_clear_error_naming_the_sysctl() {
-    let _lock = h::SYSCTL_LOCK.lock().await;
-    let s3 = common::s3();
-    let prefix = s3.unique_prefix("watchlimit");
-    let data = tempfile::tempdir().unwrap();
-    for i in 0..200 {
-        std::fs::create_dir_all(data.path().join(format!("ks/t{i}"))).unwrap();
-    }
-    let mut c = h::config(s3.store_options(), &prefix, vec![data.path().into()]);
-    c.recursive = true;
-    // Room for what the machine uses now plus some, not for 200 more directories.
-    let limit = Sysctl::set("max_user_watches", inotify_watches_in_use() + 50);
-    let r = tokio::time::timeout(h::WAIT, daemon::run(c, std::future::pending())).await;
-    drop(limit);
-    let e = match r.expect("the daemon must fail, not hang") {
-        Ok(s) => panic!("the daemon started with too few watches: {s}"),
-        Err(e) => e,
-    };
-    let msg = e.to_string();
-    eprintln!("{msg}");
-    assert!(msg.contains("fs.inotify.max_user_watches"), "{msg}");
-    assert_eq!(e.exit_code(), 3);
-    assert!(
-        h::key_set(&s3, &prefix).await.is_empty(),
-        "nothing is uploaded by a daemon that cannot watch"
-    );
 }

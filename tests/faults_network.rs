@@ -251,3 +251,37 @@ async fn shutdown_in_the_middle_of_a_multipart_upload_aborts_it() {
         "a cancelled upload must leave no object"
     );
 }
+
+/// The endpoint refuses connections when the daemon starts (a node rebooting during a
+/// network outage), and comes back 5 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon bug: a transient error on the startup probe makes the daemon exit with code 3 (daemon.rs run(): probe failure of any kind is a DaemonError::Probe)"]
+async fn endpoint_down_at_startup_is_waited_for() {
+    let s3 = common::s3();
+    let p = Proxy::start(&s3.endpoint).await;
+    let prefix = s3.unique_prefix("down-at-start");
+    let data = tempfile::tempdir().unwrap();
+    let t = table(data.path(), "boot");
+    let files = h::flush(&t, 1, 3000);
+    p.refuse(true);
+    let cfg = {
+        let mut c = h::config(h::store_via(&s3, &p.url()), &prefix, vec![t.clone()]);
+        c.backup = true;
+        c
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(tablesnap::daemon::run(cfg, async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    p.refuse(false);
+    if run.is_finished() {
+        let r = run.await.unwrap();
+        panic!("the daemon gave up while the endpoint was down: {r:?}");
+    }
+    let c = h::wait_caught_up(&s3, &prefix, &files, true, Duration::from_secs(60)).await;
+    let _ = tx.send(());
+    let s = run.await.unwrap().expect("daemon failed");
+    c.assert_ok();
+    assert_eq!(s.pending, 0, "{s}");
+}
