@@ -305,6 +305,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
 
     let permits = Arc::new(Semaphore::new(cfg.threads.max(1)));
     let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut unwatched_retry = tokio::time::interval(Duration::from_secs(2));
+    unwatched_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watchdog = cfg.watchdog.as_ref().map(|w| {
         let mut t = tokio::time::interval(w.interval);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -382,6 +384,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
                     w.rewatch(&d.roots);
                 }
                 d.reconcile_and_scan().await;
+            }
+            _ = unwatched_retry.tick(), if watcher.as_ref().is_some_and(|w| w.has_unwatched()) => {
+                let w = watcher.as_mut().expect("watching");
+                for ev in w.retry_unwatched() {
+                    d.on_event(ev);
+                }
             }
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 if let Some(w) = &cfg.watchdog { (w.ping)() }

@@ -120,6 +120,9 @@ pub struct Watcher {
     mask: WatchMask,
     recursive: bool,
     auto_add: bool,
+    /// New directories that could not be watched (watch limit): retried, and polled by
+    /// scanning until then.
+    unwatched: Vec<PathBuf>,
 }
 
 impl Watcher {
@@ -137,7 +140,36 @@ impl Watcher {
             mask: events.mask(auto_add),
             recursive,
             auto_add,
+            unwatched: Vec::new(),
         })
+    }
+
+    /// Whether some new directory could not be watched yet.
+    pub fn has_unwatched(&self) -> bool {
+        !self.unwatched.is_empty()
+    }
+
+    /// Tries again to watch the directories that hit the watch limit: a directory watched
+    /// now is scanned (`NewDir`), one still unwatchable is scanned again (`Unwatched`) so
+    /// its new files are polled until the limit is raised.
+    pub fn retry_unwatched(&mut self) -> Vec<WatchEvent> {
+        let mut out = Vec::new();
+        for dir in std::mem::take(&mut self.unwatched) {
+            if !dir.is_dir() {
+                continue;
+            }
+            match self.add_tree(&dir, true) {
+                Ok(added) => {
+                    tracing::info!(dir = %dir.display(), "watching a directory that hit the watch limit before");
+                    out.extend(added.into_iter().map(WatchEvent::NewDir));
+                }
+                Err(_) => {
+                    out.push(WatchEvent::Unwatched(dir.clone()));
+                    self.unwatched.push(dir);
+                }
+            }
+        }
+        out
     }
 
     /// After events were lost (overflow): watch every directory under the roots that should
@@ -272,6 +304,9 @@ impl Watcher {
                         tracing::error!(
                             "{e}; its current files are uploaded, later ones only by a rescan (--rescan-interval)"
                         );
+                        if !self.unwatched.contains(&path) {
+                            self.unwatched.push(path.clone());
+                        }
                         out.push(WatchEvent::Unwatched(path));
                     }
                 }

@@ -131,7 +131,6 @@ async fn watch_limit_reached_is_a_clear_error_naming_the_sysctl() {
 /// be watched. Its files must still be uploaded (they can be found by scanning it), and the
 /// operator told which sysctl to raise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: when a new directory cannot be watched (watch limit), it is not scanned either and its files are never uploaded without --rescan-interval (watch.rs Watcher::translate returns Err(Limit) before emitting NewDir)"]
 async fn watch_limit_reached_at_runtime_does_not_lose_the_new_directory() {
     let _lock = h::SYSCTL_LOCK.lock().await;
     let s3 = common::s3();
@@ -179,7 +178,6 @@ async fn watch_limit_reached_at_runtime_does_not_lose_the_new_directory() {
 /// and directory-creation events are lost for sure. After SIGCONT every file must be
 /// uploaded, and so must files written later into those directories (they must be watched).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: after IN_Q_OVERFLOW the rescan enqueues files but adds no watch for directories whose creation event was lost: later files there are never uploaded without --rescan-interval (daemon.rs Daemon::rescan / on_event Overflow)"]
 async fn inotify_overflow_while_the_daemon_is_frozen_loses_nothing_later_either() {
     let _lock = h::SYSCTL_LOCK.lock().await;
     let s3 = common::s3();

@@ -219,7 +219,6 @@ async fn file_renamed_over_another_of_a_different_size_is_stored_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a file renamed over a stored file of the same size keeps the old object (upload.rs Uploader::ensure_durable trusts size only)"]
 async fn file_renamed_over_another_of_the_same_size_is_stored_again() {
     rename_over(true).await;
 }
@@ -277,7 +276,6 @@ async fn file_that_grows_while_uploading_is_uploaded_again_never_torn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a file rewritten in place (same size) during its multipart upload stays stored torn (upload.rs put_file stores, then detects the change; the retry's HEAD sees the same size and answers Present)"]
 async fn file_rewritten_in_place_while_uploading_is_uploaded_again_never_torn() {
     changed_while_uploading(true).await;
 }
@@ -368,7 +366,6 @@ async fn unreadable_file_is_skipped_without_stopping_the_others_and_retried_on_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: one unreadable file in a table directory blocks the -listdir.json of every other Data.db there (upload.rs Uploader::write_index fails on the first sibling that cannot be read)"]
 async fn unreadable_file_does_not_block_the_index_of_another_generation() {
     unreadable(true).await;
 }

@@ -127,7 +127,6 @@ async fn bursts_of_5xx(rescan: Option<Duration>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a Data.db uploaded by another Data.db's index task while its own upload waits for a retry never gets its -listdir.json (daemon.rs Daemon::finished schedules the index only on Outcome::Uploaded)"]
 async fn bursts_of_500_and_503_slow_down_are_retried_until_stored() {
     bursts_of_5xx(None).await;
 }
@@ -136,7 +135,6 @@ async fn bursts_of_500_and_503_slow_down_are_retried_until_stored() {
 /// waiting in the retry backoff when generation 2 is flushed next to it and indexed (the
 /// index task makes every file of the directory durable, generation 1 included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a Data.db uploaded by another Data.db's index task while its own upload waits for a retry never gets its -listdir.json (daemon.rs Daemon::finished schedules the index only on Outcome::Uploaded)"]
 async fn data_db_stored_by_a_sibling_index_while_in_retry_backoff_gets_its_index() {
     let s3 = common::s3();
     let p = Proxy::start(&s3.endpoint).await;
@@ -281,7 +279,6 @@ async fn shutdown_in_the_middle_of_a_multipart_upload_aborts_it() {
 /// The endpoint refuses connections when the daemon starts (a node rebooting during a
 /// network outage), and comes back 5 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a transient error on the startup probe makes the daemon exit with code 3 (daemon.rs run(): probe failure of any kind is a DaemonError::Probe)"]
 async fn endpoint_down_at_startup_is_waited_for() {
     let s3 = common::s3();
     let p = Proxy::start(&s3.endpoint).await;

@@ -32,7 +32,7 @@ pub struct S3 {
     pub region: String,
     /// Raw clients by bucket. Per `S3` value (one per test), not global: a client's pooled
     /// connections belong to the tokio runtime that opened them, and each test has its own.
-    raw_clients: Arc<std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    pub raw_clients: Arc<std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
 }
 
 impl std::fmt::Debug for S3 {
@@ -137,7 +137,7 @@ impl S3 {
         // Building a client parses the CA bundle (~40 ms): reuse it within a test.
         let mut clients = self.raw_clients.lock().unwrap();
         clients
-            .entry(bucket.to_string())
+            .entry(format!("{}|{}|{bucket}", self.endpoint, self.access_key))
             .or_insert_with(|| self.build_raw_bucket(bucket))
             .clone()
     }
