@@ -11,13 +11,13 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 cargo build --release --bins
 cargo run --quiet --example gen_docs -- target/assets
-cargo deb --no-build
+cargo deb --no-build --strip
 deb=$(ls -t target/debian/tablesnap_*.deb | head -1)
 
 # The package must hold everything an operator needs.
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/tablesnap ./usr/bin/tableslurp ./usr/bin/tablechop \
-    ./usr/share/man/man1/tablesnap.1 ./usr/share/man/man1/tableslurp.1 ./usr/share/man/man1/tablechop.1 \
+    ./usr/share/man/man1/tablesnap.1.gz ./usr/share/man/man1/tableslurp.1.gz ./usr/share/man/man1/tablechop.1.gz \
     ./usr/share/bash-completion/completions/tablesnap ./usr/share/zsh/vendor-completions/_tablechop \
     ./usr/share/fish/vendor_completions.d/tableslurp.fish \
     ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap; do
