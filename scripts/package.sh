@@ -23,11 +23,13 @@ for f in ./usr/bin/tablesnap ./usr/bin/tableslurp ./usr/bin/tablechop \
     ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap; do
     grep -q " $f\$" <<<"$contents" || { echo "package.sh: $f missing from $deb" >&2; exit 1; }
 done
-dpkg-deb -f "$deb" Conffiles 2>/dev/null | grep -q /etc/default/tablesnap || dpkg-deb -I "$deb" | grep -q conffiles \
-    || { echo "package.sh: /etc/default/tablesnap is not a conffile" >&2; exit 1; }
-# The binaries in it run.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# An operator's /etc/default/tablesnap survives upgrades.
+dpkg-deb -e "$deb" "$tmp/DEBIAN"
+grep -qx /etc/default/tablesnap "$tmp/DEBIAN/conffiles" \
+    || { echo "package.sh: /etc/default/tablesnap is not a conffile" >&2; exit 1; }
+# The binaries in it run.
 dpkg-deb -x "$deb" "$tmp"
 "$tmp/usr/bin/tablesnap" --version
 "$tmp/usr/bin/tableslurp" --version
