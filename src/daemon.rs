@@ -664,7 +664,15 @@ impl Daemon<'_> {
 
     fn next_wake(&self) -> Option<Instant> {
         let r = self.retry_at.keys().next().copied();
-        let i = self.indexes.values().map(|p| p.due).min();
+        // An index already due that next_task did not start is waiting for a running upload
+        // in its directory or for a permit: a finishing task wakes the loop, not a timer.
+        let now = Instant::now();
+        let i = self
+            .indexes
+            .values()
+            .map(|p| p.due)
+            .filter(|d| *d > now)
+            .min();
         match (r, i) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
