@@ -20,6 +20,8 @@
         JSON {n, seen, p50_ms, p90_ms, p99_ms, max_ms}.
     tools.py count PROXYLOG [FROM_LINE]
         Count requests by method from line FROM_LINE on: JSON {"total": n, "GET": n, ...}.
+    tools.py report RESULTS
+        The markdown table of a results file, with tablesnap ÷ peer ratios per scenario.
 """
 import http.client
 import http.server
@@ -230,6 +232,67 @@ def count(proxylog, from_line=0):
     print(json.dumps(c))
 
 
+def fmt(v, nd=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def report(results):
+    runs, extras, order = {}, {}, []
+    with open(results) as f:
+        for line in f:
+            r = json.loads(line)
+            k = (r["scenario"], r["tool"])
+            if "extra" in r:
+                extras.setdefault(k, {}).update(r["extra"])
+            else:
+                runs[k] = r
+                if r["scenario"] not in order:
+                    order.append(r["scenario"])
+    print("Ratios are tablesnap ÷ that tool (below 1.0: tablesnap is faster / leaner). "
+          "CPU = user+sys of the client process; disk read = read_bytes from /proc/PID/io "
+          "after dropping the page cache; rchar = bytes through read syscalls (cache hits too).")
+    print()
+    print("| scenario | tool | wall s | CPU s | CPU s/GiB | peak RSS MiB | disk read/B | rchar/B "
+          "| disk write/B | wall ratio | CPU ratio | RSS ratio | notes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for scen in order:
+        tools = [t for (s, t) in runs if s == scen]
+        tools.sort(key=lambda t: (t != "tablesnap", t))
+        ts = runs.get((scen, "tablesnap"))
+        for t in tools:
+            r = runs[(scen, t)]
+            b = r["bytes"] or 0
+            gib = b / (1 << 30) if b else None
+            per = lambda k: (r[k] / b) if (b and r.get(k) is not None) else None
+            ratio = lambda k: (ts[k] / r[k]) if (ts and t != "tablesnap" and r[k]) else None
+            ex = extras.get((scen, t), {})
+            notes = []
+            if r["rc"]:
+                notes.append(f"**exit {r['rc']}**")
+            if "complete" in ex:
+                notes.append(f"{ex['files']} files" + ("" if ex["complete"] else " **INCOMPLETE**"))
+            if "total" in ex:
+                tsx = extras.get((scen, "tablesnap"), {})
+                req = ", ".join(f"{k} {v}" for k, v in ex.items() if k != "total")
+                rr = ""
+                if t != "tablesnap" and tsx.get("total") and ex["total"]:
+                    rr = f"; requests ratio {tsx['total'] / ex['total']:.3f}"
+                notes.append(f"**{ex['total']} requests** ({req}){rr}")
+            if "p50_ms" in ex:
+                notes.append(f"rename→durable p50 {fmt(ex['p50_ms'],1)} ms, p90 {fmt(ex['p90_ms'],1)}, "
+                             f"**p99 {fmt(ex['p99_ms'],1)} ms**, max {fmt(ex['max_ms'],1)} "
+                             f"({ex['seen']}/{ex['n']} seen)")
+            print(f"| {scen} | {t} | {fmt(r['wall'])} | {fmt(r['cpu'])} | "
+                  f"{fmt(r['cpu'] / gib if gib else None)} | {fmt(r['rss_mib'], 1)} | "
+                  f"{fmt(per('read_bytes'))} | {fmt(per('rchar'))} | {fmt(per('write_bytes'))} | "
+                  f"{fmt(ratio('wall'))} | {fmt(ratio('cpu'))} | {fmt(ratio('rss_mib'))} | "
+                  f"{'; '.join(notes)} |")
+
+
 if __name__ == "__main__":
     cmd, a = sys.argv[1], sys.argv[2:]
     if cmd == "measure":
@@ -244,5 +307,7 @@ if __name__ == "__main__":
         latency(*a)
     elif cmd == "count":
         count(a[0], int(a[1]) if len(a) > 1 else 0)
+    elif cmd == "report":
+        report(a[0])
     else:
         sys.exit(__doc__)
