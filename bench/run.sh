@@ -176,7 +176,7 @@ tree_files() { find "$1" -type f | wc -l; }
     echo
     echo "- $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, kernel $(uname -r)"
     echo "- disk: $(df -h "$BENCH_DIR" | awk 'NR==2 {print $1, $2 " total,", $4 " free"}')"
-    echo "- tablesnap $("$TABLESNAP_BIN" --version | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), s5cmd $("$S5CMD" version), $("$RCLONE" version | head -1), $("$AWS" --version 2>&1 | awk '{print $1}'), garage $(garage --version 2>/dev/null | awk '{print $2}')"
+    echo "- tablesnap $("$TABLESNAP_BIN" --version | awk '{print $2}') (source $(cd "$REPO" && git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo '?')), s5cmd $("$S5CMD" version), $("$RCLONE" version | head -1), $("$AWS" --version 2>&1 | awk '{print $1}'), garage $(garage --version 2>/dev/null | awk '{print $2}')"
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$BENCH_DIR/machine.md"
 
