@@ -137,14 +137,25 @@ drop_caches() {
     fi
 }
 
+# CPU seconds (user+sys) Garage has used so far: the server shares the machine, and its share
+# shows when it, not the client, is the bottleneck.
+server_cpu() {
+    local pid
+    pid=$(cat "$GSTATE/garage.pid" 2>/dev/null) || { echo 0; return; }
+    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0
+}
+
 # measure TOOL SCENARIO BYTES CMD...: one measured run, caches dropped first.
 measure() {
     local tool=$1 scen=$2 bytes=$3
     shift 3
     drop_caches
     say "[$scen] $tool"
+    local s0
+    s0=$(server_cpu)
     $TOOLS measure "$RESULTS" "$tool" "$scen" "$bytes" "$LOGS/$tool-${scen%% *}.log" -- "$@" ||
         say "[$scen] $tool exited with $? (see $LOGS/$tool-${scen%% *}.log)"
+    extra "$tool" "$scen" "{\"server_cpu\": $(awk -v a="$s0" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')}"
 }
 
 extra() { echo "{\"tool\": \"$1\", \"scenario\": \"$2\", \"extra\": $3}" >>"$RESULTS"; }

@@ -254,11 +254,14 @@ def report(results):
                     order.append(r["scenario"])
     print("Ratios are tablesnap ÷ that tool (below 1.0: tablesnap is faster / leaner). "
           "CPU = user+sys of the client process; disk read = read_bytes from /proc/PID/io "
-          "after dropping the page cache; rchar = bytes through read syscalls (cache hits too).")
+          "after dropping the page cache; rchar = bytes through read syscalls (cache hits too); "
+          "server CPU = what Garage used meanwhile (same cores: when client + server CPU is near "
+          "cores x wall, the machine, not the client, is the limit). For tiny-file scenarios "
+          "(4a/4b) per-byte columns are dominated by metadata and are not meaningful.")
     print()
     print("| scenario | tool | wall s | CPU s | CPU s/GiB | peak RSS MiB | disk read/B | rchar/B "
-          "| disk write/B | wall ratio | CPU ratio | RSS ratio | notes |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| disk write/B | server CPU s | wall ratio | CPU ratio | RSS ratio | notes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for scen in order:
         tools = [t for (s, t) in runs if s == scen]
         tools.sort(key=lambda t: (t != "tablesnap", t))
@@ -289,6 +292,7 @@ def report(results):
             print(f"| {scen} | {t} | {fmt(r['wall'])} | {fmt(r['cpu'])} | "
                   f"{fmt(r['cpu'] / gib if gib else None)} | {fmt(r['rss_mib'], 1)} | "
                   f"{fmt(per('read_bytes'))} | {fmt(per('rchar'))} | {fmt(per('write_bytes'))} | "
+                  f"{fmt(ex.get('server_cpu'))} | "
                   f"{fmt(ratio('wall'))} | {fmt(ratio('cpu'))} | {fmt(ratio('rss_mib'))} | "
                   f"{'; '.join(notes)} |")
 
