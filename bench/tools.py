@@ -280,7 +280,7 @@ def report(results):
                 notes.append(f"{ex['files']} files" + ("" if ex["complete"] else " **INCOMPLETE**"))
             if "total" in ex:
                 tsx = extras.get((scen, "tablesnap"), {})
-                req = ", ".join(f"{k} {v}" for k, v in ex.items() if k != "total")
+                req = ", ".join(f"{k} {v}" for k, v in ex.items() if k[0].isupper())  # methods
                 rr = ""
                 if t != "tablesnap" and tsx.get("total") and ex["total"]:
                     rr = f"; requests ratio {tsx['total'] / ex['total']:.3f}"
