@@ -104,6 +104,9 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
     say "cargo build --release --bins (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     (cd "$REPO" && cargo build --release --bins -q) >&2
 fi
+# Name the build in the report: this checkout's source, unless a binary was passed in.
+TS_LABEL="source $(cd "$REPO" && git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo '?')"
+[[ -n ${TABLESNAP_BIN:-} ]] && TS_LABEL="TABLESNAP_BIN=$TABLESNAP_BIN"
 TABLESNAP_BIN=${TABLESNAP_BIN:-$CARGO_TARGET_DIR/release/tablesnap}
 TABLESLURP_BIN=${TABLESLURP_BIN:-$CARGO_TARGET_DIR/release/tableslurp}
 [[ -x $TABLESNAP_BIN ]] || { say "no tablesnap binary at $TABLESNAP_BIN"; exit 1; }
@@ -187,7 +190,7 @@ tree_files() { find "$1" -type f | wc -l; }
     echo
     echo "- $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, kernel $(uname -r)"
     echo "- disk: $(df -h "$BENCH_DIR" | awk 'NR==2 {print $1, $2 " total,", $4 " free"}')"
-    echo "- tablesnap $("$TABLESNAP_BIN" --version | awk '{print $2}') (source $(cd "$REPO" && git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo '?')), s5cmd $("$S5CMD" version), $("$RCLONE" version | head -1), $("$AWS" --version 2>&1 | awk '{print $1}'), garage $(garage --version 2>/dev/null | awk '{print $2}')"
+    echo "- tablesnap $("$TABLESNAP_BIN" --version | awk '{print $2}') ($TS_LABEL), s5cmd $("$S5CMD" version), $("$RCLONE" version | head -1), $("$AWS" --version 2>&1 | awk '{print $1}'), garage $(garage --version 2>/dev/null | awk '{print $2}')"
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$BENCH_DIR/machine.md"
 
