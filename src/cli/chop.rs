@@ -11,7 +11,7 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 
-use crate::layout::{self, Layout};
+use crate::layout;
 use crate::retention::{self, Scope};
 use crate::store::{Store, StoreOptions};
 
@@ -54,29 +54,11 @@ pub struct Args {
     /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
     #[arg(short = 's', long = "secret", visible_alias = "aws-secret")]
     pub secret: Option<String>,
-    /// Session token
-    #[arg(
-        long = "token",
-        visible_alias = "aws-token",
-        env = "AWS_SECURITY_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// Region
-    #[arg(long = "aws-region", env = "AWS_REGION", default_value = "us-east-1")]
-    pub aws_region: String,
-    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
-    #[arg(long = "endpoint-url", env = "AWS_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub dest: super::ReadSide,
     /// Host name whose backups to clean (default: this host's FQDN)
     #[arg(short = 'n', long)]
     pub name: Option<String>,
-    /// String put before every key when backing up
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// Separator between host name and path in keys
-    #[arg(long = "keyname-separator", default_value = ":")]
-    pub keyname_separator: String,
     /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
     pub bucket: String,
     /// Path on the backed-up host whose backups to clean, e.g. /var/lib/cassandra/data
@@ -119,9 +101,9 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         destination: a.bucket.clone(),
         access_key: a.key.clone(),
         secret_key: a.secret.clone(),
-        token: a.token.clone(),
-        region: Some(a.aws_region.clone()),
-        endpoint: a.endpoint_url.clone(),
+        token: a.dest.token.clone(),
+        region: Some(a.dest.aws_region.clone()),
+        endpoint: a.dest.endpoint_url.clone(),
         ..Default::default()
     };
     let store = Store::open(&opts).map_err(|e| anyhow!("{e}"))?;
@@ -132,10 +114,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let name = a.name.clone().unwrap_or_else(super::fqdn);
-    let scope = Scope::new(
-        Layout::new(a.prefix.clone(), name, a.keyname_separator.clone()),
-        &a.path,
-    );
+    let scope = Scope::new(a.dest.layout(name), &a.path);
     let dry_run = a.debug || a.dry_run;
     let now = Utc::now();
     let age = chrono::Duration::days(i64::from(a.age_days));

@@ -8,6 +8,39 @@ pub mod slurp;
 pub mod snap;
 pub mod systemd;
 
+/// How tableslurp and tablechop reach the backups and name their keys (tablesnap spells
+/// some of these differently, as the original did: `--aws-token`, `-p/--prefix`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadSide {
+    /// Session token
+    #[arg(
+        long = "token",
+        visible_alias = "aws-token",
+        env = "AWS_SECURITY_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Region
+    #[arg(long = "aws-region", env = "AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
+    #[arg(long = "endpoint-url", env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// String put before every key when backing up
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Separator between host name and path in keys
+    #[arg(long = "keyname-separator", default_value = ":")]
+    pub keyname_separator: String,
+}
+
+impl ReadSide {
+    /// The key layout of host `name`.
+    pub fn layout(&self, name: String) -> crate::layout::Layout {
+        crate::layout::Layout::new(self.prefix.clone(), name, self.keyname_separator.clone())
+    }
+}
+
 /// The clap definitions of every tool, for man pages and completions.
 pub fn commands() -> Vec<clap::Command> {
     use clap::CommandFactory;

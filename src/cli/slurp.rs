@@ -48,30 +48,12 @@ pub struct Args {
     /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
     #[arg(short = 's', long = "aws-secret", value_name = "SECRET")]
     pub aws_secret: Option<String>,
-    /// Session token
-    #[arg(
-        long = "token",
-        visible_alias = "aws-token",
-        env = "AWS_SECURITY_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// Region
-    #[arg(long = "aws-region", env = "AWS_REGION", default_value = "us-east-1")]
-    pub aws_region: String,
-    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
-    #[arg(long = "endpoint-url", env = "AWS_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub dest: super::ReadSide,
     /// Host name whose backup to restore (default: this host's FQDN); with --list, '*'
     /// lists every host
     #[arg(short = 'n', long)]
     pub name: Option<String>,
-    /// String put before every key when backing up
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// Separator between host name and path in keys
-    #[arg(long = "keyname-separator", default_value = ":")]
-    pub keyname_separator: String,
     /// chown restored files to the user/group stored with them (overrides -o/-g)
     #[arg(short = 'p', long)]
     pub preserve: bool,
@@ -167,9 +149,9 @@ fn store_options(a: &Args) -> StoreOptions {
         destination: a.bucket.clone(),
         access_key: a.aws_key.clone(),
         secret_key: a.aws_secret.clone(),
-        token: a.token.clone(),
-        region: Some(a.aws_region.clone()),
-        endpoint: a.endpoint_url.clone(),
+        token: a.dest.token.clone(),
+        region: Some(a.dest.aws_region.clone()),
+        endpoint: a.dest.endpoint_url.clone(),
         ..Default::default()
     }
 }
@@ -178,7 +160,7 @@ fn store_options(a: &Args) -> StoreOptions {
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let store = Store::open(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
     let name = a.name.clone().unwrap_or_else(super::fqdn);
-    let layout = Layout::new(a.prefix.clone(), name.clone(), a.keyname_separator.clone());
+    let layout = a.dest.layout(name.clone());
     if a.list {
         return list(&store, &a, &layout).await;
     }
