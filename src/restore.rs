@@ -572,6 +572,8 @@ pub struct ExecOptions {
     pub retry_pause: Duration,
     /// Called with (key, attempt): `Some(n)` truncates that attempt's data after n bytes.
     pub fault: Option<FaultHook>,
+    /// Shared download bandwidth limit (`--max-bandwidth`).
+    pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
 }
 
 impl Default for ExecOptions {
@@ -585,6 +587,7 @@ impl Default for ExecOptions {
             attempts: 5,
             retry_pause: Duration::from_millis(200),
             fault: None,
+            throttle: None,
         }
     }
 }
@@ -947,7 +950,7 @@ async fn fetch_once(
     } else {
         // Small: one GET gives the metadata and the bytes, hashed as they stream in.
         let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
-        let md5 = fetch_stream(stream, &file, tmp, limit, observer).await?;
+        let md5 = fetch_stream(stream, &file, tmp, limit, opts, observer).await?;
         (info, md5)
     };
     let n = file
@@ -992,6 +995,7 @@ async fn fetch_stream(
     file: &File,
     path: &Path,
     limit: Option<u64>,
+    opts: &ExecOptions,
     observer: &dyn Observer,
 ) -> Result<(u64, String), RestoreError> {
     let mut h = Md5::new();
@@ -1001,6 +1005,9 @@ async fn fetch_stream(
             if off + chunk.len() as u64 > l {
                 chunk.truncate((l - off.min(l)) as usize);
             }
+        }
+        if let Some(t) = &opts.throttle {
+            t.take(chunk.len() as u64).await;
         }
         h.update(&chunk);
         file.write_all_at(&chunk, off)
@@ -1042,6 +1049,9 @@ async fn fetch_ranges(
                     expected: want,
                     actual: off + chunk.len() as u64 - r.start,
                 });
+            }
+            if let Some(t) = &opts.throttle {
+                t.take(chunk.len() as u64).await;
             }
             file.write_all_at(&chunk, off)
                 .map_err(RestoreError::io("write", path))?;

@@ -192,6 +192,7 @@ impl Uploader {
             pool: Arc::new(BufPool {
                 bufs: Mutex::new(Vec::new()),
                 keep: (mem_units * MEM_UNIT / part) as usize + 1,
+                part: part as usize,
             }),
             stats: Stats::default(),
         }
@@ -798,6 +799,8 @@ impl Uploader {
 struct BufPool {
     bufs: Mutex<Vec<Vec<u8>>>,
     keep: usize,
+    /// Capacity of a new buffer: the default part size.
+    part: usize,
 }
 
 struct PooledBuf {
@@ -821,7 +824,8 @@ impl BufPool {
             let mut bufs = self.bufs.lock().unwrap();
             match bufs.iter().position(|b| b.capacity() >= len) {
                 Some(i) => bufs.swap_remove(i),
-                None => Vec::new(),
+                // Always a whole part, so the buffer can serve any later file or part.
+                None => Vec::with_capacity(len.max(self.part)),
             }
         };
         buf.resize(len, 0);

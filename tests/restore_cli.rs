@@ -534,3 +534,44 @@ fn missing_bucket_is_exit_3() {
     let o = run(SLURP, &s(&["--no-such-flag"]));
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn max_bandwidth_limits_the_download_rate() {
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    w.put_data("/data/ks/t-1/nb-1-big-Data.db", &body, 0o100644);
+    w.put_index(
+        "/data/ks/t-1",
+        "nb-1-big-Data.db",
+        &["nb-1-big-Data.db".to_string()],
+    );
+    let target = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let mut a = bucket_args(&opts, &c);
+    a.extend([
+        "-n".into(),
+        HOST.into(),
+        "--max-bandwidth".into(),
+        "1M".into(),
+    ]);
+    a.push("/data/ks/t-1".into());
+    a.push(target.path().to_str().unwrap().into());
+    let o = run(SLURP, &a);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // 3 MiB at 1 MiB/s with one second of burst: at least two seconds.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("nb-1-big-Data.db")).unwrap(),
+        body
+    );
+}

@@ -269,3 +269,36 @@ fn tablesnap_syslog_sends_daemon_facility_lines_tagged_tablesnap() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn every_flag_can_come_from_the_environment_for_containers() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    std::fs::write(data.join("nb-1-big-Index.db"), b"index").unwrap();
+    let dest = d.path().join("dest");
+    let env: Vec<(String, String)> = [
+        ("TABLESNAP_BUCKET", format!("file://{}", dest.display())),
+        ("TABLESNAP_ONCE", "true".into()),
+        ("TABLESNAP_NAME", "envhost".into()),
+        ("TABLESNAP_PREFIX", "pre/".into()),
+        ("TABLESNAP_EXCLUDE", "Index".into()),
+        ("TABLESNAP_THREADS", "2".into()),
+        ("TABLESNAP_PATHS", data.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (code, out) = run(&[], &env);
+    assert_eq!(code, 0, "{out}");
+    let base = dest.join(format!("pre/envhost:{}", data.display()));
+    assert_eq!(
+        std::fs::read(base.join("nb-1-big-TOC.txt")).unwrap(),
+        b"toc"
+    );
+    assert!(
+        !base.join("nb-1-big-Index.db").exists(),
+        "TABLESNAP_EXCLUDE ignored"
+    );
+}

@@ -37,27 +37,39 @@ Exit status:
 )]
 pub struct Args {
     /// Dry run: delete nothing (the original's name for it)
-    #[arg(short = 'd', long = "debug")]
+    #[arg(short = 'd', long = "debug", env = "TABLECHOP_DEBUG")]
     pub debug: bool,
     /// Dry run: delete nothing
-    #[arg(long)]
+    #[arg(long, env = "TABLECHOP_DRY_RUN")]
     pub dry_run: bool,
     /// Log every key deleted
-    #[arg(short = 'l', long = "list-deletes")]
+    #[arg(short = 'l', long = "list-deletes", env = "TABLECHOP_LIST_DELETES")]
     pub list_deletes: bool,
     /// Parallel index fetches
-    #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), env = "TABLECHOP_PARALLEL")]
     pub parallel: u16,
     /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
-    #[arg(short = 'k', long = "key", visible_alias = "aws-key")]
+    #[arg(
+        short = 'k',
+        long = "key",
+        visible_alias = "aws-key",
+        env = "TABLECHOP_KEY",
+        hide_env_values = true
+    )]
     pub key: Option<String>,
     /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
-    #[arg(short = 's', long = "secret", visible_alias = "aws-secret")]
+    #[arg(
+        short = 's',
+        long = "secret",
+        visible_alias = "aws-secret",
+        env = "TABLECHOP_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
     #[command(flatten)]
     pub dest: super::ReadSide,
     /// Host name whose backups to clean (default: this host's FQDN)
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, env = "TABLECHOP_NAME")]
     pub name: Option<String>,
     /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
     pub bucket: String,

@@ -43,58 +43,79 @@ Exit status:
 )]
 pub struct Args {
     /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
-    #[arg(short = 'k', long = "aws-key", value_name = "KEY")]
+    #[arg(
+        short = 'k',
+        long = "aws-key",
+        value_name = "KEY",
+        env = "TABLESLURP_AWS_KEY",
+        hide_env_values = true
+    )]
     pub aws_key: Option<String>,
     /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
-    #[arg(short = 's', long = "aws-secret", value_name = "SECRET")]
+    #[arg(
+        short = 's',
+        long = "aws-secret",
+        value_name = "SECRET",
+        env = "TABLESLURP_AWS_SECRET",
+        hide_env_values = true
+    )]
     pub aws_secret: Option<String>,
     #[command(flatten)]
     pub dest: super::ReadSide,
     /// Host name whose backup to restore (default: this host's FQDN); with --list, '*'
     /// lists every host
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, env = "TABLESLURP_NAME")]
     pub name: Option<String>,
     /// chown restored files to the user/group stored with them (overrides -o/-g)
-    #[arg(short = 'p', long)]
+    #[arg(short = 'p', long, env = "TABLESLURP_PRESERVE")]
     pub preserve: bool,
     /// chown restored files to this user (name or id)
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, env = "TABLESLURP_OWNER")]
     pub owner: Option<String>,
     /// chgrp restored files to this group (name or id)
-    #[arg(short = 'g', long)]
+    #[arg(short = 'g', long, env = "TABLESLURP_GROUP")]
     pub group: Option<String>,
     /// Parallel downloads
-    #[arg(short = 't', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short = 't', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..), env = "TABLESLURP_THREADS")]
     pub threads: u16,
+    /// Download bandwidth shared by all downloads, e.g. 50M (bytes per second; K/M/G = 1024^n)
+    #[arg(long = "max-bandwidth", env = "TABLESLURP_MAX_BANDWIDTH",
+          value_parser = crate::throttle::parse_rate)]
+    pub max_bandwidth: Option<u64>,
     /// Restore the file set of ORIGIN/FILE-listdir.json (FILE = a ...-Data.db name) instead
     /// of the newest
-    #[arg(short = 'f', long, conflicts_with_all = ["recursive", "as_of"])]
+    #[arg(short = 'f', long, conflicts_with_all = ["recursive", "as_of"], env = "TABLESLURP_FILE")]
     pub file: Option<String>,
     /// ORIGIN is a data root: restore every KS/TABLE directory under it into TARGET/KS/TABLE
-    #[arg(short = 'r', long)]
+    #[arg(short = 'r', long, env = "TABLESLURP_RECURSIVE")]
     pub recursive: bool,
     /// Also restore the commit logs archived in PATH (on the backed-up host) that are newer
     /// than the oldest restored index
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "TABLESLURP_COMMITLOGS")]
     pub commitlogs: Option<String>,
     /// Where commit logs go (default: TARGET/commitlogs)
-    #[arg(long, value_name = "DIR", requires = "commitlogs")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "commitlogs",
+        env = "TABLESLURP_COMMITLOG_TARGET"
+    )]
     pub commitlog_target: Option<PathBuf>,
     /// For each table, the newest file set at or before TIME (RFC 3339 or epoch seconds)
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = parse_time, env = "TABLESLURP_AS_OF")]
     pub as_of: Option<DateTime<Utc>>,
     /// Download even when the file exists with the same size (replacing it)
-    #[arg(long)]
+    #[arg(long, env = "TABLESLURP_FORCE")]
     pub force: bool,
     /// Print the plan (index per table, files, bytes, already present); download nothing
-    #[arg(long, conflicts_with_all = ["list", "verify"])]
+    #[arg(long, conflicts_with_all = ["list", "verify"], env = "TABLESLURP_DRY_RUN")]
     pub dry_run: bool,
     /// Inventory of the backups: tables, indexes, oldest/newest index, bytes
-    #[arg(long, conflicts_with = "verify")]
+    #[arg(long, conflicts_with = "verify", env = "TABLESLURP_LIST")]
     pub list: bool,
     /// Check that every object of the selected file sets exists with the right size and MD5;
     /// write nothing
-    #[arg(long)]
+    #[arg(long, env = "TABLESLURP_VERIFY")]
     pub verify: bool,
     /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
     pub bucket: String,
@@ -225,6 +246,9 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         threads,
         force: a.force,
         ownership: ownership.clone(),
+        throttle: a
+            .max_bandwidth
+            .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         ..Default::default()
     };
     let to_fetch: Vec<&PlannedFile> = plan

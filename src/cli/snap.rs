@@ -37,14 +37,24 @@ pub struct SnapArgs {
     /// Destination: BUCKET, s3://BUCKET, gs://BUCKET, az://CONTAINER or file:///DIR
     #[arg(env = "TABLESNAP_BUCKET")]
     pub bucket: String,
-    /// Directories to watch
-    #[arg(required = true, num_args = 1..)]
+    /// Directories to watch (TABLESNAP_PATHS: comma-separated, with TABLESNAP_BUCKET)
+    #[arg(required = true, num_args = 1.., env = "TABLESNAP_PATHS", value_delimiter = ',')]
     pub paths: Vec<PathBuf>,
     /// AWS access key id (prefer AWS_ACCESS_KEY_ID: argv is visible to every user)
-    #[arg(short = 'k', long = "aws-key")]
+    #[arg(
+        short = 'k',
+        long = "aws-key",
+        env = "TABLESNAP_AWS_KEY",
+        hide_env_values = true
+    )]
     pub aws_key: Option<String>,
     /// AWS secret access key (prefer AWS_SECRET_ACCESS_KEY)
-    #[arg(short = 's', long = "aws-secret")]
+    #[arg(
+        short = 's',
+        long = "aws-secret",
+        env = "TABLESNAP_AWS_SECRET",
+        hide_env_values = true
+    )]
     pub aws_secret: Option<String>,
     /// AWS session token
     #[arg(long = "aws-token", env = "AWS_SECURITY_TOKEN", hide_env_values = true)]
@@ -104,17 +114,17 @@ pub struct SnapArgs {
     #[arg(long = "md5-on-start", env = "TABLESNAP_MD5_ON_START")]
     pub md5_on_start: bool,
     /// Events to act on (repeatable): IN_MOVED_TO, IN_CLOSE_WRITE, IN_CREATE [default: IN_MOVED_TO and IN_CLOSE_WRITE]
-    #[arg(long = "listen-events", action = clap::ArgAction::Append,
+    #[arg(long = "listen-events", action = clap::ArgAction::Append, env = "TABLESNAP_LISTEN_EVENTS", value_delimiter = ',',
           value_parser = ["IN_MOVED_TO", "IN_CLOSE_WRITE", "IN_CREATE"])]
     pub listen_events: Vec<String>,
     /// Delete the local file after a confirmed upload
     #[arg(long = "delete-on-backup", env = "TABLESNAP_DELETE_ON_BACKUP")]
     pub delete_on_backup: bool,
     /// Skip paths where any of these regexes matches (search, not full match)
-    #[arg(short = 'e', long, num_args = 1.., conflicts_with = "include")]
+    #[arg(short = 'e', long, num_args = 1.., conflicts_with = "include", env = "TABLESNAP_EXCLUDE")]
     pub exclude: Vec<String>,
     /// Upload only paths where one of these regexes matches
-    #[arg(short = 'i', long, num_args = 1..)]
+    #[arg(short = 'i', long, num_args = 1.., env = "TABLESNAP_INCLUDE")]
     pub include: Vec<String>,
     /// Files above this size (MB) always use multipart uploads
     #[arg(long = "max-upload-size", default_value_t = 5120, env = "TABLESNAP_MAX_UPLOAD_SIZE",
