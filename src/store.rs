@@ -296,7 +296,13 @@ impl Store {
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
-                    .with_region(opts.region.as_deref().unwrap_or("us-east-1"));
+                    // The original's default region; AWS_DEFAULT_REGION as the AWS CLI reads it.
+                    .with_region(opts.region.clone().unwrap_or_else(|| {
+                        std::env::var("AWS_DEFAULT_REGION")
+                            .ok()
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or_else(|| "us-east-1".into())
+                    }));
                 if let Some(k) = &opts.access_key {
                     b = b.with_access_key_id(k);
                 }
@@ -307,19 +313,32 @@ impl Store {
                     b = b.with_token(t);
                 }
                 let mut client = client;
-                if let Some(e) = &opts.endpoint {
+                // The endpoint: ours, else the standard variables object_store reads itself
+                // (our ClientOptions replace the ones it built from AWS_ALLOW_HTTP, so plain
+                // http must be allowed here for those too).
+                let endpoint = opts.endpoint.clone().or_else(|| {
+                    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                        .iter()
+                        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+                });
+                if let Some(e) = &endpoint {
                     b = b
                         .with_endpoint(e.trim_end_matches('/'))
                         .with_virtual_hosted_style_request(false);
-                    if e.starts_with("http://") {
-                        client = client.with_allow_http(true);
-                    }
+                }
+                let allow_http_env = std::env::var("AWS_ALLOW_HTTP")
+                    .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+                if allow_http_env
+                    || endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://"))
+                {
+                    client = client.with_allow_http(true);
                 }
                 // Over HTTPS, TLS already protects the body and the whole-file MD5 is stored and
                 // verified on restore: skip SigV4's SHA-256 of every payload byte (15 % of
                 // the uploader's CPU, measured). Plain-http endpoints keep signed payloads.
-                let https = opts
-                    .endpoint
+                let https = endpoint
                     .as_deref()
                     .is_none_or(|e| e.starts_with("https://"));
                 b = b.with_unsigned_payload(https);

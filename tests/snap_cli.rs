@@ -302,3 +302,37 @@ fn every_flag_can_come_from_the_environment_for_containers() {
         "TABLESNAP_EXCLUDE ignored"
     );
 }
+
+#[test]
+fn the_standard_aws_variables_are_enough_to_reach_an_http_endpoint() {
+    let s3 = common::s3();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    let prefix = s3.unique_prefix("awsenv");
+    // Only what the AWS CLI would read: no --endpoint-url, no AWS_ALLOW_HTTP.
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), s3.secret_key.clone()),
+        ("AWS_ENDPOINT_URL_S3".to_string(), s3.endpoint.clone()),
+        ("AWS_DEFAULT_REGION".to_string(), s3.region.clone()),
+    ];
+    let (code, out) = run(
+        &[
+            "--once",
+            "-n",
+            "h",
+            "-p",
+            &prefix,
+            &s3.bucket,
+            d.path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
+    let key = format!("{prefix}h:{}/nb-1-big-TOC.txt", d.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(s3.raw_get(&key)).as_deref(),
+        Some(b"toc".as_slice())
+    );
+}
