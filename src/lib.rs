@@ -21,6 +21,8 @@
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
 //! * [`daemon`]: `run(config, shutdown)` ties watch → queue → upload together.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.
+//! * [`metrics`]: Prometheus counters and the recovery-point gauge (`--metrics-addr`).
+//! * [`throttle`]: the shared bandwidth limit (`--max-bandwidth`).
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
 
 pub mod cli;
