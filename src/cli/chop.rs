@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use crate::layout;
 use crate::retention::{self, Scope};
-use crate::store::{Store, StoreOptions};
+use crate::store::Store;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -109,15 +109,9 @@ pub fn main() -> ExitCode {
 
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let opts = StoreOptions {
-        destination: a.bucket.clone(),
-        access_key: a.key.clone(),
-        secret_key: a.secret.clone(),
-        token: a.dest.token.clone(),
-        region: Some(a.dest.aws_region.clone()),
-        endpoint: a.dest.endpoint_url.clone(),
-        ..Default::default()
-    };
+    let opts = a
+        .dest
+        .store_options(&a.bucket, a.key.clone(), a.secret.clone());
     let store = Store::open(&opts).map_err(|e| anyhow!("{e}"))?;
     if !a.path.starts_with('/') {
         anyhow::bail!(

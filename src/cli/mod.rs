@@ -20,9 +20,9 @@ pub struct ReadSide {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// Region
-    #[arg(long = "aws-region", env = "AWS_REGION", default_value = "us-east-1")]
-    pub aws_region: String,
+    /// Region [default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1]
+    #[arg(long = "aws-region", env = "AWS_REGION")]
+    pub aws_region: Option<String>,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
     #[arg(long = "endpoint-url", env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
@@ -35,6 +35,25 @@ pub struct ReadSide {
 }
 
 impl ReadSide {
+    /// How to reach BUCKET with these flags and the given credentials (None: environment,
+    /// then the instance role).
+    pub fn store_options(
+        &self,
+        bucket: &str,
+        key: Option<String>,
+        secret: Option<String>,
+    ) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            destination: bucket.to_string(),
+            access_key: key,
+            secret_key: secret,
+            token: self.token.clone(),
+            region: self.aws_region.clone(),
+            endpoint: self.endpoint_url.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The key layout of host `name`.
     pub fn layout(&self, name: String) -> crate::layout::Layout {
         crate::layout::Layout::new(self.prefix.clone(), name, self.keyname_separator.clone())

@@ -166,15 +166,8 @@ pub fn main() -> ExitCode {
 }
 
 fn store_options(a: &Args) -> StoreOptions {
-    StoreOptions {
-        destination: a.bucket.clone(),
-        access_key: a.aws_key.clone(),
-        secret_key: a.aws_secret.clone(),
-        token: a.dest.token.clone(),
-        region: Some(a.dest.aws_region.clone()),
-        endpoint: a.dest.endpoint_url.clone(),
-        ..Default::default()
-    }
+    a.dest
+        .store_options(&a.bucket, a.aws_key.clone(), a.aws_secret.clone())
 }
 
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.

@@ -59,7 +59,7 @@ pub struct SnapArgs {
     /// AWS session token
     #[arg(long = "aws-token", env = "AWS_SECURITY_TOKEN", hide_env_values = true)]
     pub aws_token: Option<String>,
-    /// AWS region [default: AWS_REGION, else us-east-1]
+    /// AWS region [default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1]
     #[arg(long = "aws-region", env = "AWS_REGION")]
     pub aws_region: Option<String>,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:3900
