@@ -9,7 +9,8 @@ mod faults_harness;
 
 use std::time::Duration;
 
-use faults_harness::{self as h, Running, Sysctl};
+use common::Running;
+use faults_harness::{self as h, Sysctl};
 use tablesnap::daemon;
 
 // ---- inotify limits: they are machine-wide, so these tests hold SYSCTL_LOCK and restore

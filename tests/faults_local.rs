@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Running;
 use common::proxy::Proxy;
-use faults_harness::{self as h, Running};
+use faults_harness as h;
 use tablesnap::upload::UploadConfig;
 
 fn small_parts() -> UploadConfig {

@@ -10,8 +10,9 @@ mod faults_harness;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::Running;
 use common::proxy::Proxy;
-use faults_harness::{self as h, Running};
+use faults_harness as h;
 use tablesnap::upload::UploadConfig;
 
 /// Multipart above 5 MiB, in 5 MiB parts, so modest files exercise parts.

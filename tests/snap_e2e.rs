@@ -10,58 +10,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ManifestEntry, S3};
+use common::{ManifestEntry, Running, S3};
 use md5::{Digest, Md5};
 use tablesnap::daemon::{self, Config, Summary};
 use tablesnap::layout::{self, Layout, StatMeta};
 use tablesnap::upload::UploadConfig;
 use tablesnap::watch::Events;
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
 
 const HOST: &str = "node1.example.com";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A daemon running in this process with the same `run()` the binary uses.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<Summary, daemon::DaemonError>>,
-}
-
-impl Running {
-    async fn start(mut cfg: Config) -> Self {
-        let ready = Arc::new(Notify::new());
-        cfg.ready = Some(ready.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(daemon::run(cfg, async move {
-            let _ = rx.await;
-        }));
-        tokio::select! {
-            _ = ready.notified() => {}
-            _ = tokio::time::sleep(WAIT) => panic!("daemon did not become ready"),
-        }
-        Running {
-            stop: Some(tx),
-            handle,
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        !self.handle.is_finished()
-    }
-
-    async fn stop(mut self) -> Summary {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, self.handle)
-            .await
-            .expect("daemon did not stop")
-            .expect("daemon panicked")
-            .expect("daemon failed")
-    }
-}
 
 fn config(s3: &S3, prefix: &str, paths: Vec<PathBuf>) -> Config {
     let mut c = Config::new(s3.store_options(), Layout::new(prefix, HOST, ":"), paths);

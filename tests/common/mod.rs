@@ -17,7 +17,10 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::{Attribute, ClientOptions, GetOptions, ObjectStore};
 use sha2::{Digest, Sha256};
+use tablesnap::daemon::{self, Config, Summary};
 use tablesnap::store::{Store, StoreOptions};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 
 // ---- the S3 test server ------------------------------------------------------------------
 
@@ -392,3 +395,46 @@ where
     }
 }
 pub mod proxy;
+
+// ---- the daemon in this process ------------------------------------------------------------
+
+/// How long a test waits for the daemon to become ready or to stop.
+pub const DAEMON_WAIT: Duration = Duration::from_secs(60);
+
+/// A daemon running in this process with the same `run()` the binary uses.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: JoinHandle<Result<Summary, daemon::DaemonError>>,
+}
+
+impl Running {
+    pub async fn start(mut cfg: Config) -> Self {
+        let ready = Arc::new(Notify::new());
+        cfg.ready = Some(ready.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(daemon::run(cfg, async move {
+            let _ = rx.await;
+        }));
+        tokio::select! {
+            _ = ready.notified() => {}
+            _ = tokio::time::sleep(DAEMON_WAIT) => panic!("daemon did not become ready"),
+        }
+        Running {
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
+    pub async fn stop(mut self) -> Summary {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(DAEMON_WAIT, self.handle)
+            .await
+            .expect("daemon did not stop")
+            .expect("daemon panicked")
+            .expect("daemon failed")
+    }
+}

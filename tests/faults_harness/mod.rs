@@ -16,54 +16,14 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 use object_store::aws::AmazonS3Builder;
 use object_store::{Attribute, ClientOptions, GetOptions, ObjectStore};
-use tablesnap::daemon::{self, Config, Summary};
+use tablesnap::daemon::Config;
 use tablesnap::layout::{self, Layout};
 use tablesnap::store::StoreOptions;
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::common::{self, S3};
 
 pub const HOST: &str = "node1.example.com";
 pub const WAIT: Duration = Duration::from_secs(60);
-
-/// A daemon running in this process with the same `run()` the binary uses.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    pub handle: JoinHandle<Result<Summary, daemon::DaemonError>>,
-}
-
-impl Running {
-    pub async fn start(mut cfg: Config) -> Self {
-        let ready = Arc::new(Notify::new());
-        cfg.ready = Some(ready.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(daemon::run(cfg, async move {
-            let _ = rx.await;
-        }));
-        tokio::select! {
-            _ = ready.notified() => {}
-            _ = tokio::time::sleep(WAIT) => panic!("daemon did not become ready"),
-        }
-        Running {
-            stop: Some(tx),
-            handle,
-        }
-    }
-
-    pub fn is_running(&self) -> bool {
-        !self.handle.is_finished()
-    }
-
-    pub async fn stop(mut self) -> Summary {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, self.handle)
-            .await
-            .expect("daemon did not stop")
-            .expect("daemon panicked")
-            .expect("daemon failed")
-    }
-}
 
 /// Store options pointing at `endpoint` (a proxy), with few client-level retries so faults
 /// reach the daemon's own retry logic quickly.
