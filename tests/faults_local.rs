@@ -338,7 +338,7 @@ async fn unreadable(index_while_unreadable: bool) {
     assert!(still_alive, "an unreadable file must not stop the daemon");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        h::raw_head(&s3, &h::key(&prefix, &bad)).await.is_none(),
+        s3.raw_head(&h::key(&prefix, &bad)).await.is_none(),
         "an unreadable file cannot have been stored"
     );
     // Fixed permissions (no inotify event for that): the next rescan picks it up.

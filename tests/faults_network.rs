@@ -272,7 +272,7 @@ async fn shutdown_in_the_middle_of_a_multipart_upload_aborts_it() {
     );
     // No partial object is visible.
     assert!(
-        h::raw_head(&s3, &h::key(&prefix, &f)).await.is_none(),
+        s3.raw_head(&h::key(&prefix, &f)).await.is_none(),
         "a cancelled upload must leave no object"
     );
 }

@@ -10,12 +10,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
-use object_store::aws::AmazonS3Builder;
-use object_store::{Attribute, ClientOptions, GetOptions, ObjectStore};
 use tablesnap::daemon::Config;
 use tablesnap::layout::{self, Layout};
 use tablesnap::store::StoreOptions;
@@ -109,25 +106,13 @@ pub fn flush(dir: &Path, generation: u32, data_len: usize) -> Vec<PathBuf> {
 /// Every regular file under `dir`, recursively, except Cassandra temporary files (`-tmp`,
 /// skipped by tablesnap's default rule) and transaction logs (short-lived by design).
 pub fn local_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let p = e.path();
-                let s = p.to_string_lossy();
-                if !s.contains("-tmp") && !s.contains("_txn_") {
-                    out.push(p);
-                }
-            }
-        }
-    }
+    let mut out: Vec<PathBuf> = tablesnap::watch::scan(dir, true)
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            !s.contains("-tmp") && !s.contains("_txn_")
+        })
+        .collect();
     out.sort();
     out
 }
@@ -180,7 +165,7 @@ pub async fn check(
     want_indexes: bool,
 ) -> Checked {
     use futures::StreamExt;
-    let keys: HashMap<String, u64> = raw_keys(s3, prefix).await.into_iter().collect();
+    let keys: HashMap<String, u64> = s3.raw_keys(prefix).await.into_iter().collect();
     let mut out = Checked::default();
     let existing: Vec<PathBuf> = files.iter().filter(|p| p.is_file()).cloned().collect();
     let results: Vec<Option<(PathBuf, String)>> = futures::stream::iter(existing.iter())
@@ -192,7 +177,7 @@ pub async fn check(
                     return Some((p.clone(), "no object".to_string()));
                 }
                 let local = std::fs::read(p).ok()?; // deleted meanwhile: nothing to compare
-                let Some(body) = raw_get(s3, &k).await else {
+                let Some(body) = s3.raw_get(&k).await else {
                     return Some((p.clone(), "no object".into()));
                 };
                 if common::sha256_bytes(&body) != common::sha256_bytes(&local) {
@@ -205,7 +190,7 @@ pub async fn check(
                         ),
                     ));
                 }
-                let (_, meta, _) = raw_head(s3, &k).await?;
+                let (_, meta, _) = s3.raw_head(&k).await?;
                 if meta.get(layout::META_MD5) != Some(&md5_hex(&body)) {
                     return Some((
                         p.clone(),
@@ -234,7 +219,7 @@ pub async fn check(
     }
     for k in keys.keys().filter(|k| k.ends_with(layout::INDEX_SUFFIX)) {
         out.indexes += 1;
-        let Some(body) = raw_get(s3, k).await else {
+        let Some(body) = s3.raw_get(k).await else {
             continue;
         };
         let l = match layout::parse_listing(&body) {
@@ -289,7 +274,7 @@ pub async fn wait_caught_up(
 ) -> Checked {
     let t0 = std::time::Instant::now();
     loop {
-        let keys: HashMap<String, u64> = raw_keys(s3, prefix).await.into_iter().collect();
+        let keys: HashMap<String, u64> = s3.raw_keys(prefix).await.into_iter().collect();
         let pending: Vec<&PathBuf> = files
             .iter()
             .filter(|p| {
@@ -322,107 +307,11 @@ pub async fn wait_caught_up(
 
 /// Keys under `prefix` (the set of names).
 pub async fn key_set(s3: &S3, prefix: &str) -> BTreeSet<String> {
-    raw_keys(s3, prefix)
+    s3.raw_keys(prefix)
         .await
         .into_iter()
         .map(|(k, _)| k)
         .collect()
-}
-
-// ---- reading the bucket -------------------------------------------------------------------
-//
-// `common::S3::raw*` share one client per process, but every #[tokio::test] has its own
-// runtime and a pooled connection dies with the runtime that opened it ("error sending
-// request" in the next test). These helpers keep one client per test thread instead.
-
-thread_local! {
-    static RAW: std::cell::RefCell<HashMap<String, Arc<dyn ObjectStore>>> =
-        std::cell::RefCell::new(HashMap::new());
-}
-
-/// A client on the test bucket for this test (thread) only.
-pub fn raw(s3: &S3) -> Arc<dyn ObjectStore> {
-    let id = format!("{}|{}", s3.endpoint, s3.bucket);
-    RAW.with(|m| {
-        m.borrow_mut()
-            .entry(id)
-            .or_insert_with(|| {
-                Arc::new(
-                    AmazonS3Builder::new()
-                        .with_bucket_name(&s3.bucket)
-                        .with_endpoint(&s3.endpoint)
-                        .with_access_key_id(&s3.access_key)
-                        .with_secret_access_key(&s3.secret_key)
-                        .with_region(&s3.region)
-                        .with_virtual_hosted_style_request(false)
-                        .with_client_options(ClientOptions::new().with_allow_http(true))
-                        .build()
-                        .expect("build the raw S3 client"),
-                )
-            })
-            .clone()
-    })
-}
-
-fn opath(key: &str) -> object_store::path::Path {
-    object_store::path::Path::parse(key).unwrap_or_else(|e| panic!("{key:?}: {e}"))
-}
-
-/// Every key starting with `prefix`, with its size.
-pub async fn raw_keys(s3: &S3, prefix: &str) -> Vec<(String, u64)> {
-    use futures::TryStreamExt;
-    let dir = match prefix.rfind('/') {
-        Some(i) if i > 0 => Some(opath(&prefix[..i])),
-        _ => None,
-    };
-    let mut out: Vec<(String, u64)> = raw(s3)
-        .list(dir.as_ref())
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_or_else(|e| panic!("raw LIST {prefix}: {e}"))
-        .into_iter()
-        .map(|m| (m.location.to_string(), m.size))
-        .filter(|(k, _)| k.starts_with(prefix))
-        .collect();
-    out.sort();
-    out
-}
-
-/// The whole body; `None` if there is no such object.
-pub async fn raw_get(s3: &S3, key: &str) -> Option<Vec<u8>> {
-    match raw(s3).get_opts(&opath(key), GetOptions::default()).await {
-        Ok(r) => Some(r.bytes().await.expect("read body").to_vec()),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => panic!("raw GET {key}: {e}"),
-    }
-}
-
-/// Size and user metadata; `None` if there is no such object.
-pub async fn raw_head(
-    s3: &S3,
-    key: &str,
-) -> Option<(u64, HashMap<String, String>, Option<String>)> {
-    let opts = GetOptions {
-        head: true,
-        ..Default::default()
-    };
-    let r = match raw(s3).get_opts(&opath(key), opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return None,
-        Err(e) => panic!("raw HEAD {key}: {e}"),
-    };
-    let mut meta = HashMap::new();
-    let mut content_type = None;
-    for (k, v) in r.attributes.iter() {
-        match k {
-            Attribute::Metadata(name) => {
-                meta.insert(name.to_string(), v.to_string());
-            }
-            Attribute::ContentType => content_type = Some(v.to_string()),
-            _ => {}
-        }
-    }
-    Some((r.meta.size, meta, content_type))
 }
 
 // ---- multipart uploads left in the bucket (aws CLI) -----------------------------------------
