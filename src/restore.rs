@@ -12,23 +12,30 @@
 //! * [`execute`] downloads every planned file in parallel across all tables, large objects as
 //!   parallel byte ranges written at their offsets, verifies size and MD5 (the `md5sum`
 //!   metadata, else a single-part ETag), writes to a temp file in the target directory,
-//!   fsyncs and renames. A mismatch is retried; a file that cannot be verified never appears
-//!   under its final name. [`verify`] does the same checks without writing anything.
+//!   makes it durable and renames it. A mismatch is retried; a file that cannot be verified
+//!   never appears under its final name. [`verify`] does the same checks without writing.
+//!
+//! Speed, measured in `bench/` (a 2 GiB tree of 936 files on a local Garage): requests, not
+//! bytes, bound a restore of many small files, so `-t` counts requests in flight (small GETs
+//! and ranges share one gate) and defaults to 16; a large object is hashed in order while
+//! its later ranges still download; and durability is a group commit (one `syncfs` for
+//! every file finished meanwhile, then a per-file `fsync` that has nothing left to write but
+//! still reports that file's write-back errors) instead of one journal commit per file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::layout::{self, INDEX_SUFFIX, Layout, Listing, ListingError, StatMeta};
 use crate::store::{ErrorKind, ObjectInfo, Store, StoreError};
@@ -552,13 +559,17 @@ pub enum Ownership {
     Ids { uid: Option<u32>, gid: Option<u32> },
 }
 
+/// Default `-t` of tableslurp. The original's 4 left a restore of many small files waiting on
+/// round trips (bench/: 2 GiB tree, 11.4 s at 4, 6.8 s at 16, 6.7 s at 64).
+pub const DEFAULT_THREADS: usize = 16;
+
 /// Test hook: lets tests cut a download short to prove truncation is caught.
 pub type FaultHook = Arc<dyn Fn(&str, u32) -> Option<u64> + Send + Sync>;
 
 /// How to execute a plan.
 #[derive(Clone)]
 pub struct ExecOptions {
-    /// Parallel downloads (`-t`).
+    /// Requests in flight (`-t`): small-file GETs and the ranges of large objects together.
     pub threads: usize,
     /// Download even when a file of the right size exists, replacing it (`--force`).
     pub force: bool,
@@ -579,7 +590,7 @@ pub struct ExecOptions {
 impl Default for ExecOptions {
     fn default() -> Self {
         Self {
-            threads: 4,
+            threads: DEFAULT_THREADS,
             force: false,
             ownership: Ownership::Current,
             range_threshold: 64 << 20,
@@ -724,23 +735,38 @@ pub async fn execute(
         Ownership::Ids { uid, gid } => Some((*uid, *gid)),
         _ => None,
     };
-    let results = futures::stream::iter(plan.files().map(|f| async move {
-        let parent = f.dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let outcome = if let Some(e) = bad_dirs.get(&parent) {
-            Outcome::Failed(RestoreError::Io {
-                op: "create directory",
-                path: parent,
-                source: std::io::Error::other(e.clone()),
-            })
-        } else {
-            restore_one(store, f, opts, uid_gid, observer).await
-        };
-        observer.file_done(f, &outcome);
-        (f, outcome)
-    }))
-    .buffer_unordered(opts.threads.max(1))
-    .collect::<Vec<_>>()
-    .await;
+    let gate = &Semaphore::new(opts.threads.max(1));
+    let (commit, committer) = GroupCommit::new();
+    let downloads = async move {
+        let commit = &commit;
+        futures::stream::iter(plan.files().map(|f| async move {
+            let parent = f.dest.parent().map(Path::to_path_buf).unwrap_or_default();
+            let outcome = if let Some(e) = bad_dirs.get(&parent) {
+                Outcome::Failed(RestoreError::Io {
+                    op: "create directory",
+                    path: parent,
+                    source: std::io::Error::other(e.clone()),
+                })
+            } else {
+                let ctx = Ctx {
+                    store,
+                    opts,
+                    ids: uid_gid,
+                    observer,
+                    gate,
+                    commit,
+                };
+                restore_one(&ctx, f).await
+            };
+            observer.file_done(f, &outcome);
+            (f, outcome)
+        }))
+        .buffer_unordered(opts.threads.max(1))
+        .collect::<Vec<_>>()
+        .await
+        // `commit` is dropped here, which ends the committer.
+    };
+    let (results, ()) = tokio::join!(downloads, committer);
     let mut synced = std::collections::HashSet::new();
     for (f, o) in &results {
         if let (Outcome::Restored { .. }, Some(dir)) = (o, f.dest.parent()) {
@@ -855,13 +881,19 @@ fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tableslurp-tmp"))
 }
 
-async fn restore_one(
-    store: &Store,
-    f: &PlannedFile,
-    opts: &ExecOptions,
+/// What every download of one [`execute`] shares.
+struct Ctx<'a> {
+    store: &'a Store,
+    opts: &'a ExecOptions,
     ids: Option<(Option<u32>, Option<u32>)>,
-    observer: &dyn Observer,
-) -> Outcome {
+    observer: &'a dyn Observer,
+    /// `-t`: one permit per request in flight.
+    gate: &'a Semaphore,
+    commit: &'a GroupCommit,
+}
+
+async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile) -> Outcome {
+    let opts = ctx.opts;
     match std::fs::symlink_metadata(&f.dest) {
         Ok(m) if !opts.force => {
             return if m.is_file() && m.len() == f.size {
@@ -881,7 +913,7 @@ async fn restore_one(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let r = fetch_once(store, f, &tmp, opts, attempt, ids, observer).await;
+        let r = fetch_once(ctx, f, &tmp, attempt).await;
         match r {
             Ok(()) => return Outcome::Restored { attempts: attempt },
             Err(e) => {
@@ -903,16 +935,14 @@ async fn restore_one(
     }
 }
 
-/// One attempt: HEAD for metadata, download to `tmp`, verify, set mode/owner, fsync, rename.
+/// One attempt: download to `tmp`, verify, set mode/owner, make durable, rename.
 async fn fetch_once(
-    store: &Store,
+    ctx: &Ctx<'_>,
     f: &PlannedFile,
     tmp: &Path,
-    opts: &ExecOptions,
     attempt: u32,
-    ids: Option<(Option<u32>, Option<u32>)>,
-    observer: &dyn Observer,
 ) -> Result<(), RestoreError> {
+    let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     // A fresh file, never through a symlink planted at the temp name.
     match std::fs::remove_file(tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -934,21 +964,21 @@ async fn fetch_once(
         ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
         _ => RestoreError::Store(e),
     };
+    let ids = ctx.ids;
     let (info, md5) = if f.size >= opts.range_threshold && opts.range_size > 0 && limit.is_none() {
-        // Large: HEAD for size and metadata, then parallel ranges, then hash the file.
-        let info = store
-            .head(&f.key)
-            .await?
-            .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?;
-        fetch_ranges(store, &f.key, info.size, &file, tmp, opts, observer).await?;
-        let file = file.clone();
-        let tmp2 = tmp.to_path_buf();
-        let md5 = tokio::task::spawn_blocking(move || hash_file(&file, &tmp2))
-            .await
-            .map_err(|e| RestoreError::io("hash", tmp)(std::io::Error::other(e)))??;
+        // Large: HEAD for size and metadata, then parallel ranges, hashed in order behind them.
+        let info = {
+            let _permit = ctx.gate.acquire().await.expect("gate closed");
+            store
+                .head(&f.key)
+                .await?
+                .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+        };
+        let md5 = fetch_ranges(ctx, &f.key, info.size, &file, tmp).await?;
         (info, md5)
     } else {
         // Small: one GET gives the metadata and the bytes, hashed as they stream in.
+        let _permit = ctx.gate.acquire().await.expect("gate closed");
         let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
         let md5 = fetch_stream(stream, &file, tmp, limit, opts, observer).await?;
         (info, md5)
@@ -979,10 +1009,9 @@ async fn fetch_once(
     if let Some((uid, gid)) = owner {
         chown(tmp, uid, gid)?;
     }
-    let file2 = file.clone();
-    tokio::task::spawn_blocking(move || file2.sync_all())
+    ctx.commit
+        .durable(file)
         .await
-        .map_err(|e| RestoreError::io("fsync", tmp)(std::io::Error::other(e)))?
         .map_err(RestoreError::io("fsync", tmp))?;
     // The directory entry is made durable once per directory, at the end of execute().
     std::fs::rename(tmp, &f.dest).map_err(RestoreError::io("rename into place", &f.dest))?;
@@ -1022,76 +1051,191 @@ async fn fetch_stream(
 }
 
 /// Fetches `size` bytes as parallel ranges, each written at its offset as it streams in, so
-/// memory stays at a few chunks per range in flight.
+/// memory stays at a few chunks per range in flight. Behind them, the file is read back
+/// (from the page cache) and hashed in order as far as the ranges are complete, so little
+/// is left to hash when the last range lands. Returns (bytes, md5 hex).
 async fn fetch_ranges(
-    store: &Store,
+    ctx: &Ctx<'_>,
     key: &str,
     size: u64,
-    file: &File,
+    file: &Arc<File>,
     path: &Path,
-    opts: &ExecOptions,
-    observer: &dyn Observer,
-) -> Result<(), RestoreError> {
+) -> Result<(u64, String), RestoreError> {
+    let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     file.set_len(size)
         .map_err(RestoreError::io("allocate", path))?;
     let ranges: Vec<Range<u64>> = (0..size)
         .step_by(opts.range_size as usize)
         .map(|s| s..(s + opts.range_size).min(size))
         .collect();
-    futures::stream::iter(ranges.into_iter().map(|r| async move {
-        let want = r.end - r.start;
-        let mut s = store.get_stream(key, Some(r.clone())).await?;
-        let mut off = r.start;
-        while let Some(chunk) = s.try_next().await? {
-            if off + chunk.len() as u64 > r.end {
+    // How far from the start every byte is written: the hasher may read up to here.
+    let (written_tx, mut written) = watch::channel(0u64);
+    let complete = Mutex::new(InOrder::new(ranges.len()));
+    let (ranges, complete) = (&ranges, &complete);
+    // Owns the sender, so the hasher learns when the download has ended.
+    let download = async move {
+        let written_tx = &written_tx;
+        futures::stream::iter(ranges.iter().enumerate().map(|(i, r)| async move {
+            let want = r.end - r.start;
+            let _permit = ctx.gate.acquire().await.expect("gate closed");
+            let mut s = store.get_stream(key, Some(r.clone())).await?;
+            let mut off = r.start;
+            while let Some(chunk) = s.try_next().await? {
+                if off + chunk.len() as u64 > r.end {
+                    return Err(RestoreError::Size {
+                        key: key.to_string(),
+                        expected: want,
+                        actual: off + chunk.len() as u64 - r.start,
+                    });
+                }
+                if let Some(t) = &opts.throttle {
+                    t.take(chunk.len() as u64).await;
+                }
+                file.write_all_at(&chunk, off)
+                    .map_err(RestoreError::io("write", path))?;
+                off += chunk.len() as u64;
+                observer.bytes(chunk.len() as u64);
+            }
+            if off != r.end {
                 return Err(RestoreError::Size {
                     key: key.to_string(),
                     expected: want,
-                    actual: off + chunk.len() as u64 - r.start,
+                    actual: off - r.start,
                 });
             }
-            if let Some(t) = &opts.throttle {
-                t.take(chunk.len() as u64).await;
+            let prefix = complete.lock().expect("poisoned").done(i);
+            let upto = ranges.get(prefix).map_or(size, |r| r.start);
+            written_tx.send_if_modified(|w| std::mem::replace(w, upto) != upto);
+            Ok::<_, RestoreError>(())
+        }))
+        .buffer_unordered(opts.threads.max(1))
+        .try_collect::<Vec<()>>()
+        .await
+    };
+    let hash = async {
+        let mut h = Md5::new();
+        let mut at = 0u64;
+        while at < size {
+            if written.changed().await.is_err() && *written.borrow() <= at {
+                // The download ended without writing further: its error is reported.
+                std::future::pending::<()>().await;
             }
-            file.write_all_at(&chunk, off)
-                .map_err(RestoreError::io("write", path))?;
-            off += chunk.len() as u64;
-            observer.bytes(chunk.len() as u64);
+            let upto = *written.borrow_and_update();
+            if upto > at {
+                let f = file.clone();
+                let p = path.to_path_buf();
+                h = tokio::task::spawn_blocking(move || hash_range(&f, &p, at..upto, h))
+                    .await
+                    .map_err(|e| RestoreError::io("hash", path)(std::io::Error::other(e)))??;
+                at = upto;
+            }
         }
-        if off != r.end {
-            return Err(RestoreError::Size {
-                key: key.to_string(),
-                expected: want,
-                actual: off - r.start,
-            });
-        }
-        Ok::<_, RestoreError>(())
-    }))
-    .buffer_unordered(opts.threads.max(1))
-    .try_collect::<Vec<()>>()
-    .await?;
-    Ok(())
+        Ok::<_, RestoreError>((at, hex::encode(h.finalize())))
+    };
+    let (_, md5) = tokio::try_join!(download, hash)?;
+    Ok(md5)
 }
 
-fn hash_file(file: &File, path: &Path) -> Result<(u64, String), RestoreError> {
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    let mut r = file;
-    use std::io::Seek;
-    r.seek(std::io::SeekFrom::Start(0))
-        .map_err(RestoreError::io("read back", path))?;
-    loop {
-        let k = r
-            .read(&mut buf)
-            .map_err(RestoreError::io("read back", path))?;
-        if k == 0 {
-            break;
+/// Which of `n` ranges are complete, and how many from the first are, without a gap.
+struct InOrder {
+    done: Vec<bool>,
+    prefix: usize,
+}
+
+impl InOrder {
+    fn new(n: usize) -> Self {
+        Self {
+            done: vec![false; n],
+            prefix: 0,
         }
-        h.update(&buf[..k]);
-        n += k as u64;
     }
-    Ok((n, hex::encode(h.finalize())))
+
+    /// Marks range `i` complete; returns the length of the complete prefix.
+    fn done(&mut self, i: usize) -> usize {
+        self.done[i] = true;
+        while self.prefix < self.done.len() && self.done[self.prefix] {
+            self.prefix += 1;
+        }
+        self.prefix
+    }
+}
+
+/// Feeds bytes `r` of `file` to `h`.
+fn hash_range(file: &File, path: &Path, r: Range<u64>, mut h: Md5) -> Result<Md5, RestoreError> {
+    let mut buf = vec![0u8; (1 << 20).min((r.end - r.start) as usize)];
+    let mut at = r.start;
+    while at < r.end {
+        let k = buf.len().min((r.end - at) as usize);
+        file.read_exact_at(&mut buf[..k], at)
+            .map_err(RestoreError::io("read back", path))?;
+        h.update(&buf[..k]);
+        at += k as u64;
+    }
+    Ok(h)
+}
+
+/// Group commit of finished files. Each file waits for one `syncfs` that started after it
+/// was complete: one journal commit covers every file finished meanwhile, instead of one
+/// per file. Then `fsync` of the file itself, which now has nothing left to write, still
+/// reports a write-back error of that file (and does the work if `syncfs` failed).
+struct GroupCommit {
+    tx: mpsc::UnboundedSender<(Arc<File>, oneshot::Sender<std::io::Result<()>>)>,
+}
+
+impl GroupCommit {
+    /// The handle, and the committer to run beside the downloads; it ends once the handle
+    /// is dropped and every request has been answered.
+    fn new() -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Arc<File>, oneshot::Sender<_>)>();
+        let committer = async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let files: Vec<Arc<File>> = batch.iter().map(|(f, _)| f.clone()).collect();
+                let results = tokio::task::spawn_blocking(move || sync_batch(&files))
+                    .await
+                    .unwrap_or_else(|e| {
+                        (0..batch.len())
+                            .map(|_| Err(std::io::Error::other(e.to_string())))
+                            .collect()
+                    });
+                for ((_, reply), r) in batch.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+        };
+        (Self { tx }, committer)
+    }
+
+    /// Returns once `file` (data and inode) is on stable storage.
+    async fn durable(&self, file: Arc<File>) -> std::io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((file, reply))
+            .map_err(|_| std::io::Error::other("committer stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("committer stopped")))
+    }
+}
+
+fn sync_batch(files: &[Arc<File>]) -> Vec<std::io::Result<()>> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let mut synced = std::collections::HashSet::new();
+    for f in files {
+        if let Ok(m) = f.metadata() {
+            if synced.insert(m.dev()) {
+                // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+                if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                    tracing::debug!("syncfs: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    files.iter().map(|f| f.sync_all()).collect()
 }
 
 /// The uid of a local user name (or a numeric string).
@@ -1280,6 +1424,47 @@ mod tests {
 
     fn chosen(p: &Plan) -> Vec<String> {
         p.tables.iter().map(|t| t.index_key.clone()).collect()
+    }
+
+    #[test]
+    fn in_order_prefix_advances_only_over_complete_ranges() {
+        // (range completed, complete prefix after it)
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[0, 1, 2], &[1, 2, 3]),
+            (&[2, 1, 0], &[0, 0, 3]),
+            (&[1, 0, 3, 2], &[0, 2, 2, 4]),
+            (&[0], &[1]),
+        ];
+        for (order, want) in cases {
+            let mut io = InOrder::new(order.len());
+            let got: Vec<usize> = order.iter().map(|&i| io.done(i)).collect();
+            assert_eq!(&got, want, "completion order {order:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_answers_every_file_and_ends_with_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commit, committer) = GroupCommit::new();
+        let files = async move {
+            let commit = &commit;
+            futures::future::join_all((0..50).map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                async move {
+                    let f = File::create(&p).unwrap();
+                    f.write_all_at(&[i as u8; 4096], 0).unwrap();
+                    commit.durable(Arc::new(f)).await
+                }
+            }))
+            .await
+        };
+        let (results, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(files, committer)
+        })
+        .await
+        .expect("committer did not end after its handle was dropped");
+        assert_eq!(results.len(), 50);
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     }
 
     #[test]

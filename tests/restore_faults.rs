@@ -94,7 +94,8 @@ fn large_objects_come_in_parallel_ranges_and_verify() {
     let (_c, store, ro, body) = setup(t.path());
     rt().block_on(async {
         let plan = restore::prepare(&store, &ro, 4).await.unwrap();
-        // 3 MB object, 256 KiB ranges: 12 ranged GETs written at their offsets, MD5 after.
+        // 3 MB object, 256 KiB ranges: 12 ranged GETs written at their offsets, hashed in
+        // order behind them.
         let e = ExecOptions {
             range_threshold: 1 << 20,
             range_size: 256 << 10,
@@ -107,7 +108,7 @@ fn large_objects_come_in_parallel_ranges_and_verify() {
             body
         );
 
-        // A corrupted large object is caught by the after-the-fact MD5 too: same size, one bit
+        // A corrupted large object is caught by the in-order MD5 too: same size, one bit
         // flipped, the md5sum metadata of the good bytes.
         let mut bad = body.clone();
         bad[2_000_000] ^= 1;

@@ -75,8 +75,9 @@ pub struct Args {
     /// chgrp restored files to this group (name or id)
     #[arg(short = 'g', long, env = "TABLESLURP_GROUP")]
     pub group: Option<String>,
-    /// Parallel downloads
-    #[arg(short = 't', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..), env = "TABLESLURP_THREADS")]
+    /// Requests in flight (small files and the ranges of large ones; the original's default
+    /// was 4)
+    #[arg(short = 't', long, default_value_t = restore::DEFAULT_THREADS as u16, value_parser = clap::value_parser!(u16).range(1..), env = "TABLESLURP_THREADS")]
     pub threads: u16,
     /// Download bandwidth shared by all downloads, e.g. 50M (bytes per second; K/M/G = 1024^n)
     #[arg(long = "max-bandwidth", env = "TABLESLURP_MAX_BANDWIDTH",
