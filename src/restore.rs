@@ -826,10 +826,14 @@ async fn verify_one(
     f: &PlannedFile,
     observer: &dyn Observer,
 ) -> Result<(), RestoreError> {
-    let info = store
-        .head(&f.key)
-        .await?
-        .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?;
+    // One GET: the metadata comes with the bytes.
+    let (info, mut s) = store
+        .get_with_info(&f.key)
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
+            _ => RestoreError::Store(e),
+        })?;
     if info.size != f.size {
         return Err(RestoreError::Size {
             key: f.key.clone(),
@@ -837,7 +841,6 @@ async fn verify_one(
             actual: info.size,
         });
     }
-    let mut s = store.get_stream(&f.key, None).await?;
     let mut h = Md5::new();
     let mut n = 0u64;
     while let Some(chunk) = s.try_next().await? {
