@@ -191,7 +191,7 @@ impl Uploader {
             force: Mutex::new(Default::default()),
             pool: Arc::new(BufPool {
                 bufs: Mutex::new(Vec::new()),
-                keep: (mem_units * MEM_UNIT / part) as usize + 1,
+                keep: (mem_units * MEM_UNIT / part).max(1) as usize,
                 part: part as usize,
             }),
             stats: Stats::default(),
@@ -517,11 +517,11 @@ impl Uploader {
         let single = size <= self.cfg.max_upload_size && size <= part;
         tracing::debug!(path = %path.display(), size, single, "uploading");
         let uploaded = if single {
-            let _permit = self.acquire(size).await;
+            let permit = self.acquire(self.pool.budget_for(size)).await;
             let f = file.clone();
             let pool = self.pool.clone();
             let (body, md5) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-                let mut buf = pool.take(size as usize);
+                let mut buf = pool.take(size as usize, permit);
                 let n = read_full(&f, &mut buf.buf)?;
                 buf.buf.truncate(n);
                 let md5 = hex::encode(Md5::digest(&buf.buf));
@@ -632,14 +632,14 @@ impl Uploader {
                 }
                 let len = part.min(size - offset);
                 let permit = tokio::select! {
-                    p = self.acquire(len) => p,
+                    p = self.acquire(self.pool.budget_for(len)) => p,
                     _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
                 };
                 let f = file.clone();
                 let at = offset;
                 let pool = self.pool.clone();
                 let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-                    let mut buf = pool.take(len as usize);
+                    let mut buf = pool.take(len as usize, permit);
                     f.read_exact_at(&mut buf.buf, at)?;
                     Ok(buf.into_bytes())
                 })
@@ -660,12 +660,7 @@ impl Uploader {
                 if let Some(t) = &self.cfg.throttle {
                     t.take(len).await;
                 }
-                let fut = upload.put_part(PutPayload::from_bytes(chunk));
-                parts.spawn(async move {
-                    let r = fut.await;
-                    drop(permit);
-                    r
-                });
+                parts.spawn(upload.put_part(PutPayload::from_bytes(chunk)));
                 offset += len;
             }
             loop {
@@ -795,7 +790,10 @@ impl Uploader {
     }
 }
 
-/// Buffers for file data; one goes back to the pool when the request that sent it drops it.
+/// Buffers for file data; one goes back to the pool when the request that sent it drops it,
+/// and only then is its share of the memory budget released: the budget bounds the buffers
+/// alive, not just the requests in flight (a request's retry copies or a body still being
+/// dropped would otherwise let one more buffer into existence). See [`BufPool::budget_for`].
 struct BufPool {
     bufs: Mutex<Vec<Vec<u8>>>,
     keep: usize,
@@ -806,18 +804,34 @@ struct BufPool {
 struct PooledBuf {
     buf: Vec<u8>,
     pool: Option<Arc<BufPool>>,
+    /// Dropped after the buffer is back in the pool (fields drop after `Drop::drop`).
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Buffers smaller than this come from the allocator directly (small SSTable components).
 const POOL_MIN: usize = 1 << 20;
 
 impl BufPool {
+    /// What a buffer for `len` bytes costs of the memory budget: its capacity. A pooled buffer
+    /// is at least a whole part however little of it a file needs, and once recycled all of
+    /// it is resident; counting `len` instead let a 64 MiB budget hold 80 MiB of buffers.
+    /// With this, buffers alive (in use or idle in the pool) never exceed the budget: a new
+    /// one is allocated only when none is idle, by a holder of its full share.
+    fn budget_for(&self, len: u64) -> u64 {
+        if len < POOL_MIN as u64 {
+            len
+        } else {
+            len.max(self.part as u64)
+        }
+    }
+
     /// A buffer of exactly `len` initialized bytes (zeroed only where never used before).
-    fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
+    fn take(self: &Arc<Self>, len: usize, permit: OwnedSemaphorePermit) -> PooledBuf {
         if len < POOL_MIN {
             return PooledBuf {
                 buf: vec![0u8; len],
                 pool: None,
+                _permit: permit,
             };
         }
         let mut buf = {
@@ -832,6 +846,7 @@ impl BufPool {
         PooledBuf {
             buf,
             pool: Some(self.clone()),
+            _permit: permit,
         }
     }
 }
@@ -952,5 +967,47 @@ mod tests {
         assert!(huge.div_ceil(p) <= MAX_PARTS && p % (1 << 20) == 0, "{p}");
         assert_eq!(user_name(0).as_deref(), Some("root"));
         assert_eq!(uid_of("root"), Some(0));
+    }
+
+    #[test]
+    fn budget_is_released_only_when_a_buffer_is_dropped_and_buffers_are_reused() {
+        let part = 2 << 20;
+        let mem = Arc::new(Semaphore::new(2));
+        let pool = Arc::new(BufPool {
+            bufs: Mutex::new(Vec::new()),
+            keep: 2,
+            part,
+        });
+        let a = pool.take(part, mem.clone().try_acquire_owned().unwrap());
+        let b = pool.take(3 << 20, mem.clone().try_acquire_owned().unwrap());
+        assert_eq!((a.buf.len(), b.buf.len()), (part, 3 << 20));
+        let ptr_a = a.buf.as_ptr();
+        // A request body that outlives its request (a retry's clone) keeps its share.
+        let body = a.into_bytes();
+        let body2 = body.clone();
+        drop(body);
+        assert_eq!(mem.available_permits(), 0);
+        drop(body2);
+        assert_eq!(mem.available_permits(), 1);
+        assert_eq!(
+            pool.bufs.lock().unwrap().len(),
+            1,
+            "buffer back in the pool"
+        );
+        // The next take reuses that buffer instead of allocating one.
+        let c = pool.take(part, mem.clone().try_acquire_owned().unwrap());
+        assert_eq!(c.buf.as_ptr(), ptr_a);
+        drop((b, c));
+        assert_eq!(mem.available_permits(), 2);
+        // Small buffers bypass the pool but still hold their share until dropped.
+        let small = pool.take(1000, mem.clone().try_acquire_owned().unwrap());
+        assert_eq!(mem.available_permits(), 1);
+        drop(small);
+        assert_eq!(mem.available_permits(), 2);
+        assert_eq!(pool.bufs.lock().unwrap().len(), 2);
+        // A pooled buffer costs its capacity, however little of it a file needs.
+        assert_eq!(pool.budget_for(1000), 1000);
+        assert_eq!(pool.budget_for(1 << 20), part as u64);
+        assert_eq!(pool.budget_for(5 << 20), 5 << 20);
     }
 }
