@@ -24,7 +24,7 @@
 #   5 big files  peak RSS uploading one file of each BENCH_BIG_GIB size
 #
 # Environment (all optional):
-#   BENCH_GIB=2  BENCH_TINY=20000  BENCH_BIG_GIB="4 8"  BENCH_BIG_CONTENT=sparse|random
+#   BENCH_GIB=2  BENCH_TINY=100000 BENCH_BIG_GIB="4 8"  BENCH_BIG_CONTENT=sparse|random
 #   BENCH_STREAM_COUNT=400  BENCH_STREAM_RATE=20 (files/s)  BENCH_SCENARIOS="1 2 3 4 5"
 #   BENCH_TOOLS="tablesnap s5cmd rclone aws"   BENCH_DIR=/tmp/tsbench (data, logs, Garage)
 #   BENCH_TABLESNAP_ARGS="-t 8"   extra flags for tablesnap (e.g. to try a tuning)
@@ -38,7 +38,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 BENCH_GIB=${BENCH_GIB:-2}
-BENCH_TINY=${BENCH_TINY:-20000}
+BENCH_TINY=${BENCH_TINY:-100000}
 BENCH_BIG_GIB=${BENCH_BIG_GIB:-4 8}
 BENCH_BIG_CONTENT=${BENCH_BIG_CONTENT:-sparse}
 BENCH_STREAM_COUNT=${BENCH_STREAM_COUNT:-400}
