@@ -767,16 +767,41 @@ pub async fn execute(
         // `commit` is dropped here, which ends the committer.
     };
     let (results, ()) = tokio::join!(downloads, committer);
-    let mut synced = std::collections::HashSet::new();
-    for (f, o) in &results {
-        if let (Outcome::Restored { .. }, Some(dir)) = (o, f.dest.parent()) {
-            if synced.insert(dir) {
-                let d = dir.to_path_buf();
-                let r = tokio::task::spawn_blocking(move || File::open(&d)?.sync_all()).await;
-                if let Ok(Err(e)) = r {
-                    tracing::warn!("fsync directory {}: {e}", dir.display());
-                }
-            }
+    // The renames: one more syncfs per filesystem, then each directory's fsync (cheap now,
+    // and the one that reports an error of that directory).
+    let dirs: std::collections::BTreeSet<PathBuf> = results
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Restored { .. }))
+        .filter_map(|(f, _)| f.dest.parent().map(Path::to_path_buf))
+        .collect();
+    let synced = tokio::task::spawn_blocking(move || {
+        let opened: Vec<(PathBuf, std::io::Result<Arc<File>>)> = dirs
+            .into_iter()
+            .map(|d| {
+                let f = File::open(&d).map(Arc::new);
+                (d, f)
+            })
+            .collect();
+        let ok: Vec<Arc<File>> = opened
+            .iter()
+            .filter_map(|(_, f)| f.as_ref().ok().cloned())
+            .collect();
+        let mut results = sync_batch(&ok).into_iter();
+        opened
+            .into_iter()
+            .map(|(d, f)| {
+                (
+                    d,
+                    f.and_then(|_| results.next().expect("one result per file")),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (dir, r) in synced {
+        if let Err(e) = r {
+            tracing::warn!("fsync directory {}: {e}", dir.display());
         }
     }
     for (f, o) in results {
