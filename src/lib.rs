@@ -16,6 +16,8 @@
 //!
 //! * [`layout`]: keys, index bodies and metadata, byte-compatible with the original.
 //! * [`store`]: destinations and the object-store operations, with typed errors.
+//! * [`credentials`]: the credential files the original's boto read (`~/.aws/credentials`,
+//!   `~/.boto`), for hosts that keep their keys there.
 //! * [`filter`]: the original's include/exclude rules.
 //! * [`watch`]: inotify watches, new directories, overflow rescans.
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
@@ -26,6 +28,7 @@
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
 
 pub mod cli;
+pub mod credentials;
 pub mod daemon;
 pub mod filter;
 pub mod layout;

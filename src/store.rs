@@ -147,6 +147,8 @@ pub enum StoreError {
     },
     #[error("key {key:?} cannot be stored as is: {reason}")]
     BadKey { key: String, reason: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialsError),
     #[error("{op} {key}: {source}")]
     Op {
         op: &'static str,
@@ -311,6 +313,19 @@ impl Store {
                 }
                 if let Some(t) = &opts.token {
                     b = b.with_token(t);
+                }
+                // Neither flags nor environment: the files boto 2 read, before the role.
+                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                if opts.access_key.is_none() && env("AWS_ACCESS_KEY_ID").is_none() {
+                    if let Some(c) = crate::credentials::from_files(&env)? {
+                        tracing::info!("credentials from {}", c.source);
+                        b = b
+                            .with_access_key_id(c.access_key)
+                            .with_secret_access_key(c.secret_key);
+                        if let (None, Some(t)) = (&opts.token, c.token) {
+                            b = b.with_token(t);
+                        }
+                    }
                 }
                 let mut client = client;
                 // The endpoint: ours, else the standard variables object_store reads itself

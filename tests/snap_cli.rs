@@ -336,3 +336,92 @@ fn the_standard_aws_variables_are_enough_to_reach_an_http_endpoint() {
         Some(b"toc".as_slice())
     );
 }
+
+/// Hosts of the original kept their keys where boto 2 looked: the AWS shared credentials
+/// file or `~/.boto`. The same init script, no key in flags or environment, must still work.
+#[test]
+fn credentials_files_boto_read_still_work() {
+    let s3 = common::s3();
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    std::fs::create_dir(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [backup]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .unwrap();
+    let dir = d.path().to_str().unwrap();
+    let base = |profile: &str| {
+        vec![
+            ("HOME".to_string(), home.path().display().to_string()),
+            ("AWS_PROFILE".to_string(), profile.to_string()),
+            ("AWS_REGION".to_string(), s3.region.clone()),
+        ]
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let args = |prefix: &str| {
+        vec![
+            "--once".to_string(),
+            "--endpoint-url".into(),
+            s3.endpoint.clone(),
+            "-n".into(),
+            "h".into(),
+            "-p".into(),
+            prefix.to_string(),
+            s3.bucket.clone(),
+            dir.to_string(),
+        ]
+    };
+    let run_with = |prefix: &str, env: &[(String, String)]| {
+        let a = args(prefix);
+        run(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    };
+
+    // The named profile of ~/.aws/credentials.
+    let prefix = s3.unique_prefix("credfile");
+    let (code, out) = run_with(&prefix, &base("backup"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(".aws/credentials [backup]"), "{out}");
+    assert!(!out.contains(&s3.secret_key), "secret in output: {out}");
+    let key = format!("{prefix}h:{}/nb-1-big-TOC.txt", d.path().display());
+    assert_eq!(
+        rt.block_on(s3.raw_get(&key)).as_deref(),
+        Some(b"toc".as_slice())
+    );
+
+    // A profile that is not there: one line naming it and the file, exit 3, nothing stored.
+    let prefix = s3.unique_prefix("credfile");
+    let (code, out) = run_with(&prefix, &base("nope"));
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("\"nope\"") && out.contains(".aws/credentials"),
+        "{out}"
+    );
+
+    // No shared file: ~/.boto's [Credentials], as boto 2 read it.
+    std::fs::remove_file(home.path().join(".aws/credentials")).unwrap();
+    std::fs::write(
+        home.path().join(".boto"),
+        format!(
+            "[Credentials]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .unwrap();
+    let prefix = s3.unique_prefix("credboto");
+    let mut env = base("");
+    env.retain(|(k, _)| k != "AWS_PROFILE");
+    let (code, out) = run_with(&prefix, &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(".boto [Credentials]"), "{out}");
+    let key = format!("{prefix}h:{}/nb-1-big-TOC.txt", d.path().display());
+    assert_eq!(
+        rt.block_on(s3.raw_get(&key)).as_deref(),
+        Some(b"toc".as_slice())
+    );
+}
