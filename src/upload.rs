@@ -549,7 +549,7 @@ impl Uploader {
             size
         } else {
             let f = file.clone();
-            let md5 = tokio::task::spawn_blocking(move || md5_of_reader(&mut &*f))
+            let md5 = tokio::task::spawn_blocking(move || md5_of_file(&f))
                 .await
                 .expect("hash task panicked")
                 .map_err(read_err)?;
@@ -888,6 +888,57 @@ fn read_full(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Lowercase hex MD5 of a whole file, for the pass a multipart upload needs before it may
+/// start. A second thread keeps the page cache filled up to [`READ_AHEAD`] bytes ahead of
+/// the hash, so reading (disk I/O, or the kernel zero-filling a sparse file) and hashing use
+/// two cores instead of taking turns on one (bench/: one 4 GiB file, the pass took 12.5 s,
+/// of which MD5 itself is about 6).
+pub fn md5_of_file(file: &File) -> std::io::Result<String> {
+    use std::os::unix::io::AsRawFd;
+    let size = file.metadata()?.len();
+    let hashed = AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut ahead = 0u64;
+            while ahead < size && !stop.load(Ordering::Relaxed) {
+                if ahead >= hashed.load(Ordering::Relaxed) + READ_AHEAD {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                let n = (8u64 << 20).min(size - ahead);
+                // SAFETY: readahead only reads the descriptor, which `file` keeps open. A
+                // failure (e.g. a filesystem without it) just leaves the work to read().
+                if unsafe { libc::readahead(file.as_raw_fd(), ahead as i64, n as usize) } != 0 {
+                    break;
+                }
+                ahead += n;
+            }
+        });
+        let r = (|| {
+            let mut h = Md5::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut r = file;
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                h.update(&buf[..n]);
+                hashed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(hex::encode(h.finalize()))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+/// How far [`md5_of_file`] reads ahead of its hash.
+const READ_AHEAD: u64 = 64 << 20;
+
 /// Lowercase hex MD5 of everything `r` yields.
 pub fn md5_of_reader(r: &mut impl Read) -> std::io::Result<String> {
     let mut h = Md5::new();
@@ -967,6 +1018,19 @@ mod tests {
         assert!(huge.div_ceil(p) <= MAX_PARTS && p % (1 << 20) == 0, "{p}");
         assert_eq!(user_name(0).as_deref(), Some("root"));
         assert_eq!(uid_of("root"), Some(0));
+    }
+
+    #[test]
+    fn md5_of_file_reading_ahead_equals_md5_of_the_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        // Empty, smaller than one read-ahead step, and not a multiple of it.
+        for size in [0usize, 1000, (8 << 20) * 3 + 12345] {
+            let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let p = d.path().join(format!("f{size}"));
+            std::fs::write(&p, &body).unwrap();
+            let got = md5_of_file(&File::open(&p).unwrap()).unwrap();
+            assert_eq!(got, hex::encode(Md5::digest(&body)), "size {size}");
+        }
     }
 
     #[test]
