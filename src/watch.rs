@@ -324,10 +324,28 @@ impl Watcher {
             || (self.events.close_write && ev.mask.contains(EventMask::CLOSE_WRITE))
             || (self.events.create && ev.mask.contains(EventMask::CREATE));
         if wanted {
+            if ev.mask.contains(EventMask::CREATE)
+                && self.events.close_write
+                && being_written(&path)
+            {
+                // IN_CREATE is for hard links (snapshots, incremental backups), which arrive
+                // whole. A new file with a single link is being written (Cassandra 3+ writes
+                // SSTables under their final names): uploading it now would store a partial
+                // object and read it again and again while it grows; its IN_CLOSE_WRITE
+                // comes when it is complete.
+                tracing::debug!(path = %path.display(), "created, waiting for IN_CLOSE_WRITE");
+                return Ok(());
+            }
             out.push(WatchEvent::File(path));
         }
         Ok(())
     }
+}
+
+/// A regular file with one link: created by open(), not by link().
+fn being_written(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
 }
 
 /// Every regular file in `dir` (and below, with `recursive`). Symlinks and special files

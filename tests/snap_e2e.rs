@@ -847,3 +847,65 @@ async fn a_file_renamed_over_another_of_the_same_size_is_uploaded_again() {
     assert_eq!(meta["md5sum"], md5_hex(b"second version!"));
     d.stop().await;
 }
+
+/// With IN_CREATE added to the default events (for snapshots and incremental backups), a file
+/// still being written under its final name (Cassandra 3+) is not stored half-written and
+/// re-read while it grows: it goes up once, whole, at IN_CLOSE_WRITE. Hard links still go up
+/// at IN_CREATE, which is all they get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_create_waits_for_close_write_of_a_file_being_written() {
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("createwrite");
+    let data = tempfile::tempdir().unwrap();
+    let table = data.path().join("ks/t-1");
+    std::fs::create_dir_all(&table).unwrap();
+    let d = Running::start({
+        let mut c = config(&s3, &prefix, vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c.events = Events::parse(&[
+            "IN_MOVED_TO".into(),
+            "IN_CLOSE_WRITE".into(),
+            "IN_CREATE".into(),
+        ])
+        .unwrap();
+        c
+    })
+    .await;
+    let p = table.join("nb-1-big-Data.db");
+    let first = vec![1u8; 100_000];
+    let rest = vec![2u8; 50_000];
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(&first).unwrap();
+    // Well past the queue's pickup and the index delay: a partial upload would be there.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if let Some(b) = s3.raw_get(&key(&prefix, &p)).await {
+        panic!(
+            "a half-written file was uploaded: {} of 150000 bytes",
+            b.len()
+        );
+    }
+    f.write_all(&rest).unwrap();
+    drop(f);
+    let mut whole = first.clone();
+    whole.extend_from_slice(&rest);
+    wait_for_keys(&s3, &prefix, &[key(&prefix, &p)]).await;
+    assert_eq!(
+        s3.raw_get(&key(&prefix, &p)).await.as_deref(),
+        Some(whole.as_slice())
+    );
+
+    let backups = table.join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    // Let the new directory's watch be in place, so the link is seen by its IN_CREATE and
+    // not by the scan of a new directory.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let l = backups.join("nb-1-big-Data.db");
+    std::fs::hard_link(&p, &l).unwrap();
+    wait_for_keys(&s3, &prefix, &[key(&prefix, &l)]).await;
+    assert_eq!(
+        s3.raw_get(&key(&prefix, &l)).await.as_deref(),
+        Some(whole.as_slice())
+    );
+    d.stop().await;
+}
