@@ -915,22 +915,9 @@ pub fn md5_of_file(file: &File) -> std::io::Result<String> {
                 ahead += n;
             }
         });
-        let r = (|| {
-            let mut h = Md5::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut r = file;
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                h.update(&buf[..n]);
-                hashed.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Ok(hex::encode(h.finalize()))
-        })();
+        let r = md5_counting(&mut &*file, |n| {
+            hashed.fetch_add(n as u64, Ordering::Relaxed);
+        });
         stop.store(true, Ordering::Relaxed);
         r
     })
@@ -941,6 +928,11 @@ const READ_AHEAD: u64 = 64 << 20;
 
 /// Lowercase hex MD5 of everything `r` yields.
 pub fn md5_of_reader(r: &mut impl Read) -> std::io::Result<String> {
+    md5_counting(r, |_| {})
+}
+
+/// [`md5_of_reader`], telling `hashed` how many bytes each step hashed.
+fn md5_counting(r: &mut impl Read, mut hashed: impl FnMut(usize)) -> std::io::Result<String> {
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -951,6 +943,7 @@ pub fn md5_of_reader(r: &mut impl Read) -> std::io::Result<String> {
             Err(e) => return Err(e),
         };
         h.update(&buf[..n]);
+        hashed(n);
     }
     Ok(hex::encode(h.finalize()))
 }
