@@ -481,6 +481,12 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Self::op_err("head", key)(e)),
         };
+        self.info_of(key, &r).map(Some)
+    }
+
+    /// What a GET or HEAD response says about `key`: size, dates, ETag and user metadata
+    /// (from the response's attributes, or from the xattrs of a local file).
+    fn info_of(&self, key: &str, r: &object_store::GetResult) -> Result<ObjectInfo, StoreError> {
         let mut metadata = HashMap::new();
         for (k, v) in r.attributes.iter() {
             if let Attribute::Metadata(name) = k {
@@ -490,13 +496,13 @@ impl Store {
         if self.local.is_some() {
             metadata.extend(self.local_meta(key)?);
         }
-        Ok(Some(ObjectInfo {
+        Ok(ObjectInfo {
             key: key.to_string(),
             size: r.meta.size,
             last_modified: r.meta.last_modified,
-            e_tag: r.meta.e_tag,
+            e_tag: r.meta.e_tag.clone(),
             metadata,
-        }))
+        })
     }
 
     fn attributes(&self, meta: &PutMeta) -> Attributes {
@@ -592,22 +598,7 @@ impl Store {
             .get_opts(&path, GetOptions::default())
             .await
             .map_err(Self::op_err("get", key))?;
-        let mut metadata = HashMap::new();
-        for (k, v) in r.attributes.iter() {
-            if let Attribute::Metadata(name) = k {
-                metadata.insert(name.to_string(), v.to_string());
-            }
-        }
-        if self.local.is_some() {
-            metadata.extend(self.local_meta(key)?);
-        }
-        let info = ObjectInfo {
-            key: key.to_string(),
-            size: r.meta.size,
-            last_modified: r.meta.last_modified,
-            e_tag: r.meta.e_tag.clone(),
-            metadata,
-        };
+        let info = self.info_of(key, &r)?;
         let k = key.to_string();
         let stream = r
             .into_stream()

@@ -984,15 +984,6 @@ fn group_name(gid: u32) -> Option<String> {
     )
 }
 
-/// Resolves a user name to a uid (for restores with `-o`).
-pub fn uid_of(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid C string; getpwnam returns a pointer to static storage or NULL.
-    let p = unsafe { libc::getpwnam(c.as_ptr()) };
-    // SAFETY: p checked for NULL.
-    (!p.is_null()).then(|| unsafe { (*p).pw_uid })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,7 +1001,7 @@ mod tests {
         let p = u.part_size_for(huge);
         assert!(huge.div_ceil(p) <= MAX_PARTS && p % (1 << 20) == 0, "{p}");
         assert_eq!(user_name(0).as_deref(), Some("root"));
-        assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(crate::restore::uid_of("root"), Some(0));
     }
 
     #[test]
