@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const SNAP: &str = env!("CARGO_BIN_EXE_tablesnap");
@@ -15,18 +14,7 @@ const CHOP: &str = env!("CARGO_BIN_EXE_tablechop");
 const SLURP: &str = env!("CARGO_BIN_EXE_tableslurp");
 
 fn run(bin: &str, s3: &common::S3, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .env_clear()
-        .envs(s3.cli_env())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::run_bin(bin, args, &s3.cli_env())
 }
 
 fn copy_gen(src: &Path, dst: &Path, generation: &str) {

@@ -438,3 +438,22 @@ impl Running {
             .expect("daemon failed")
     }
 }
+
+/// Runs one of the binaries with only `env` (and PATH) in its environment and no stdin, as
+/// an init script would. Returns the exit code and stdout + stderr together.
+pub fn run_bin(bin: &str, args: &[&str], env: &[(String, String)]) -> (i32, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
