@@ -774,36 +774,22 @@ pub async fn execute(
         .filter(|(_, o)| matches!(o, Outcome::Restored { .. }))
         .filter_map(|(f, _)| f.dest.parent().map(Path::to_path_buf))
         .collect();
-    let synced = tokio::task::spawn_blocking(move || {
-        let opened: Vec<(PathBuf, std::io::Result<Arc<File>>)> = dirs
-            .into_iter()
-            .map(|d| {
-                let f = File::open(&d).map(Arc::new);
-                (d, f)
-            })
-            .collect();
-        let ok: Vec<Arc<File>> = opened
-            .iter()
-            .filter_map(|(_, f)| f.as_ref().ok().cloned())
-            .collect();
-        let mut results = sync_batch(&ok).into_iter();
-        opened
-            .into_iter()
-            .map(|(d, f)| {
-                (
-                    d,
-                    f.and_then(|_| results.next().expect("one result per file")),
-                )
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
-    for (dir, r) in synced {
-        if let Err(e) = r {
-            tracing::warn!("fsync directory {}: {e}", dir.display());
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut opened = Vec::new();
+        for d in dirs {
+            match File::open(&d) {
+                Ok(f) => opened.push((d, Arc::new(f))),
+                Err(e) => tracing::warn!("fsync directory {}: {e}", d.display()),
+            }
         }
-    }
+        let files: Vec<Arc<File>> = opened.iter().map(|(_, f)| f.clone()).collect();
+        for ((d, _), r) in opened.iter().zip(sync_batch(&files)) {
+            if let Err(e) = r {
+                tracing::warn!("fsync directory {}: {e}", d.display());
+            }
+        }
+    })
+    .await;
     for (f, o) in results {
         match o {
             Outcome::Restored { .. } => {
