@@ -720,25 +720,26 @@ impl Uploader {
     }
 
     /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
-    /// lists the directory now, makes every listed file durable first (uploading what is
-    /// missing; a file that vanished is left out), then PUTs the index. Returns the names.
+    /// classifies the directory now ([`crate::cassandra::DirView`]), makes every file of
+    /// every complete SSTable and every settled other file durable first (uploading what is
+    /// missing; a file that vanished is left out), then PUTs the index under the keys of
+    /// the Data.db files it names. Files of unfinished SSTables are neither read nor named.
     pub async fn write_index(
         &self,
         dir: &Path,
         data_files: &[PathBuf],
         cancel: &CancellationToken,
-    ) -> Result<Vec<String>, UploadError> {
+    ) -> Result<IndexWritten, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
             path: dir.to_path_buf(),
         })?;
-        let mut names: Vec<String> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .flatten()
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| self.cfg.filter.accepts(n))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        // Only what makes a restore point: complete SSTables (never a file of one still
+        // being written: it is not even read here) and other regular files that are closed.
+        let view = match crate::cassandra::view_dir(dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(IndexWritten::default());
+            }
             Err(source) => {
                 return Err(UploadError::Read {
                     path: dir.to_path_buf(),
@@ -746,10 +747,19 @@ impl Uploader {
                 });
             }
         };
-        names.sort();
-        let mut listed = Vec::with_capacity(names.len());
-        for n in names {
-            match self.ensure_durable(&dir.join(&n), cancel).await {
+        let nameable = view.nameable();
+        let mut listed = Vec::with_capacity(nameable.len());
+        for n in nameable {
+            if !self.cfg.filter.accepts(&n) {
+                continue;
+            }
+            let path = dir.join(&n);
+            if view.others.contains(&n) && !self.settled(&path) {
+                // Written within the last moments (and perhaps still open): named by a
+                // later index, once its own event or upload made it durable.
+                continue;
+            }
+            match self.ensure_durable(&path, cancel).await {
                 Ok(Outcome::Uploaded { .. } | Outcome::Present) => listed.push(n),
                 Ok(Outcome::Vanished | Outcome::Ignored) => {}
                 // An unreadable sibling must not hold back the index of everything else:
@@ -763,31 +773,88 @@ impl Uploader {
                 Err(e) => return Err(e),
             }
         }
+        let unfinished: Vec<String> = view
+            .unfinished()
+            .map(|(s, why)| format!("{s} ({why})"))
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
+        }
         if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
             listed.extend(gone.iter().filter(|n| self.cfg.filter.accepts(n)).cloned());
             listed.sort();
             listed.dedup();
         }
+        // An index goes under the key of each pending Data.db it names; a Data.db of an
+        // SSTable that is not complete yet waits for a later index (never an index that
+        // does not name it, and never an older restore point overwritten).
+        let (named, deferred): (Vec<PathBuf>, Vec<PathBuf>) =
+            data_files.iter().cloned().partition(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| listed.iter().any(|l| l == n))
+            });
+        let deferred: Vec<PathBuf> = deferred
+            .into_iter()
+            .filter(|d| {
+                d.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    view.is_unfinished(n) || (d.exists() && !listed.iter().any(|l| l == n))
+                })
+            })
+            .collect();
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let meta = PutMeta {
             content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
             user: vec![],
         };
-        for data in data_files {
+        for data in &named {
             let key = layout::index_key(&key_of(&self.layout, data)?);
-            self.store
-                .put(&key, body.clone(), &meta)
-                .await
-                .map_err(|source| UploadError::Store {
+            tokio::select! {
+                r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
                     path: data.clone(),
                     source: Box::new(source),
-                })?;
+                })?,
+                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.clone() }),
+            }
             self.mark(&key, body.len() as u64, true, None);
             self.unindexed.lock().unwrap().remove(data);
             self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(listed)
+        Ok(IndexWritten {
+            names: listed,
+            indexed: named,
+            deferred,
+        })
     }
+
+    /// A file not modified for [`SETTLE`]: closed, as far as a scan can tell (an event
+    /// says so for sure; a scan only sees the mtime).
+    pub fn settled(&self, path: &Path) -> bool {
+        settled(path)
+    }
+}
+
+/// How long a file that is not part of an SSTable must be left unmodified before a scan
+/// takes it as closed. SSTable components need no such guess: the TOC and the transaction
+/// logs say when an SSTable is complete.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// See [`SETTLE`].
+pub fn settled(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= SETTLE))
+}
+
+/// What [`Uploader::write_index`] did.
+#[derive(Debug, Default)]
+pub struct IndexWritten {
+    /// The names the index holds.
+    pub names: Vec<String>,
+    /// The Data.db files whose index was written.
+    pub indexed: Vec<PathBuf>,
+    /// Data.db files of SSTables not complete yet: they need a later index.
+    pub deferred: Vec<PathBuf>,
 }
 
 /// Buffers for file data; one goes back to the pool when the request that sent it drops it,
