@@ -263,7 +263,7 @@ pub fn parse_txn_log(content: &[u8]) -> TxnLog {
     for (i, l) in lines.iter().enumerate() {
         let last = i + 1 == lines.len();
         let Some(r) = parse_record(l.trim_end()) else {
-            if !(last && !complete_last) {
+            if !last || complete_last {
                 log.corrupt = true;
             }
             continue;

@@ -116,6 +116,12 @@ pub struct Watcher {
     stream: EventStream<Vec<u8>>,
     watches: Watches,
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Inode of each watched directory: tells a renamed directory (watch renewed under its
+    /// new name) from one moved away.
+    inodes: HashMap<WatchDescriptor, u64>,
+    /// The roots as given: a symlink there is followed (a data directory on a mounted
+    /// volume), below them never.
+    roots: std::collections::HashSet<PathBuf>,
     events: Events,
     mask: WatchMask,
     recursive: bool,
@@ -136,6 +142,8 @@ impl Watcher {
             stream,
             watches,
             dirs: HashMap::new(),
+            inodes: HashMap::new(),
+            roots: Default::default(),
             events,
             mask: events.mask(auto_add),
             recursive,
@@ -194,6 +202,7 @@ impl Watcher {
     /// Watches `root` (and, with `-r`, every directory below it). Returns the directories
     /// now watched.
     pub fn add_root(&mut self, root: &Path) -> Result<Vec<PathBuf>, WatchError> {
+        self.roots.insert(root.to_path_buf());
         self.add_tree(root, self.recursive)
     }
 
@@ -226,8 +235,16 @@ impl Watcher {
     }
 
     fn add_one(&mut self, dir: &Path) -> Result<(), WatchError> {
-        match self.watches.add(dir, self.mask | WatchMask::ONLYDIR) {
+        let mut mask = self.mask | WatchMask::ONLYDIR;
+        if self.roots.contains(dir) {
+            mask.remove(WatchMask::DONT_FOLLOW);
+        }
+        match self.watches.add(dir, mask) {
             Ok(wd) => {
+                use std::os::unix::fs::MetadataExt;
+                if let Ok(m) = std::fs::metadata(dir) {
+                    self.inodes.insert(wd.clone(), m.ino());
+                }
                 self.dirs.insert(wd, dir.to_path_buf());
                 Ok(())
             }
@@ -242,6 +259,15 @@ impl Watcher {
                 source,
             }),
         }
+    }
+
+    /// Whether the path recorded for `wd` is still that directory (same inode).
+    fn renewed(&self, wd: &WatchDescriptor) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(p), Some(ino)) = (self.dirs.get(wd), self.inodes.get(wd)) else {
+            return false;
+        };
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.ino() == *ino)
     }
 
     pub fn watched_dirs(&self) -> usize {
@@ -279,10 +305,14 @@ impl Watcher {
             .mask
             .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
         {
-            // The kernel drops the watch (IN_IGNORED follows); a moved directory's path is stale.
-            if ev.mask.contains(EventMask::MOVE_SELF) {
+            // The kernel drops the watch on delete (IN_IGNORED follows). A moved directory's
+            // path is stale, unless its new name is watched already: a rename inside the
+            // tree reaches us as IN_MOVED_TO first, which renewed this very watch under the
+            // new path (same descriptor), and dropping it would lose the directory.
+            if ev.mask.contains(EventMask::MOVE_SELF) && !self.renewed(&ev.wd) {
                 let _ = self.watches.remove(ev.wd.clone());
                 self.dirs.remove(&ev.wd);
+                self.inodes.remove(&ev.wd);
             }
             return Ok(());
         }
@@ -419,20 +449,18 @@ pub fn scan_closed(dir: &Path, recursive: bool, hardlinks: bool) -> Scan {
 }
 
 /// Whether a file a scan left waiting may be uploaded now: it still exists, and it is not
-/// part of an unfinished SSTable and (if not an SSTable's) settled. `Err(())`: gone.
-pub fn ready_now(path: &Path) -> Result<bool, ()> {
-    let Some(n) = path.file_name().and_then(|n| n.to_str()) else {
-        return Err(());
-    };
+/// part of an unfinished SSTable and (if not an SSTable's) settled. `None`: gone.
+pub fn ready_now(path: &Path) -> Option<bool> {
+    let n = path.file_name().and_then(|n| n.to_str())?;
     if !path.exists() {
-        return Err(());
+        return None;
     }
     if crate::cassandra::parse_name(n).is_some() {
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let v = crate::cassandra::view_dir(dir).map_err(|_| ())?;
-        Ok(!v.is_unfinished(n))
+        let v = crate::cassandra::view_dir(dir).ok()?;
+        Some(!v.is_unfinished(n))
     } else {
-        Ok(crate::upload::settled(path))
+        Some(crate::upload::settled(path))
     }
 }
 

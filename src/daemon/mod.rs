@@ -354,6 +354,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
 
 /// Every watched path, absolute, a directory (a symlink to one is followed, as the
 /// original did; keys keep the path as given), and nameable in a key.
+#[allow(clippy::result_large_err)]
 fn check_roots(cfg: &Config) -> Result<Vec<PathBuf>, DaemonError> {
     let mut roots = Vec::new();
     for p in &cfg.paths {
@@ -691,8 +692,8 @@ impl<'a> Daemon<'a> {
             }
             for p in e.remove() {
                 match crate::watch::ready_now(&p) {
-                    Ok(true) => self.enqueue(p),
-                    Ok(false)
+                    Some(true) => self.enqueue(p),
+                    Some(false)
                         if self.cfg.once
                             && crate::cassandra::parse_name(
                                 p.file_name().and_then(|n| n.to_str()).unwrap_or(""),
@@ -702,12 +703,12 @@ impl<'a> Daemon<'a> {
                         // A run that ends cannot wait for a compaction: a later one takes it.
                         tracing::warn!(path = %p.display(), "its SSTable is not complete (being written?): not uploaded by this run");
                     }
-                    Ok(false) => self
+                    Some(false) => self
                         .unsettled
                         .entry(now + RECHECK.min(crate::upload::SETTLE * 2))
                         .or_default()
                         .push(p),
-                    Err(()) => {}
+                    None => {}
                 }
             }
         }
@@ -872,6 +873,7 @@ impl<'a> Daemon<'a> {
         }
     }
 
+    #[allow(clippy::result_large_err)]
     fn finish(self) -> Result<Summary, DaemonError> {
         let s = &self.uploader.stats;
         let pending_files = self.queue.len() + self.retry_at.values().map(Vec::len).sum::<usize>();
