@@ -107,6 +107,16 @@ impl UploadError {
     pub fn is_local(&self) -> bool {
         matches!(self, UploadError::Read { .. } | UploadError::NotUtf8 { .. })
     }
+    /// The file's name can never be a key (object_store would rewrite it, or a local
+    /// destination refuses it as too long): report once, leave it out, never retry.
+    pub fn is_unstorable(&self) -> bool {
+        match self {
+            UploadError::NotUtf8 { .. } => true,
+            UploadError::Store { source, .. } => source.is_unstorable_name(),
+            _ => false,
+        }
+    }
+
     pub fn store_kind(&self) -> Option<ErrorKind> {
         match self {
             UploadError::Store { source, .. } => Some(source.kind()),
@@ -162,6 +172,8 @@ pub struct Uploader {
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
+    /// Files whose names no key can hold, reported once each.
+    unstorable: Mutex<std::collections::HashSet<PathBuf>>,
     pub stats: Stats,
 }
 
@@ -194,8 +206,14 @@ impl Uploader {
                 keep: (mem_units * MEM_UNIT / part).max(1) as usize,
                 part: part as usize,
             }),
+            unstorable: Mutex::new(Default::default()),
             stats: Stats::default(),
         }
+    }
+
+    /// Records that `path`'s name cannot be stored; true the first time (report it then).
+    pub fn report_unstorable(&self, path: &Path) -> bool {
+        self.unstorable.lock().unwrap().insert(path.to_path_buf())
     }
 
     pub fn layout(&self) -> &Layout {
@@ -442,7 +460,7 @@ impl Uploader {
         };
         let p = path.to_path_buf();
         let got = tokio::task::spawn_blocking(move || {
-            let mut f = File::open(&p)?;
+            let mut f = open_regular(&p)?;
             md5_of_reader(&mut f)
         })
         .await
@@ -505,7 +523,7 @@ impl Uploader {
             path: path.to_path_buf(),
             source,
         };
-        let file = match File::open(path) {
+        let file = match open_regular(path) {
             Ok(f) => f,
             Err(e) => return Err(read_err(e)),
         };
@@ -770,6 +788,12 @@ impl Uploader {
                 }
                 // Changed: being rewritten now; it gets its own upload and a later index.
                 Err(UploadError::Changed { .. }) => {}
+                // A name no key can hold must not make the whole table unrestorable.
+                Err(e) if e.is_unstorable() => {
+                    if self.unstorable.lock().unwrap().insert(path.clone()) {
+                        tracing::error!("{e}; this file cannot be backed up under its name and is left out of the index of {}", dir.display());
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -844,6 +868,26 @@ pub fn settled(path: &Path) -> bool {
     std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= SETTLE))
+}
+
+/// Opens a file for reading the safe way for a directory others write to: never blocking
+/// (a FIFO renamed over an SSTable would hang `open` until a writer came, wedging a
+/// runtime thread and shutdown with it), never through a symlink, and only if what was
+/// opened is a regular file (checked on the descriptor, so a rename in between cannot
+/// swap it).
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or socket where a data file should be)",
+        ));
+    }
+    Ok(f)
 }
 
 /// What [`Uploader::write_index`] did.

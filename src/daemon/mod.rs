@@ -1049,6 +1049,7 @@ impl<'a> Daemon<'a> {
         }
         self.failures += 1;
         self.metrics.failure(match e {
+            e if e.is_unstorable() => "unstorable",
             UploadError::Read { .. } | UploadError::NotUtf8 { .. } => "local",
             UploadError::Changed { .. } => "changed",
             UploadError::Cancelled { .. } => "other",
@@ -1065,6 +1066,16 @@ impl<'a> Daemon<'a> {
     fn retry_delay(&mut self, p: &Path, e: &UploadError) -> Option<Duration> {
         if matches!(e, UploadError::Cancelled { .. }) {
             tracing::warn!("{e}");
+            return None;
+        }
+        if e.is_unstorable() {
+            // Retrying cannot help: say it once, and the indexes leave it out.
+            if self.uploader.report_unstorable(p) {
+                tracing::error!("{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)");
+            }
+            if self.cfg.once {
+                self.gave_up += 1;
+            }
             return None;
         }
         if e.is_local() && self.cfg.once {
