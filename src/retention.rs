@@ -624,6 +624,80 @@ mod tests {
     }
 
     #[test]
+    fn folded_tables_give_one_reason_per_object() {
+        let scope = Scope::new(Layout::new("", "h", ":"), "/d");
+        let mut t = Tables::new(scope);
+        for (k, a) in [
+            ("h:/d/t/n-1-Data.db-listdir.json", 40.0),
+            ("h:/d/t/n-2-Data.db-listdir.json", 3.0),
+            ("h:/d/t/n-3-Data.db-listdir.json", 1.0),
+            ("h:/d/t/f2", 30.0),
+            ("h:/d/t/f3", 30.0),
+            ("h:/d/t/f-young", 1.0),
+            ("h:/d/t/f-old", 30.0),
+            ("h:/d/u/z-1-Data.db-listdir.json", 30.0),
+            ("h:/d/u/sub/deep", 30.0),
+            ("h:/d/v/named-elsewhere", 30.0),
+            ("h:/other/x", 30.0),
+        ] {
+            t.add(&obj(k, a));
+        }
+        assert_eq!(t.len(), 10, "the key outside the scope is not folded in");
+        let now = Utc.timestamp_opt(NOW, 0).unwrap();
+        let age = Duration::days(7);
+        let kept = t.kept_indexes(now, age);
+        assert_eq!(
+            kept.iter()
+                .map(|k| (k.key.as_str(), k.dir.as_str(), k.reason))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "h:/d/t/n-2-Data.db-listdir.json",
+                    "/d/t",
+                    Reason::YoungIndex
+                ),
+                (
+                    "h:/d/t/n-3-Data.db-listdir.json",
+                    "/d/t",
+                    Reason::NewestIndex
+                ),
+                (
+                    "h:/d/u/z-1-Data.db-listdir.json",
+                    "/d/u",
+                    Reason::NewestIndex
+                ),
+            ]
+        );
+        let mut k = Kept::default();
+        k.add("/d/t", "/d/t", "f2");
+        // A body describing another directory keeps the name in both.
+        k.add("/d/t", "/d/v/", "f3");
+        k.add("/d/t", "/d/v", "named-elsewhere");
+        k.keep_whole("/d/u");
+        let mut got = Vec::new();
+        t.decide(&k, now, age, |v| {
+            assert_eq!(v.delete, v.reason == Reason::Old);
+            got.push((v.key.to_string(), v.reason));
+        });
+        let got: Vec<(&str, Reason)> = got.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+        assert_eq!(
+            got,
+            [
+                ("h:/d/t/f-old", Reason::Old),
+                ("h:/d/t/f-young", Reason::Young),
+                ("h:/d/t/f2", Reason::Named),
+                ("h:/d/t/f3", Reason::Named),
+                ("h:/d/t/n-1-Data.db-listdir.json", Reason::Old),
+                ("h:/d/t/n-2-Data.db-listdir.json", Reason::YoungIndex),
+                ("h:/d/t/n-3-Data.db-listdir.json", Reason::NewestIndex),
+                ("h:/d/u/z-1-Data.db-listdir.json", Reason::NewestIndex),
+                ("h:/d/u/sub/deep", Reason::UnreadableIndex),
+                ("h:/d/v/named-elsewhere", Reason::Named),
+            ]
+        );
+    }
+
+    #[test]
     fn unreadable_index_is_reported() {
         let c = Case {
             name: "",

@@ -1049,9 +1049,36 @@ mod local {
         .map_err(err)?;
         let (parents, last) = key.rsplit_once('/').unwrap_or(("", key));
         for seg in parents.split('/').filter(|s| !s.is_empty()) {
-            dir = openat(Some(&dir), seg.as_bytes(), DIR_FLAGS).map_err(err)?;
+            dir = match openat(Some(&dir), seg.as_bytes(), DIR_FLAGS) {
+                Ok(d) => d,
+                // O_DIRECTORY|O_NOFOLLOW on a symlink is ENOTDIR on Linux: say which it is.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) && is_symlink_at(&dir, seg) => {
+                    return Err(StoreError::Symlink {
+                        op,
+                        key: key.to_string(),
+                    });
+                }
+                Err(e) => return Err(err(e)),
+            };
         }
         Ok((dir, last))
+    }
+
+    fn is_symlink_at(dir: &OwnedFd, name: &str) -> bool {
+        let Ok(c) = cstr(name.as_bytes()) else {
+            return false;
+        };
+        // SAFETY: zeroed stat is a valid out buffer; valid fd and NUL-terminated name.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
     }
 
     fn mtime(m: &std::fs::Metadata) -> DateTime<Utc> {
