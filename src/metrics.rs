@@ -112,6 +112,12 @@ impl Metrics {
             l(&up.multipart_aborted),
         );
         one(
+            "tablesnap_corrupt_sstables_total",
+            "counter",
+            "Data.db files whose bytes on this disk do not match their SSTable's own Digest (corrupt here; uploaded anyway).",
+            l(&up.corrupt_sstables),
+        );
+        one(
             "tablesnap_retries_total",
             "counter",
             "Uploads scheduled again after a failure.",

@@ -713,11 +713,15 @@ impl Store {
             key: key.to_string(),
             source,
         };
-        std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(err)?;
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
         LOCAL_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut dir = file.parent();
         while let Some(d) = dir {
-            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(err)?;
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(err)?;
             if root.as_deref().is_none_or(|r| d == r || !d.starts_with(r)) {
                 break;
             }

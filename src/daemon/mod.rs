@@ -1071,7 +1071,9 @@ impl<'a> Daemon<'a> {
         if e.is_unstorable() {
             // Retrying cannot help: say it once, and the indexes leave it out.
             if self.uploader.report_unstorable(p) {
-                tracing::error!("{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)");
+                tracing::error!(
+                    "{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)"
+                );
             }
             if self.cfg.once {
                 self.gave_up += 1;
