@@ -39,6 +39,9 @@ const MEM_UNIT: u64 = 64 << 10;
 pub struct UploadConfig {
     pub with_index: bool,
     pub md5_on_start: bool,
+    /// Overwrite an object that holds another file under the same key (see
+    /// [`UploadError::Collision`]).
+    pub overwrite_collisions: bool,
     /// Files above this size always go multipart (the original's `--max-upload-size`).
     pub max_upload_size: u64,
     /// Part size; `None` = [`DEFAULT_PART_SIZE`], grown so no file needs more than 10,000 parts.
@@ -55,6 +58,7 @@ impl Default for UploadConfig {
         Self {
             with_index: true,
             md5_on_start: false,
+            overwrite_collisions: false,
             max_upload_size: 5120 << 20,
             part_size: None,
             filter: Filter::default(),
@@ -99,6 +103,10 @@ pub enum UploadError {
     Changed { path: PathBuf },
     #[error("upload of {path} cancelled by shutdown")]
     Cancelled { path: PathBuf },
+    #[error(
+        "{path}: another file is already stored under {key} (another node with this host name wrote it, e.g. a replaced node restarting SSTable generations); refusing to overwrite it: give this node another -n/--name (or pass --overwrite-collisions)"
+    )]
+    Collision { path: PathBuf, key: String },
 }
 
 impl UploadError {
@@ -113,6 +121,7 @@ impl UploadError {
         match self {
             UploadError::NotUtf8 { .. } => true,
             UploadError::Store { source, .. } => source.is_unstorable_name(),
+            UploadError::Collision { .. } => true,
             _ => false,
         }
     }
@@ -148,6 +157,18 @@ struct Known {
     /// When it was recorded ([`Uploader::seq`]): a LIST that started earlier cannot tell
     /// that it is gone.
     seq: u64,
+    /// The object's LastModified (unix seconds): a local file modified well after it
+    /// cannot be what it holds.
+    stored_at: i64,
+}
+
+/// Clock skew allowed between this node and the store before a local file newer than its
+/// object is suspected of being another file (then MD5s decide).
+const SKEW_SECS: i64 = 15 * 60;
+
+/// Whether the local file was modified well after the object was stored.
+fn newer_than(m: &std::fs::Metadata, stored_at: i64) -> bool {
+    m.mtime() > stored_at + SKEW_SECS
 }
 
 fn fingerprint(m: &std::fs::Metadata) -> (u64, i64, i64) {
@@ -330,6 +351,7 @@ impl Uploader {
                         verified,
                         file,
                         seq: started,
+                        stored_at: o.last_modified.timestamp(),
                     },
                 );
             }
@@ -365,6 +387,7 @@ impl Uploader {
                 verified,
                 file,
                 seq,
+                stored_at: chrono::Utc::now().timestamp(),
             },
         );
     }
@@ -462,41 +485,147 @@ impl Uploader {
         }
         // The object holds another file that used to have this name (renamed over it).
         let replaced = known.is_some_and(|k| k.file.is_some_and(|f| f != fp));
+        // Written or checked by this run: trusted. From a LIST: trusted unless the local
+        // file is much newer than the object (then it may be another file: ask).
+        let suspect = known.is_some_and(|k| k.file.is_none() && newer_than(&meta, k.stored_at));
         if let Some(k) = known {
-            if k.size == size && !replaced && (k.verified || !self.cfg.md5_on_start) {
+            if k.size == size && !replaced && !suspect && (k.verified || !self.cfg.md5_on_start) {
                 return Ok(Outcome::Present);
             }
         }
-        let must_ask =
-            !replaced && (self.cfg.md5_on_start || !self.covered(&key) || known.is_some());
+        let must_ask = !replaced
+            && (self.cfg.md5_on_start || suspect || !self.covered(&key) || known.is_some());
         if must_ask {
             if let Some(info) = self.store.head(&key).await.map_err(store_err)? {
-                if info.size == size {
-                    if !self.cfg.md5_on_start || self.same_md5(path, &info).await? {
-                        self.mark(&key, size, true, Some(fp));
-                        return Ok(Outcome::Present);
-                    }
-                    // Same name and size, different bytes: SSTables never change, so this
-                    // is most likely bit rot on the local disk. Like the original, keep the
-                    // stored copy rather than overwrite a good backup with a bad file.
-                    tracing::warn!(
-                        path = %path.display(), key,
-                        "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)"
-                    );
+                let suspect = newer_than(&meta, info.last_modified.timestamp());
+                if info.size == size
+                    && ((!self.cfg.md5_on_start && !suspect) || self.same_md5(path, &info).await?)
+                {
                     self.mark(&key, size, true, Some(fp));
                     return Ok(Outcome::Present);
-                } else {
-                    // A different size is a different file under a reused name (a replaced
-                    // node restarting generation numbers): the original skipped it and so
-                    // never backed up the new data; we store the current file.
-                    tracing::warn!(
-                        path = %path.display(), key, local = size, stored = info.size,
-                        "the stored object has a different size; uploading the local file again"
-                    );
                 }
+                return self
+                    .differs(path, key, &info, &meta, suspect, fp, cancel)
+                    .await;
             }
         }
         self.upload_now(path, key, size, fp, cancel).await
+    }
+
+    /// The object under `key` is not the local file (another size, or another MD5). Whose
+    /// is it? Never overwrite another node's SSTable that its indexes name (issue #10,
+    /// defect 14): Integer generations restart at 1 on a replaced node with the same host
+    /// name, so its files meet the old node's objects under the same keys.
+    #[allow(clippy::too_many_arguments)]
+    async fn differs(
+        &self,
+        path: &Path,
+        key: String,
+        info: &ObjectInfo,
+        meta: &std::fs::Metadata,
+        suspect: bool,
+        fp: (u64, i64, i64),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let size = meta.len();
+        if self.cfg.overwrite_collisions {
+            tracing::warn!(path = %path.display(), key, "the stored object holds other bytes; overwriting it (--overwrite-collisions)");
+            return self.upload_now(path, key, size, fp, cancel).await;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(f) = crate::cassandra::parse_name(name) else {
+            // Not an SSTable component: as before, a same-size mismatch keeps the stored
+            // copy (bit rot here is likelier), another size is stored again.
+            if info.size == size {
+                tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
+                self.mark(&key, size, true, Some(fp));
+                return Ok(Outcome::Present);
+            }
+            tracing::warn!(path = %path.display(), key, local = size, stored = info.size, "the stored object has a different size; uploading the local file again");
+            return self.upload_now(path, key, size, fp, cancel).await;
+        };
+        if f.component == "Data.db" {
+            if info.size < size && self.torn_prefix(path, info).await? {
+                tracing::warn!(path = %path.display(), key, "the stored object is a torn prefix of this file (written by an older tablesnap while the file grew); replacing it");
+                return self.upload_now(path, key, size, fp, cancel).await;
+            }
+            if info.size == size && !suspect {
+                // Same size, different MD5, and not newer: bit rot on this disk is likelier
+                // than another node; keep the good copy (Cassandra's Digest tells which).
+                tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
+                self.mark(&key, size, true, Some(fp));
+                return Ok(Outcome::Present);
+            }
+            return Err(UploadError::Collision {
+                path: path.to_path_buf(),
+                key,
+            });
+        }
+        // Another component: a rewrite of this very SSTable (Summary.db resampled,
+        // Statistics.db re-marked repaired) if its Data.db is the one stored.
+        let data = path.with_file_name(format!("{}-Data.db", f.sstable));
+        match self.same_as_stored(&data).await? {
+            Some(true) => {
+                tracing::info!(path = %path.display(), key, "component rewritten since it was stored; keeping the stored copy, which belongs to the same SSTable");
+                self.mark(&key, info.size, true, Some(fp));
+                Ok(Outcome::Present)
+            }
+            Some(false) => Err(UploadError::Collision {
+                path: path.to_path_buf(),
+                key,
+            }),
+            // No Data.db stored under this SSTable's name: nothing an index can name.
+            None => self.upload_now(path, key, size, fp, cancel).await,
+        }
+    }
+
+    /// Whether the stored object of local `data` holds the same bytes (None: no object, or
+    /// no local file to compare).
+    async fn same_as_stored(&self, data: &Path) -> Result<Option<bool>, UploadError> {
+        let Ok(m) = std::fs::symlink_metadata(data) else {
+            return Ok(None);
+        };
+        let key = key_of(&self.layout, data)?;
+        if let Some(k) = self.known(&key) {
+            if k.file == Some(fingerprint(&m)) {
+                return Ok(Some(true));
+            }
+        }
+        let info = self
+            .store
+            .head(&key)
+            .await
+            .map_err(|source| UploadError::Store {
+                path: data.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let Some(info) = info else { return Ok(None) };
+        if info.size != m.len() {
+            return Ok(Some(false));
+        }
+        if !newer_than(&m, info.last_modified.timestamp()) {
+            return Ok(Some(true));
+        }
+        Ok(Some(self.same_md5(data, &info).await?))
+    }
+
+    /// Whether the stored object is exactly the first bytes of the local file.
+    async fn torn_prefix(&self, path: &Path, info: &ObjectInfo) -> Result<bool, UploadError> {
+        let Some(expected) = info.expected_md5() else {
+            return Ok(false);
+        };
+        let (p, n) = (path.to_path_buf(), info.size);
+        let got = tokio::task::spawn_blocking(move || {
+            let f = open_regular(&p)?;
+            md5_of_reader(&mut f.take(n))
+        })
+        .await
+        .expect("hash task panicked")
+        .map_err(|source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(got == expected)
     }
 
     /// Uploads the file now (the presence checks are done), and records the result.
@@ -901,14 +1030,31 @@ impl Uploader {
                 // A name no key can hold must not make the whole table unrestorable.
                 Err(e) if e.is_unstorable() => {
                     if self.unstorable.lock().unwrap().insert(path.clone()) {
-                        tracing::error!(
-                            "{e}; this file cannot be backed up under its name and is left out of the index of {}",
-                            dir.display()
-                        );
+                        tracing::error!("{e}; left out of the index of {}", dir.display());
                     }
                 }
                 Err(e) => return Err(e),
             }
+        }
+        // An SSTable is named whole or not at all: one component that is not durable (it
+        // could not be read, or its key holds another node's file) leaves it out.
+        let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+        let partial: std::collections::BTreeSet<String> = view
+            .sstables
+            .values()
+            .filter(|s| {
+                s.state.is_ok()
+                    && s.files
+                        .iter()
+                        .any(|f| self.cfg.filter.accepts(f) && !durable.contains(f.as_str()))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if !partial.is_empty() {
+            tracing::warn!(dir = %dir.display(), sstables = ?partial, "SSTables with a component not stored are left out of this index");
+            listed.retain(|n| {
+                crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
+            });
         }
         let unfinished: Vec<String> = view
             .unfinished()
@@ -934,9 +1080,11 @@ impl Uploader {
         let deferred: Vec<PathBuf> = deferred
             .into_iter()
             .filter(|d| {
-                d.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    view.is_unfinished(n) || (d.exists() && !listed.iter().any(|l| l == n))
-                })
+                // Only an SSTable still being written is looked at again; one left out for a
+                // lasting reason (a collision, a name no key holds) waits for its next event.
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| view.is_unfinished(n))
             })
             .collect();
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));

@@ -113,6 +113,11 @@ pub struct SnapArgs {
     /// When a key already exists with the same size, also compare MD5s
     #[arg(long = "md5-on-start", env = "TABLESNAP_MD5_ON_START")]
     pub md5_on_start: bool,
+    /// Overwrite an object stored under a file's key even when it holds another file (a
+    /// replaced node reusing this host name and SSTable generations); without it such a
+    /// collision is refused and reported
+    #[arg(long = "overwrite-collisions", env = "TABLESNAP_OVERWRITE_COLLISIONS")]
+    pub overwrite_collisions: bool,
     /// Events to act on (repeatable): IN_MOVED_TO, IN_CLOSE_WRITE, IN_CREATE [default: IN_MOVED_TO and IN_CLOSE_WRITE]
     #[arg(long = "listen-events", action = clap::ArgAction::Append, env = "TABLESNAP_LISTEN_EVENTS", value_delimiter = ',',
           value_parser = ["IN_MOVED_TO", "IN_CLOSE_WRITE", "IN_CREATE"])]
@@ -197,6 +202,7 @@ impl SnapArgs {
         let upload = UploadConfig {
             with_index: !self.without_index,
             md5_on_start: self.md5_on_start,
+            overwrite_collisions: self.overwrite_collisions,
             max_upload_size: self.max_upload_size << 20,
             part_size: part,
             filter,

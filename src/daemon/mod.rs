@@ -1049,6 +1049,7 @@ impl<'a> Daemon<'a> {
         }
         self.failures += 1;
         self.metrics.failure(match e {
+            UploadError::Collision { .. } => "collision",
             e if e.is_unstorable() => "unstorable",
             UploadError::Read { .. } | UploadError::NotUtf8 { .. } => "local",
             UploadError::Changed { .. } => "changed",
@@ -1071,9 +1072,13 @@ impl<'a> Daemon<'a> {
         if e.is_unstorable() {
             // Retrying cannot help: say it once, and the indexes leave it out.
             if self.uploader.report_unstorable(p) {
-                tracing::error!(
-                    "{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)"
-                );
+                if let UploadError::Collision { .. } = e {
+                    tracing::error!("{e}");
+                } else {
+                    tracing::error!(
+                        "{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)"
+                    );
+                }
             }
             if self.cfg.once {
                 self.gave_up += 1;
