@@ -515,7 +515,10 @@ impl Store {
                         metadata: HashMap::new(),
                     })),
                     Err(object_store::Error::InvalidPath { source }) => {
-                        report_bad_key(&bad_key_of(&source).unwrap_or_default(), &source);
+                        report_bad_key(
+                            &bad_key_of(&source).unwrap_or_default(),
+                            &path_error_reason(&source),
+                        );
                         None
                     }
                     Err(source) => Some(Err(StoreError::Op {
@@ -857,11 +860,20 @@ fn bad_key_of(e: &object_store::path::Error) -> Option<String> {
     }
 }
 
-fn report_bad_key(key: &str, why: &dyn std::fmt::Display) {
+/// Why object_store refuses a key, without repeating the key.
+fn path_error_reason(e: &object_store::path::Error) -> String {
+    match e {
+        object_store::path::Error::EmptySegment { .. } => "empty path segment".into(),
+        object_store::path::Error::BadSegment { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
+fn report_bad_key(key: &str, why: &str) {
     tracing::warn!(
         key = %crate::layout::printable(key),
         "skipping an object whose key cannot be used ({}); the rest of the listing goes on",
-        crate::layout::printable(&why.to_string())
+        crate::layout::printable(why)
     );
 }
 
@@ -952,7 +964,7 @@ fn paged_list(
                 st.token = None;
                 match bad_key_of(&source) {
                     Some(bad) if st.max == 1 => {
-                        report_bad_key(&bad, &source);
+                        report_bad_key(&bad, &path_error_reason(&source));
                         st.after = Some(bad);
                         st.max = PAGE;
                     }
@@ -1417,7 +1429,7 @@ mod local {
                     let shown = format!("{key_dir}/{}", name.to_string_lossy())
                         .trim_start_matches('/')
                         .to_string();
-                    report_bad_key(&shown, &"not UTF-8");
+                    report_bad_key(&shown, "not UTF-8");
                     continue;
                 };
                 let key = if key_dir.is_empty() {
@@ -1432,8 +1444,8 @@ mod local {
                 if ft.is_symlink() {
                     report_symlink(&key);
                 } else if ft.is_dir() {
-                    if let Err(why) = super::Store::path(&key) {
-                        report_bad_key(&format!("{key}/"), &why);
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&format!("{key}/"), &super::path_error_reason(&why));
                         continue;
                     }
                     self.walk(&e.path(), &key)?;
@@ -1441,8 +1453,8 @@ mod local {
                     if is_staged_upload(name) {
                         continue;
                     }
-                    if let Err(why) = super::Store::path(&key) {
-                        report_bad_key(&key, &why);
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&key, &super::path_error_reason(&why));
                         continue;
                     }
                     match e.metadata() {
