@@ -1325,7 +1325,8 @@ mod local {
         dir: String,
     ) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // The walk starts when the stream is first polled (inside the caller's runtime).
+        let walk = move || {
             let mut w = Walker {
                 tx,
                 batch: Vec::with_capacity(BATCH),
@@ -1342,10 +1343,13 @@ mod local {
                     let _ = w.tx.blocking_send(Err(e));
                 }
             }
-        });
-        futures::stream::unfold(rx, |mut rx| async move {
+        };
+        futures::stream::unfold((Some(walk), rx), |(walk, mut rx)| async move {
+            if let Some(walk) = walk {
+                tokio::task::spawn_blocking(walk);
+            }
             let b = rx.recv().await?;
-            Some((b, rx))
+            Some((b, (None, rx)))
         })
         .flat_map(|b| match b {
             Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
