@@ -209,7 +209,10 @@ impl StoreError {
                 _ => ErrorKind::Other,
             },
             StoreError::Local { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                // A file where a directory of the key should be: no such object either.
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+                    ErrorKind::NotFound
+                }
                 std::io::ErrorKind::PermissionDenied => ErrorKind::Denied,
                 _ => ErrorKind::Transient,
             },
@@ -1256,9 +1259,7 @@ mod local {
 
     fn delete_blocking(root: &Path, key: &str) -> Result<(), StoreError> {
         let (dir, last) = match parent_of(root, key, "delete") {
-            Err(StoreError::Local { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(e @ StoreError::Local { .. }) if e.kind() == super::ErrorKind::NotFound => {
                 return Ok(());
             }
             r => r?,

@@ -394,3 +394,18 @@ fn sha256_bytes(b: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+#[test]
+fn a_file_where_a_directory_should_be_is_no_such_object() {
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let k = w.put_data(&format!("{DATA}/ks/f"), b"x", 0o100644);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(&opts).unwrap();
+    let under = format!("{k}/below");
+    assert!(rt.block_on(store.head(&under)).unwrap().is_none());
+    let e = rt.block_on(store.get_bytes(&under)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    rt.block_on(store.delete(&under)).unwrap();
+    assert!(object_file(&c, &k).exists());
+}
