@@ -14,7 +14,8 @@
 //!
 //! One object with a key `object_store` cannot represent (a tab or newline in it, an empty
 //! segment) used to fail the whole listing: such keys are reported once and skipped, and the
-//! listing goes on (S3 is listed page by page to step over them).
+//! listing goes on (S3 is listed page by page to step over them; GCS and Azure still stop,
+//! with an error naming the key, as object_store cannot list past it there).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -492,7 +493,8 @@ impl Store {
 
     /// Every object whose key starts with `dir + "/"`. Keys that cannot be used (control
     /// characters, empty segments) and, in a `file://` bucket, symlinks are reported once each
-    /// (a warning) and skipped; the listing goes on.
+    /// (a warning) and skipped; the listing goes on (S3 and `file://`; on GCS and Azure such a
+    /// key is an error naming it, since their listing cannot continue past it).
     pub fn list_dir(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let dir = dir.trim_end_matches('/');
         if let Err(e) = Self::path(dir) {
@@ -517,12 +519,17 @@ impl Store {
                         e_tag: m.e_tag,
                         metadata: HashMap::new(),
                     })),
+                    // GCS and Azure: object_store ends the listing at a page it cannot
+                    // convert, so skipping would silently truncate it (and tablechop would
+                    // decide on half a listing). Fail, naming the key (escaped).
                     Err(object_store::Error::InvalidPath { source }) => {
-                        report_bad_key(
-                            &bad_key_of(&source).unwrap_or_default(),
-                            &path_error_reason(&source),
-                        );
-                        None
+                        Some(Err(StoreError::BadKey {
+                            key: bad_key_of(&source).unwrap_or_default(),
+                            reason: format!(
+                                "{}; this backend cannot list past it: rename or delete that object",
+                                crate::layout::printable(&path_error_reason(&source))
+                            ),
+                        }))
                     }
                     Err(source) => Some(Err(StoreError::Op {
                         op: "list",
