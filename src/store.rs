@@ -973,6 +973,18 @@ fn paged_list(
             Err(object_store::Error::InvalidPath { source }) => {
                 st.token = None;
                 match bad_key_of(&source) {
+                    // Already stepped over it: the server ignores start-after. Stop rather
+                    // than loop.
+                    Some(bad) if st.after.as_deref() == Some(bad.as_str()) => {
+                        st.done = true;
+                        return Some((
+                            vec![Err(StoreError::BadKey {
+                                key: bad,
+                                reason: "the server lists it again after start-after; cannot list past it: rename or delete that object".into(),
+                            })],
+                            st,
+                        ));
+                    }
                     Some(bad) if st.max == 1 => {
                         report_bad_key(&bad, &path_error_reason(&source));
                         st.after = Some(bad);
