@@ -199,6 +199,31 @@ pub enum ErrorKind {
 }
 
 impl StoreError {
+    /// The key itself cannot be stored (object_store would rewrite it, or a local
+    /// destination refuses the name as too long): retrying will never help.
+    pub fn is_unstorable_name(&self) -> bool {
+        match self {
+            StoreError::BadKey { .. } => true,
+            StoreError::Local { source, .. } => source.raw_os_error() == Some(libc::ENAMETOOLONG),
+            StoreError::Op { source, .. } => {
+                let mut e: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(x) = e {
+                    if let Some(io) = x.downcast_ref::<std::io::Error>() {
+                        if io.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                            return true;
+                        }
+                    }
+                    if x.to_string().contains("File name too long") {
+                        return true;
+                    }
+                    e = x.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Op { source, .. } => match source {
@@ -656,7 +681,8 @@ impl Store {
             .put_opts(&path, PutPayload::from_bytes(body), opts)
             .await
             .map_err(Self::op_err("put", key))?;
-        self.set_local_meta(key, meta)
+        self.set_local_meta(key, meta)?;
+        self.sync_local(key)
     }
 
     /// Starts a multipart upload; the caller uploads parts, then `complete` or `abort`s, then
@@ -680,7 +706,41 @@ impl Store {
     /// After a completed multipart upload: stores the metadata where the backend could not
     /// take it at initiation (local destinations).
     pub fn finish_multipart(&self, key: &str, meta: &PutMeta) -> Result<(), StoreError> {
-        self.set_local_meta(key, meta)
+        self.set_local_meta(key, meta)?;
+        self.sync_local(key)
+    }
+
+    /// Local destinations: "durable" means on disk. The file (data and xattrs), then every
+    /// directory from its own up to the destination root (new ones were just created), are
+    /// fsynced before the upload counts as done.
+    fn sync_local(&self, key: &str) -> Result<(), StoreError> {
+        let (Some(file), Some(l)) = (self.local_file(key), self.local.as_ref()) else {
+            return Ok(());
+        };
+        let root = l
+            .path_to_filesystem(&Path::from("x"))
+            .ok()
+            .and_then(|p| p.parent().map(|p| p.to_path_buf()));
+        let err = |source| StoreError::Local {
+            op: "fsync",
+            key: key.to_string(),
+            source,
+        };
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
+        LOCAL_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(err)?;
+            if root.as_deref().is_none_or(|r| d == r || !d.starts_with(r)) {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     /// A streaming read of an object (or a byte range of it).
@@ -860,6 +920,9 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Files fsynced by local destinations (tests check that durability is real).
+pub static LOCAL_SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The key an `object_store` path error is about, if it names one.
 fn bad_key_of(e: &object_store::path::Error) -> Option<String> {
