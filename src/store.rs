@@ -14,7 +14,8 @@
 //!
 //! One object with a key `object_store` cannot represent (a tab or newline in it, an empty
 //! segment) used to fail the whole listing: such keys are reported once and skipped, and the
-//! listing goes on (S3 is listed page by page to step over them).
+//! listing goes on (S3 is listed page by page to step over them; GCS and Azure still stop,
+//! with an error naming the key, as object_store cannot list past it there).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -234,7 +235,10 @@ impl StoreError {
                 _ => ErrorKind::Other,
             },
             StoreError::Local { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                // A file where a directory of the key should be: no such object either.
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+                    ErrorKind::NotFound
+                }
                 std::io::ErrorKind::PermissionDenied => ErrorKind::Denied,
                 _ => ErrorKind::Transient,
             },
@@ -514,7 +518,8 @@ impl Store {
 
     /// Every object whose key starts with `dir + "/"`. Keys that cannot be used (control
     /// characters, empty segments) and, in a `file://` bucket, symlinks are reported once each
-    /// (a warning) and skipped; the listing goes on.
+    /// (a warning) and skipped; the listing goes on (S3 and `file://`; on GCS and Azure such a
+    /// key is an error naming it, since their listing cannot continue past it).
     pub fn list_dir(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let dir = dir.trim_end_matches('/');
         if let Err(e) = Self::path(dir) {
@@ -539,9 +544,17 @@ impl Store {
                         e_tag: m.e_tag,
                         metadata: HashMap::new(),
                     })),
+                    // GCS and Azure: object_store ends the listing at a page it cannot
+                    // convert, so skipping would silently truncate it (and tablechop would
+                    // decide on half a listing). Fail, naming the key (escaped).
                     Err(object_store::Error::InvalidPath { source }) => {
-                        report_bad_key(&bad_key_of(&source).unwrap_or_default(), &source);
-                        None
+                        Some(Err(StoreError::BadKey {
+                            key: bad_key_of(&source).unwrap_or_default(),
+                            reason: format!(
+                                "{}; this backend cannot list past it: rename or delete that object",
+                                crate::layout::printable(&path_error_reason(&source))
+                            ),
+                        }))
                     }
                     Err(source) => Some(Err(StoreError::Op {
                         op: "list",
@@ -920,11 +933,20 @@ fn bad_key_of(e: &object_store::path::Error) -> Option<String> {
     }
 }
 
-fn report_bad_key(key: &str, why: &dyn std::fmt::Display) {
+/// Why object_store refuses a key, without repeating the key.
+fn path_error_reason(e: &object_store::path::Error) -> String {
+    match e {
+        object_store::path::Error::EmptySegment { .. } => "empty path segment".into(),
+        object_store::path::Error::BadSegment { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
+fn report_bad_key(key: &str, why: &str) {
     tracing::warn!(
         key = %crate::layout::printable(key),
         "skipping an object whose key cannot be used ({}); the rest of the listing goes on",
-        crate::layout::printable(&why.to_string())
+        crate::layout::printable(why)
     );
 }
 
@@ -1014,8 +1036,20 @@ fn paged_list(
             Err(object_store::Error::InvalidPath { source }) => {
                 st.token = None;
                 match bad_key_of(&source) {
+                    // Already stepped over it: the server ignores start-after. Stop rather
+                    // than loop.
+                    Some(bad) if st.after.as_deref() == Some(bad.as_str()) => {
+                        st.done = true;
+                        return Some((
+                            vec![Err(StoreError::BadKey {
+                                key: bad,
+                                reason: "the server lists it again after start-after; cannot list past it: rename or delete that object".into(),
+                            })],
+                            st,
+                        ));
+                    }
                     Some(bad) if st.max == 1 => {
-                        report_bad_key(&bad, &source);
+                        report_bad_key(&bad, &path_error_reason(&source));
                         st.after = Some(bad);
                         st.max = PAGE;
                     }
@@ -1307,9 +1341,7 @@ mod local {
 
     fn delete_blocking(root: &Path, key: &str) -> Result<(), StoreError> {
         let (dir, last) = match parent_of(root, key, "delete") {
-            Err(StoreError::Local { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(e @ StoreError::Local { .. }) if e.kind() == super::ErrorKind::NotFound => {
                 return Ok(());
             }
             r => r?,
@@ -1376,7 +1408,8 @@ mod local {
         dir: String,
     ) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // The walk starts when the stream is first polled (inside the caller's runtime).
+        let walk = move || {
             let mut w = Walker {
                 tx,
                 batch: Vec::with_capacity(BATCH),
@@ -1393,10 +1426,13 @@ mod local {
                     let _ = w.tx.blocking_send(Err(e));
                 }
             }
-        });
-        futures::stream::unfold(rx, |mut rx| async move {
+        };
+        futures::stream::unfold((Some(walk), rx), |(walk, mut rx)| async move {
+            if let Some(walk) = walk {
+                tokio::task::spawn_blocking(walk);
+            }
             let b = rx.recv().await?;
-            Some((b, rx))
+            Some((b, (None, rx)))
         })
         .flat_map(|b| match b {
             Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
@@ -1480,7 +1516,7 @@ mod local {
                     let shown = format!("{key_dir}/{}", name.to_string_lossy())
                         .trim_start_matches('/')
                         .to_string();
-                    report_bad_key(&shown, &"not UTF-8");
+                    report_bad_key(&shown, "not UTF-8");
                     continue;
                 };
                 let key = if key_dir.is_empty() {
@@ -1495,8 +1531,8 @@ mod local {
                 if ft.is_symlink() {
                     report_symlink(&key);
                 } else if ft.is_dir() {
-                    if let Err(why) = super::Store::path(&key) {
-                        report_bad_key(&format!("{key}/"), &why);
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&format!("{key}/"), &super::path_error_reason(&why));
                         continue;
                     }
                     self.walk(&e.path(), &key)?;
@@ -1504,8 +1540,8 @@ mod local {
                     if is_staged_upload(name) {
                         continue;
                     }
-                    if let Err(why) = super::Store::path(&key) {
-                        report_bad_key(&key, &why);
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&key, &super::path_error_reason(&why));
                         continue;
                     }
                     match e.metadata() {

@@ -241,6 +241,25 @@ fn a_key_with_control_characters_is_skipped_once_and_the_rest_goes_on() {
     assert!(err.contains("x\\nERROR forged line"), "{err}");
     assert!(!object_file(&c, &old).exists());
     assert!(object_file(&c, &keep).exists());
+
+    // tableslurp --list and a restore read the same listing: they go on too.
+    let mut a = s(&["--list", "-n", HOST]);
+    a.extend(bucket_args(&opts, &c));
+    a.push(DATA.into());
+    let o = run(SLURP, &a);
+    assert_eq!(o.status.code(), Some(0), "--list failed on an odd key");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{HOST}\t{dir}\t1\t")));
+    let t = tempfile::tempdir().unwrap();
+    let mut a = s(&["-n", HOST]);
+    a.extend(bucket_args(&opts, &c));
+    a.push(dir.clone());
+    a.push(t.path().display().to_string());
+    let o = run(SLURP, &a);
+    assert_eq!(o.status.code(), Some(0), "a restore failed on an odd key");
+    assert_eq!(
+        std::fs::read(t.path().join("nb-1-big-Data.db")).unwrap(),
+        b"d"
+    );
     for n in odd {
         assert!(bucket_dir(&c, &format!("{dir}/{n}")).exists(), "{n:?}");
     }
@@ -374,4 +393,19 @@ fn huge_or_hostile_index_gives_one_warning_and_keeps_its_directory() {
 fn sha256_bytes(b: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn a_file_where_a_directory_should_be_is_no_such_object() {
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let k = w.put_data(&format!("{DATA}/ks/f"), b"x", 0o100644);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(&opts).unwrap();
+    let under = format!("{k}/below");
+    assert!(rt.block_on(store.head(&under)).unwrap().is_none());
+    let e = rt.block_on(store.get_bytes(&under)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    rt.block_on(store.delete(&under)).unwrap();
+    assert!(object_file(&c, &k).exists());
 }

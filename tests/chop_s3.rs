@@ -260,3 +260,25 @@ async fn keys_with_control_characters_are_skipped_once_and_the_listing_goes_on()
     }
     store.delete_many(good).await.unwrap();
 }
+
+#[tokio::test]
+async fn check_exists_tells_a_missing_bucket_from_an_existing_one() {
+    let s3 = common::s3();
+    tablesnap::store::Store::open_existing(&s3.store_options())
+        .unwrap()
+        .check_exists()
+        .await
+        .unwrap();
+    let mut o = s3.store_options();
+    o.destination = "s3://tablesnap-no-such-bucket-wt-c".into();
+    let e = tablesnap::store::Store::open_existing(&o)
+        .unwrap()
+        .check_exists()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, tablesnap::store::StoreError::BucketMissing { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("bucket missing"), "{e}");
+}
