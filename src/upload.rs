@@ -26,6 +26,8 @@ use crate::filter::Filter;
 use crate::layout::{self, Layout, StatMeta};
 use crate::store::{ErrorKind, ObjectInfo, PutMeta, Store, StoreError};
 
+mod known;
+
 /// S3 allows at most this many parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// Smallest part S3 accepts (except the last).
@@ -179,7 +181,7 @@ pub struct Uploader {
     store: Store,
     layout: Layout,
     cfg: UploadConfig,
-    known: Mutex<HashMap<String, Known>>,
+    known: Mutex<known::KnownSet>,
     /// Orders records of [`Known`] against LISTs.
     seq: AtomicU64,
     /// Key prefixes (`DIRKEY/`) whose full content was LISTed: absence there means absent.
@@ -223,7 +225,7 @@ impl Uploader {
             store,
             layout,
             cfg,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Default::default()),
             seq: AtomicU64::new(0),
             listed: Mutex::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
@@ -324,41 +326,23 @@ impl Uploader {
         // Uploads go on while the LIST runs: what they record meanwhile is newer than the
         // listing and must survive it.
         let started = self.seq.load(Ordering::Relaxed);
-        let objects = self
-            .store
-            .list_all(&dir_key)
-            .await
-            .map_err(|source| UploadError::Store {
+        // Streamed into the compact form: never the whole LIST as full keys at once.
+        use futures::StreamExt;
+        let mut listing = known::Listing::default();
+        let mut stream = self.store.list_dir(&dir_key);
+        while let Some(o) = stream.next().await {
+            let o = o.map_err(|source| UploadError::Store {
                 path: dir.to_path_buf(),
                 source: Box::new(source),
             })?;
-        let n = objects.len();
-        let under = format!("{}/", dir_key.trim_end_matches('/'));
-        {
-            let mut known = self.known.lock().unwrap();
-            let mut fresh = HashMap::with_capacity(objects.len());
-            for o in objects {
-                let verified = known
-                    .get(&o.key)
-                    .is_some_and(|k| k.verified && k.size == o.size);
-                let file = known
-                    .get(&o.key)
-                    .and_then(|k| k.file.filter(|_| k.size == o.size));
-                fresh.insert(
-                    o.key,
-                    Known {
-                        size: o.size,
-                        verified,
-                        file,
-                        seq: started,
-                        stored_at: o.last_modified.timestamp(),
-                    },
-                );
-            }
-            known.retain(|k, v| !k.starts_with(&under) || v.seq > started);
-            fresh.retain(|k, _| !known.contains_key(k));
-            known.extend(fresh);
+            listing.push(&o.key, o.size, o.last_modified.timestamp());
         }
+        let n = listing.count();
+        let under = format!("{}/", dir_key.trim_end_matches('/'));
+        self.known
+            .lock()
+            .unwrap()
+            .replace_under(&under, listing.finish(), started);
         let mut listed = self.listed.lock().unwrap();
         if !listed.contains(&under) {
             listed.push(under);
@@ -375,13 +359,13 @@ impl Uploader {
     }
 
     fn known(&self, key: &str) -> Option<Known> {
-        self.known.lock().unwrap().get(key).copied()
+        self.known.lock().unwrap().get(key)
     }
 
     fn mark(&self, key: &str, size: u64, verified: bool, file: Option<(u64, i64, i64)>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.known.lock().unwrap().insert(
-            key.to_string(),
+            key,
             Known {
                 size,
                 verified,
@@ -420,6 +404,31 @@ impl Uploader {
         };
         let ik = layout::index_key(&k);
         self.covered(&ik) && self.known(&ik).is_none()
+    }
+
+    /// Whether [`Uploader::ensure_durable`] would find this file (`meta`: its
+    /// `symlink_metadata`) already stored without asking the store: the same size, not
+    /// renamed over, not much newer than its object, verified if `--md5-on-start`. A scan
+    /// leaves such files out of the queue, so a restart does not queue every stored file
+    /// only to find each one present.
+    pub fn stored_as_is(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        let Ok(key) = key_of(&self.layout, path) else {
+            return false;
+        };
+        let Some(k) = self.known(&key) else {
+            return false;
+        };
+        let fp = fingerprint(meta);
+        let fresh = match k.file {
+            Some(f) => f == fp,
+            None => !newer_than(meta, k.stored_at),
+        };
+        meta.is_file()
+            && k.size == meta.len()
+            && fresh
+            && (k.verified || !self.cfg.md5_on_start)
+            && !self.force.lock().unwrap().contains(&key)
+            && !self.unindexed(path)
     }
 
     fn lock_for(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {

@@ -38,7 +38,9 @@ use crate::layout::{self, Layout};
 use crate::metrics::Metrics;
 use crate::store::{ErrorKind, Store, StoreError, StoreOptions};
 use crate::upload::{IndexWritten, Outcome, UploadConfig, UploadError, Uploader};
-use crate::watch::{Events, Scan, WatchError, WatchEvent, Watcher, scan_closed};
+use crate::watch::{
+    Events, Scan, WatchError, WatchEvent, Watcher, scan_closed, scan_closed_except,
+};
 
 /// Everything the daemon needs; built from the command line by `cli::snap`.
 #[derive(Debug, Clone)]
@@ -559,6 +561,7 @@ impl<'a> Daemon<'a> {
         let recursive = self.cfg.recursive || self.cfg.auto_add;
         let hardlinks = self.hardlinks();
         let with_index = self.cfg.upload.with_index;
+        let delete_on_backup = self.cfg.delete_on_backup;
         let tx = tx.clone();
         tokio::spawn(async move {
             if list {
@@ -571,33 +574,43 @@ impl<'a> Daemon<'a> {
                     }
                 }
             }
-            let scan = tokio::task::spawn_blocking(move || {
+            // Files already stored as they are are only counted, not queued (a restart
+            // over a million stored files would otherwise queue each to find it present);
+            // their Data.db whose index the LIST showed missing still get one.
+            let leave_out = !delete_on_backup;
+            let scanner = up.clone();
+            let (scan, mut missing_index) = tokio::task::spawn_blocking(move || {
                 let mut all = Scan::default();
+                let mut missing = Vec::new();
+                let mut stored = |p: &Path, m: &std::fs::Metadata| {
+                    if !leave_out || !scanner.stored_as_is(p, m) {
+                        return false;
+                    }
+                    if list && with_index && wants_index(p) && scanner.index_missing(p) {
+                        missing.push(p.to_path_buf());
+                    }
+                    true
+                };
                 for r in &roots {
-                    let s = scan_closed(r, recursive, hardlinks);
+                    let s = scan_closed_except(r, recursive, hardlinks, &mut stored);
                     all.ready.extend(s.ready);
                     all.unsettled.extend(s.unsettled);
                     all.unreadable.extend(s.unreadable);
                     all.not_utf8.extend(s.not_utf8);
+                    all.stored += s.stored;
                 }
-                all
+                (all, missing)
             })
             .await
             .unwrap_or_default();
-            let missing_index = if list && with_index {
-                scan.ready
-                    .iter()
-                    .filter(|f| {
-                        f.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(layout::wants_index)
-                            && up.index_missing(f)
-                    })
-                    .cloned()
-                    .collect()
-            } else {
-                vec![]
-            };
+            if list && with_index {
+                missing_index.extend(
+                    scan.ready
+                        .iter()
+                        .filter(|f| wants_index(f) && up.index_missing(f))
+                        .cloned(),
+                );
+            }
             let _ = tx.send(Found {
                 reason,
                 scan,
@@ -625,6 +638,9 @@ impl<'a> Daemon<'a> {
         for p in f.missing_index {
             self.indexes.schedule(&p, now, true);
         }
+        self.metrics
+            .files_present
+            .fetch_add(f.scan.stored, Ordering::Relaxed);
         for p in f.scan.ready {
             self.enqueue(p);
         }
@@ -634,7 +650,12 @@ impl<'a> Daemon<'a> {
                 .or_default()
                 .extend(f.scan.unsettled);
         }
-        tracing::debug!(reason = f.reason, files = n, "scan done");
+        tracing::debug!(
+            reason = f.reason,
+            files = n,
+            stored = f.scan.stored,
+            "scan done"
+        );
     }
 
     fn on_event(&mut self, ev: WatchEvent) {
@@ -1135,6 +1156,13 @@ impl<'a> Daemon<'a> {
         self.count_failure(&e);
         self.retry_delay(dir, &e)
     }
+}
+
+/// Whether this file gets an index (its name contains `Data.db`).
+fn wants_index(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(layout::wants_index)
 }
 
 /// Python's `os.path.abspath`, which the original applied to watched paths: absolute, with
