@@ -520,3 +520,30 @@ pub fn scan(dir: &Path, recursive: bool) -> Vec<PathBuf> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_counts_stored_files_instead_of_listing_them() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("ks/t1");
+        std::fs::create_dir_all(&t).unwrap();
+        for g in 1..=3 {
+            std::fs::write(t.join(format!("nb-{g}-big-Data.db")), b"x").unwrap();
+            std::fs::write(t.join(format!("nb-{g}-big-TOC.txt")), b"Data.db\nTOC.txt\n").unwrap();
+        }
+        let all = scan_closed(d.path(), true, false);
+        assert_eq!((all.ready.len(), all.stored), (6, 0));
+        let mut asked = vec![];
+        let s = scan_closed_except(d.path(), true, false, &mut |p, m| {
+            asked.push(p.to_path_buf());
+            assert!(m.is_file());
+            !p.ends_with("nb-2-big-Data.db")
+        });
+        assert_eq!(s.ready, vec![t.join("nb-2-big-Data.db")]);
+        assert_eq!(s.stored, 5);
+        assert_eq!(asked.len(), 6, "asked once per closed file");
+    }
+}
