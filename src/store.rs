@@ -685,6 +685,17 @@ impl Store {
         self.sync_local(key)
     }
 
+    /// Copies an object inside the store (S3 CopyObject keeps its metadata; file:// links
+    /// it, sharing the extended attributes). Used for hard links of a file already stored.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let (f, t) = (Self::path(from)?, Self::path(to)?);
+        self.inner
+            .copy(&f, &t)
+            .await
+            .map_err(Self::op_err("copy", from))?;
+        self.sync_local(to)
+    }
+
     /// Starts a multipart upload; the caller uploads parts, then `complete` or `abort`s, then
     /// calls `finish_multipart`.
     pub async fn start_multipart(

@@ -44,6 +44,9 @@ pub struct UploadConfig {
     /// Overwrite an object that holds another file under the same key (see
     /// [`UploadError::Collision`]).
     pub overwrite_collisions: bool,
+    /// Hard links are backed up (IN_CREATE listened to): a link of an inode already
+    /// stored under another key is copied in the store, not sent again.
+    pub copy_hardlinks: bool,
     /// Files above this size always go multipart (the original's `--max-upload-size`).
     pub max_upload_size: u64,
     /// Part size; `None` = [`DEFAULT_PART_SIZE`], grown so no file needs more than 10,000 parts.
@@ -61,6 +64,7 @@ impl Default for UploadConfig {
             with_index: true,
             md5_on_start: false,
             overwrite_collisions: false,
+            copy_hardlinks: false,
             max_upload_size: 5120 << 20,
             part_size: None,
             filter: Filter::default(),
@@ -81,6 +85,8 @@ pub enum Outcome {
     Vanished,
     /// Not a regular file, or filtered out.
     Ignored,
+    /// A hard link of a file already stored under another key: copied in the store.
+    Copied { bytes: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,8 @@ pub struct Stats {
     pub multipart_aborted: AtomicU64,
     /// Data.db files that did not match their own Digest when read for upload.
     pub corrupt_sstables: AtomicU64,
+    /// Hard links stored by a copy inside the store.
+    pub files_copied: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -207,6 +215,14 @@ pub struct Uploader {
     /// Digest values of Data.db files read for upload, until their SSTable's Digest
     /// component can be compared (it is written after Data.db).
     digests: Mutex<HashMap<PathBuf, crate::digest::Value>>,
+    /// With `copy_hardlinks`: (device, inode) -> (key, size, mtime s, mtime ns) of the files
+    /// stored in this run, so other links of them are copied in the store.
+    /// (with key -> inode, so that forgetting a file drops its entry).
+    #[allow(clippy::type_complexity)]
+    by_inode: Mutex<(
+        HashMap<String, (u64, u64)>,
+        HashMap<(u64, u64), (String, u64, i64, i64)>,
+    )>,
     pub stats: Stats,
 }
 
@@ -242,6 +258,7 @@ impl Uploader {
             }),
             unstorable: Mutex::new(Default::default()),
             digests: Mutex::new(HashMap::new()),
+            by_inode: Mutex::new(Default::default()),
             stats: Stats::default(),
         }
     }
@@ -380,6 +397,14 @@ impl Uploader {
     /// memory stays bounded over years of compactions. Safe: the objects stay in the store.
     pub fn forget(&self, path: &Path) {
         if let Ok(k) = key_of(&self.layout, path) {
+            {
+                let mut map = self.by_inode.lock().unwrap();
+                if let Some(ino) = map.0.remove(&k) {
+                    if map.1.get(&ino).is_some_and(|(key, ..)| *key == k) {
+                        map.1.remove(&ino);
+                    }
+                }
+            }
             let mut known = self.known.lock().unwrap();
             known.remove(&layout::index_key(&k));
             known.remove(&k);
@@ -452,10 +477,64 @@ impl Uploader {
         cancel: &CancellationToken,
     ) -> Result<Outcome, UploadError> {
         let r = self.ensure_durable_locked(path, cancel).await;
-        if let Ok(Outcome::Uploaded { .. } | Outcome::Present) = r {
+        if let Ok(Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }) = r {
             self.digest_component_stored(path);
+            if self.cfg.copy_hardlinks {
+                self.remember_inode(path);
+            }
         }
         r
+    }
+
+    fn remember_inode(&self, path: &Path) {
+        let (Ok(m), Ok(key)) = (std::fs::symlink_metadata(path), key_of(&self.layout, path)) else {
+            return;
+        };
+        // Every stored file: a snapshot links it later (its nlink is 1 when it is written).
+        let mut map = self.by_inode.lock().unwrap();
+        map.0.insert(key.clone(), (m.dev(), m.ino()));
+        map.1.insert(
+            (m.dev(), m.ino()),
+            (key, m.len(), m.mtime(), m.mtime_nsec()),
+        );
+    }
+
+    /// Another link of this file's inode is stored (same size and mtime, so same bytes):
+    /// copy that object in the store instead of sending the bytes again.
+    async fn copy_link(
+        &self,
+        path: &Path,
+        key: &str,
+        meta: &std::fs::Metadata,
+        fp: (u64, i64, i64),
+    ) -> Option<Outcome> {
+        if !self.cfg.copy_hardlinks || meta.nlink() < 2 {
+            return None;
+        }
+        let src = {
+            let map = self.by_inode.lock().unwrap();
+            let (k, size, s, ns) = map.1.get(&(meta.dev(), meta.ino()))?;
+            (*size == meta.len() && *s == meta.mtime() && *ns == meta.mtime_nsec() && k != key)
+                .then(|| k.clone())?
+        };
+        match self.store.copy(&src, key).await {
+            Ok(()) => {
+                self.mark(key, meta.len(), true, Some(fp));
+                self.stats.files_copied.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = %path.display(), from = src, "hard link copied in the store");
+                Some(Outcome::Copied { bytes: meta.len() })
+            }
+            Err(e) => {
+                // The source is gone (deleted by someone else) or the store cannot copy:
+                // forget it and send the bytes.
+                tracing::debug!(path = %path.display(), "copy from {src} failed ({e}); uploading instead");
+                self.known.lock().unwrap().remove(&src);
+                let mut map = self.by_inode.lock().unwrap();
+                map.0.remove(&src);
+                map.1.remove(&(meta.dev(), meta.ino()));
+                None
+            }
+        }
     }
 
     async fn ensure_durable_locked(
@@ -517,6 +596,9 @@ impl Uploader {
                     .differs(path, key, &info, &meta, suspect, fp, cancel)
                     .await;
             }
+        }
+        if let Some(o) = self.copy_link(path, &key, &meta, fp).await {
+            return Ok(o);
         }
         self.upload_now(path, key, size, fp, cancel).await
     }
@@ -1026,7 +1108,9 @@ impl Uploader {
                 continue;
             }
             match self.ensure_durable(&path, cancel).await {
-                Ok(Outcome::Uploaded { .. } | Outcome::Present) => listed.push(n),
+                Ok(Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }) => {
+                    listed.push(n)
+                }
                 Ok(Outcome::Vanished | Outcome::Ignored) => {}
                 // An unreadable sibling must not hold back the index of everything else:
                 // leave it out (the index names only durable objects); its own retries

@@ -302,7 +302,9 @@ async fn snapshots_are_uploaded_when_in_create_is_listened_to() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(s.files_uploaded, 16, "{s}");
+    // The live files are sent, their snapshot links copied in the store (or sent, when a
+    // link's upload started before its live file was stored).
+    assert_eq!(s.files_uploaded + s.files_copied, 16, "{s}");
     for n in &gen1 {
         let k = key(&prefix, &table.join("snapshots/t1").join(n));
         assert_eq!(
@@ -379,4 +381,59 @@ async fn a_symlinked_data_directory_is_watched() {
     let idx = wait_index(&s3, &prefix, &as_given).await;
     assert_eq!(idx.len(), 8, "{idx:?}");
     d.stop().await;
+}
+
+/// With IN_CREATE listened to, a snapshot's hard links of SSTables already stored are
+/// copied inside the store: same bytes and metadata, no byte sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_links_of_stored_files_are_copied_in_the_store() {
+    let Some(root) = common::sstables() else {
+        return;
+    };
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("snapcopy");
+    let data = tempfile::tempdir().unwrap();
+    let table = data
+        .path()
+        .join("ks/events-5b608090e03d11ebb4c1d335f841c590");
+    std::fs::create_dir_all(&table).unwrap();
+    let d = Running::start({
+        let mut c = config(&s3, &prefix, vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c.events = tablesnap::watch::Events::parse(&[
+            "IN_MOVED_TO".into(),
+            "IN_CLOSE_WRITE".into(),
+            "IN_CREATE".into(),
+        ])
+        .unwrap();
+        c
+    })
+    .await;
+    let gen1 = flush(&root, &table, 1);
+    wait_index(&s3, &prefix, &table.join("nb-1-big-Data.db")).await;
+    let snap = table.join("snapshots/t1");
+    std::fs::create_dir_all(&snap).unwrap();
+    for n in &gen1 {
+        std::fs::hard_link(table.join(n), snap.join(n)).unwrap();
+    }
+    wait_index(&s3, &prefix, &snap.join("nb-1-big-Data.db")).await;
+    let s = d.stop().await;
+    let live_bytes: u64 = gen1
+        .iter()
+        .map(|n| std::fs::metadata(table.join(n)).unwrap().len())
+        .sum();
+    assert_eq!(s.files_copied, 8, "{s}");
+    assert_eq!(
+        s.bytes_uploaded, live_bytes,
+        "snapshot bytes were sent: {s}"
+    );
+    for n in &gen1 {
+        let (a, b) = (key(&prefix, &table.join(n)), key(&prefix, &snap.join(n)));
+        assert_eq!(s3.raw_get(&a).await, s3.raw_get(&b).await, "{b}");
+        let (_, ma, _) = s3.raw_head(&a).await.unwrap();
+        let (_, mb, _) = s3.raw_head(&b).await.unwrap();
+        assert_eq!(ma, mb, "metadata of {b}");
+        assert!(mb.contains_key("md5sum") && mb.contains_key("stat"));
+    }
 }

@@ -203,6 +203,8 @@ impl SnapArgs {
             with_index: !self.without_index,
             md5_on_start: self.md5_on_start,
             overwrite_collisions: self.overwrite_collisions,
+            // Set by the daemon from the events (IN_CREATE).
+            copy_hardlinks: false,
             max_upload_size: self.max_upload_size << 20,
             part_size: part,
             filter,

@@ -159,20 +159,23 @@ pub struct Summary {
     pub indexes_written: u64,
     pub failures: u64,
     pub pending: usize,
+    /// Hard links stored by a copy inside the store (no bytes sent).
+    pub files_copied: u64,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} files ({} bytes) uploaded, {} already stored, {} vanished before upload, {} indexes written, {} failed attempts, {} still pending",
+            "{} files ({} bytes) uploaded, {} already stored, {} vanished before upload, {} indexes written, {} failed attempts, {} still pending, {} hard links copied in the store",
             self.files_uploaded,
             self.bytes_uploaded,
             self.files_present,
             self.files_vanished,
             self.indexes_written,
             self.failures,
-            self.pending
+            self.pending,
+            self.files_copied
         )
     }
 }
@@ -206,7 +209,9 @@ const RECHECK: Duration = Duration::from_secs(5);
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
     let store = Store::open(&cfg.store)?;
     let roots = check_roots(&cfg)?;
-    let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), cfg.upload.clone()));
+    let mut upload_cfg = cfg.upload.clone();
+    upload_cfg.copy_hardlinks |= cfg.events.create;
+    let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), upload_cfg));
     let metrics = Arc::new(Metrics::default());
     let cancel = CancellationToken::new();
     let _stop_metrics = cancel.clone().drop_guard();
@@ -905,6 +910,7 @@ impl<'a> Daemon<'a> {
             files_vanished: s.files_vanished.load(Ordering::Relaxed),
             indexes_written: s.indexes_written.load(Ordering::Relaxed),
             failures: self.failures,
+            files_copied: s.files_copied.load(Ordering::Relaxed),
             pending: pending_files + self.indexes.pending_len() + self.indexes.running_len(),
         };
         tracing::info!("tablesnap stopped: {summary}");
@@ -1018,6 +1024,12 @@ impl<'a> Daemon<'a> {
                 self.metrics.files_present.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(path = %p.display(), "already stored")
             }
+            Outcome::Copied { bytes } => {
+                self.metrics
+                    .last_success_ms
+                    .store(crate::metrics::now_ms(), Ordering::Relaxed);
+                tracing::info!(path = %p.display(), bytes, "hard link: copied in the store from another link of the same file")
+            }
             Outcome::Vanished => {
                 tracing::info!(path = %p.display(), "vanished before upload (compacted?); skipped")
             }
@@ -1025,7 +1037,7 @@ impl<'a> Daemon<'a> {
         }
         // A Data.db stored as a side effect of a sibling's index (while this task waited to
         // retry) still needs its own index.
-        let stored = matches!(outcome, Outcome::Uploaded { .. })
+        let stored = matches!(outcome, Outcome::Uploaded { .. } | Outcome::Copied { .. })
             || (outcome == Outcome::Present && self.uploader.unindexed(p));
         let is_data = p
             .file_name()
@@ -1041,7 +1053,10 @@ impl<'a> Daemon<'a> {
             .and_then(|n| n.to_str())
             .is_some_and(|n| crate::cassandra::parse_name(n).is_some());
         if self.cfg.delete_on_backup
-            && matches!(outcome, Outcome::Uploaded { .. } | Outcome::Present)
+            && matches!(
+                outcome,
+                Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }
+            )
             && !(sstable && self.cfg.upload.with_index)
             && !self.indexes.has_pending(p)
         {
