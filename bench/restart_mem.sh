@@ -14,7 +14,8 @@
 # logging proxy of bench/tools.py, which counts its requests.
 # Knobs: RESTART_OBJECTS, RESTART_DIR (default /tmp/tsrestart; removed at the end unless
 # RESTART_KEEP=1), TABLESNAP_BIN (default: target/release/tablesnap, built unless
-# BENCH_SKIP_BUILD=1), RESTART_ARGS (extra tablesnap arguments).
+# BENCH_SKIP_BUILD=1), RESTART_ARGS (extra tablesnap arguments), RESTART_BEFORE_BIN (another
+# build, e.g. of main, whose restart is measured too on the same data: before/after).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${RESTART_OBJECTS:-1000000}
@@ -48,6 +49,10 @@ if [[ $S3 != 1 ]]; then
     sync
     # shellcheck disable=SC2086
     measure restart "$BIN" --once -B -r -n "$HOST" ${RESTART_ARGS:-} "file://$DIR/bucket" "$DATA"
+    if [[ -n ${RESTART_BEFORE_BIN:-} ]]; then
+        # shellcheck disable=SC2086
+        measure restart-before "$RESTART_BEFORE_BIN" --once -B -r -n "$HOST" ${RESTART_ARGS:-} "file://$DIR/bucket" "$DATA"
+    fi
     exit 0
 fi
 
@@ -70,4 +75,10 @@ sleep 1
 # shellcheck disable=SC2086
 measure restart "$BIN" --once -B -r -n "$HOST" -p "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
 echo "restart requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log")"
+if [[ -n ${RESTART_BEFORE_BIN:-} ]]; then
+    from=$(wc -l <"$DIR/proxy.log")
+    # shellcheck disable=SC2086
+    measure restart-before "$RESTART_BEFORE_BIN" --once -B -r -n "$HOST" -p "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
+    echo "restart-before requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log" "$from")"
+fi
 echo "note: the objects stay under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX (remove with tablechop or a lifecycle rule)"

@@ -36,6 +36,8 @@ struct Dir {
     listed: Vec<Slot>,
     /// The `seq` of that LIST (when it started).
     listed_seq: u64,
+    /// Slots of `listed` not forgotten.
+    live: usize,
     /// Recorded by this run since: shadows `listed`.
     recorded: HashMap<Box<str>, Known>,
 }
@@ -67,7 +69,7 @@ impl Dir {
     }
 
     fn is_empty(&self) -> bool {
-        self.recorded.is_empty() && self.listed.iter().all(Slot::gone)
+        self.recorded.is_empty() && self.live == 0
     }
 
     fn len(&self) -> usize {
@@ -117,7 +119,10 @@ impl KnownSet {
         };
         dir.recorded.remove(n);
         if let Some(i) = dir.find(n) {
-            dir.listed[i].len |= GONE;
+            if !dir.listed[i].gone() {
+                dir.listed[i].len |= GONE;
+                dir.live -= 1;
+            }
         }
         if dir.is_empty() {
             self.dirs.remove(d);
@@ -142,6 +147,9 @@ impl KnownSet {
             .collect();
         for (d, mut dir) in list.dirs {
             dir.listed_seq = started;
+            for k in dir.recorded.values_mut() {
+                k.seq = started; // names beyond the arena's reach (see `Listing::push`)
+            }
             if let Some(o) = old.remove(&d) {
                 for (n, k) in o.recorded {
                     if k.seq > started {
@@ -168,8 +176,9 @@ impl KnownSet {
         }
         for (d, mut o) in old {
             o.recorded.retain(|_, k| k.seq > started);
-            o.listed.clear();
+            o.listed = Vec::new();
             o.arena = String::new();
+            o.live = 0;
             if !o.recorded.is_empty() {
                 self.dirs.insert(d, o);
             }
@@ -231,6 +240,7 @@ impl Listing {
             dir.listed.sort_by(|a, b| name(a).cmp(name(b)));
             dir.listed.dedup_by(|a, b| name(a) == name(b));
             dir.listed.shrink_to_fit();
+            dir.live = dir.listed.len();
             dir.arena = arena;
             dir.arena.shrink_to_fit();
         }
