@@ -81,4 +81,5 @@ if [[ -n ${RESTART_BEFORE_BIN:-} ]]; then
     measure restart-before "$RESTART_BEFORE_BIN" --once -B -r -n "$HOST" -p "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
     echo "restart-before requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log" "$from")"
 fi
-echo "note: the objects stay under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX (remove with tablechop or a lifecycle rule)"
+echo "note: the objects stay under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX; remove them with"
+echo "  s5cmd --endpoint-url $TABLESNAP_TEST_S3_ENDPOINT rm 's3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX*'"

@@ -5,7 +5,9 @@
 //! and the `-listdir.json` index written only after every file it names is durable.
 //!
 //! The uploader remembers which keys are known durable (from uploads and from the startup
-//! LIST), so rescans and repeated events cost no requests.
+//! LIST), so rescans and repeated events cost no requests. That set is compact (see
+//! `known`): per directory, names with size and LastModified, never full keys, so a
+//! restart over a million stored objects stays under 100 MiB.
 
 use std::collections::HashMap;
 use std::fs::File;
