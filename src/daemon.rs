@@ -238,6 +238,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     loop {
         let source = match probe_store.probe(probe_dir).await {
             Ok(()) => break,
+            Err(e @ StoreError::NoCredentials { .. }) => return Err(e.into()), // credentials: says it all
             Err(e) => e,
         };
         let err = DaemonError::Probe {
