@@ -296,9 +296,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         failures: 0,
         gave_up: 0,
     };
+    let mut progress = crate::progress::Progress::none(); // progress:
     if cfg.backup || cfg.once {
         metrics.rescan("startup");
         d.reconcile_and_scan().await;
+        progress = crate::progress::Progress::start(&d.queue); // progress:
     }
     if let Some(r) = &cfg.ready {
         r.notify_one();
@@ -353,6 +355,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
                 break;
             }
             Some(done) = tasks.join_next() => {
+                if let Ok(Done::File(p, Ok(o))) = &done { progress.file_done(p, o) } // progress:
                 match done {
                     Ok(done) => d.finished(done),
                     Err(e) => tracing::error!("upload task failed: {e}"),
@@ -431,6 +434,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
             }
         }
     }
+    progress.finish(); // progress:
     let s = &d.uploader.stats;
     let summary = Summary {
         files_uploaded: s.files_uploaded.load(Ordering::Relaxed),
