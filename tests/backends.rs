@@ -41,6 +41,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const FOO: &str = "hello/foo-c2cebe20d60d11ebab539116fc548b6b";
 const JB: &str = "Keyspace1/Standard1-4d331c44f018302b91c22dcf94c4bfad";
 const BTI: &str = "legacy_tables/legacy_da_simple-27609b83f3a93b5d931777cede2368d3";
+/// Its Data.db (1.1 MB) goes multipart with `--max-upload-size 1`.
+const IOT: &str = "baselines/iot-5b608090e03d11ebb4c1d335f841c590";
 
 /// A destination under test: what to give the binaries, and a client of its own to check
 /// what they did.
@@ -49,6 +51,8 @@ struct Backend {
     dest: String,
     env: Vec<(String, String)>,
     raw: Arc<dyn ObjectStore>,
+    /// Whether the server takes object_store's multipart upload (fake-gcs-server does not).
+    multipart: bool,
 }
 
 /// In CI a backend that is not there is a failure, not a skip.
@@ -79,6 +83,7 @@ fn s3() -> Backend {
         dest: s3.dest(),
         env: s3.cli_env(),
         raw: s3.raw(),
+        multipart: true,
     }
 }
 
@@ -104,6 +109,7 @@ fn azure() -> Option<Backend> {
             ("AZURITE_BLOB_STORAGE_URL".into(), url),
         ],
         raw: Arc::new(raw),
+        multipart: true,
     })
 }
 
@@ -124,6 +130,7 @@ fn gcs() -> Option<Backend> {
         dest: format!("gs://{bucket}"),
         env: vec![("GOOGLE_SERVICE_ACCOUNT".into(), sa)],
         raw: Arc::new(raw),
+        multipart: false,
     })
 }
 
@@ -376,6 +383,47 @@ async fn suite(b: Backend) {
         let mut got = l.names.clone();
         got.sort();
         assert_eq!((l.dir.as_str(), got), (dir.to_str().unwrap(), names), "{k}");
+    }
+
+    // 1b. A file above --max-upload-size goes multipart, with the same metadata.
+    let iot = tmp.path().join("multipart").join(IOT);
+    copy_table(IOT, &iot, "");
+    let big = iot.join("md-2-big-Data.db");
+    let mut a = vec![
+        "--once",
+        "--retries",
+        "0",
+        "--max-upload-size",
+        "1",
+        "--multipart-chunk-size",
+        "5",
+    ];
+    a.extend(common_args);
+    a.push(iot.to_str().unwrap());
+    let (code, out) = run(SNAP, &a);
+    let big_key = key(&big);
+    if b.multipart {
+        assert_eq!(code, 0, "{}: multipart backfill: {out}", b.name);
+        let bytes = std::fs::read(&big).unwrap();
+        assert!(bytes.len() > 1 << 20);
+        assert_eq!(b.get(&big_key).await, bytes, "{}: {big_key}", b.name);
+        let (meta, _) = b.head(&big_key).await;
+        assert_eq!(meta.get("md5sum"), Some(&md5_hex(&bytes)), "{big_key}");
+        assert!(meta.contains_key("stat"), "{big_key}: {meta:?}");
+    } else {
+        // What the README says about GCS: fake-gcs-server refuses the XML-API multipart
+        // upload object_store starts (POST ?uploads). When it learns it, this fails: update
+        // the README and run this step on GCS too.
+        assert_eq!(code, 1, "{}: multipart backfill: {out}", b.name);
+        assert!(
+            out.contains("start multipart upload") && out.contains("invalid uploadType"),
+            "{}: {out}",
+            b.name
+        );
+    }
+    let prefix_keys = b.keys(&prefix).await;
+    for k in prefix_keys.keys().filter(|k| k.contains(IOT)) {
+        b.raw.delete(&opath(k)).await.unwrap();
     }
 
     // 2. Live: the daemon uploads a compaction's new generation and indexes it. Indexes have
