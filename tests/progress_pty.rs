@@ -160,3 +160,56 @@ fn without_a_terminal_there_is_no_bar_only_log_lines() {
         "{out}"
     );
 }
+
+/// The daemon's startup scan (`-B`) reports the same way, and says when the backfill is done
+/// while it keeps running.
+#[test]
+fn the_startup_scan_of_the_daemon_reports_its_end_while_it_keeps_watching() {
+    use std::io::{BufRead, BufReader};
+    let (data, n, _) = data();
+    let bucket = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["-B", "-r", "-n", "demo"])
+        .arg(format!("file://{}/b", bucket.path().display()))
+        .arg(data.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !log.contains("backfill done:") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                log.push_str(&l);
+                log.push('\n');
+            }
+            Err(_) => panic!("no 'backfill done' within 60 s: {log}"),
+        }
+    }
+    // Still running: the daemon goes on watching after its backfill.
+    assert!(child.try_wait().unwrap().is_none(), "{log}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        log.contains(&format!("backfill: {n} files, 1.21 MiB to check")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "backfill done: {n}/{n} files, 1.21 MiB uploaded in "
+        )),
+        "{log}"
+    );
+}
