@@ -181,8 +181,14 @@ start() {
         say "already running (state: $STATE)"
         return 0
     fi
-    install_azurite
-    install_fake_gcs
+    # One install at a time per tools directory (several checkouts may share it).
+    mkdir -p "$TOOLS"
+    (
+        exec 8>"$TOOLS/.lock"
+        if command -v flock >/dev/null; then flock 8; fi
+        install_azurite
+        install_fake_gcs
+    ) 9>&-
     stop_all
     remove_state
     mkdir -p "$STATE/azurite" "$STATE/gcs/$GCS_BUCKET"
