@@ -86,13 +86,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(resp.status, resp.reason)
         names = set()
         for k, v in resp.getheaders():
-            if k.lower() not in HOP and k.lower() != "content-length":
+            # A HEAD answer's Content-Length is the object's size: keep it as it is.
+            if k.lower() not in HOP and (k.lower() != "content-length" or self.command == "HEAD"):
                 self.send_header(k, v)
                 names.add(k.lower())
         if changed == "PUT" and resp.status == 200 and "etag" not in names:
             md5 = base64.b64decode(json.loads(data)["md5Hash"]).hex()
             self.send_header("ETag", f'"{md5}"')
-        self.send_header("Content-Length", str(len(data)))
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

@@ -180,7 +180,7 @@ impl Backend {
         r.bytes().await.unwrap().to_vec()
     }
 
-    /// User metadata and content type of an object.
+    /// User metadata and content type of an object (a HEAD), after checking its size.
     async fn head(&self, key: &str) -> (BTreeMap<String, String>, Option<String>) {
         let opts = GetOptions {
             head: true,
@@ -191,6 +191,14 @@ impl Backend {
             .get_opts(&opath(key), opts)
             .await
             .unwrap_or_else(|e| panic!("{}: head {key}: {e}", self.name));
+        let dir = key.rsplit_once('/').expect("a key under a prefix").0;
+        let listed = self.keys(dir).await;
+        assert_eq!(
+            Some(&r.meta.size),
+            listed.get(key),
+            "{}: HEAD and LIST sizes of {key}",
+            self.name
+        );
         let mut meta = BTreeMap::new();
         let mut ct = None;
         for (k, v) in r.attributes.iter() {
