@@ -28,6 +28,7 @@
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
 //! * [`daemon`]: `run(config, shutdown)` ties watch → queue → upload together.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.
+//! * [`progress`]: files, bytes, rate and ETA of the first backfill (bar or log lines).
 //! * [`metrics`]: Prometheus counters and the recovery-point gauge (`--metrics-addr`).
 //! * [`throttle`]: the shared bandwidth limit (`--max-bandwidth`).
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
@@ -40,6 +41,7 @@ pub mod digest;
 pub mod filter;
 pub mod layout;
 pub mod metrics;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod store;

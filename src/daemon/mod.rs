@@ -283,6 +283,8 @@ async fn probe(cfg: &Config, dest: &str) -> Result<(), DaemonError> {
     loop {
         let source = match probe_store.probe(probe_dir).await {
             Ok(()) => return Ok(()),
+            // No credentials anywhere: the error says what was tried and what to set.
+            Err(e @ StoreError::NoCredentials { .. }) => return Err(e.into()),
             Err(e) => e,
         };
         let transient = source.kind() == ErrorKind::Transient;

@@ -71,6 +71,8 @@ pub(super) struct Daemon<'a> {
     pub(super) scans: usize,
     pub(super) failures: u64,
     pub(super) gave_up: usize,
+    /// Files, bytes, rate and ETA of the startup backfill (-B, --once).
+    pub(super) progress: crate::progress::Progress,
 }
 
 impl<'a> Daemon<'a> {
@@ -101,6 +103,7 @@ impl<'a> Daemon<'a> {
             scans: 0,
             failures: 0,
             gave_up: 0,
+            progress: crate::progress::Progress::none(),
         }
     }
 
@@ -231,6 +234,9 @@ impl<'a> Daemon<'a> {
             if self.cfg.once {
                 self.gave_up += 1;
             }
+        }
+        if f.reason == "startup" {
+            self.progress = crate::progress::Progress::start(f.scan.ready.iter());
         }
         let now = Instant::now();
         for p in f.missing_index {
@@ -369,7 +375,8 @@ impl<'a> Daemon<'a> {
     }
 
     #[allow(clippy::result_large_err)]
-    pub(super) fn finish(self) -> Result<Summary, DaemonError> {
+    pub(super) fn finish(mut self) -> Result<Summary, DaemonError> {
+        self.progress.finish();
         let s = &self.uploader.stats;
         let pending_files = self.queue.len() + self.retry_at.values().map(Vec::len).sum::<usize>();
         let summary = Summary {
@@ -422,6 +429,7 @@ impl<'a> Daemon<'a> {
                 self.running.remove(&p);
                 match r {
                     Ok(outcome) => {
+                        self.progress.file_done(&p, &outcome);
                         self.attempts.remove(&p);
                         if let Some(t) = self.pending_since.remove(&p) {
                             self.pending_order.remove(&(t, p.clone()));
