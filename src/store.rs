@@ -629,6 +629,22 @@ impl Store {
     /// (a warning) and skipped; the listing goes on (S3 and `file://`; on GCS and Azure such a
     /// key is an error naming it, since their listing cannot continue past it).
     pub fn list_dir(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
+        let s = self.list_dir_raw(dir);
+        // A listing that failed for want of credentials says so (like every other op).
+        let Some(fb) = self.metadata_fallback.clone() else {
+            return s;
+        };
+        let dest = self.dest.to_string();
+        s.map_err(move |e| match e {
+            StoreError::Op { op, key, source } => {
+                no_credentials(&fb, dest.clone(), op, key, source)
+            }
+            e => e,
+        })
+        .boxed()
+    }
+
+    fn list_dir_raw(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let dir = dir.trim_end_matches('/');
         if let Err(e) = Self::path(dir) {
             return futures::stream::once(async move { Err(e) }).boxed();
