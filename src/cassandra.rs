@@ -480,6 +480,26 @@ pub fn view_dir(dir: &std::path::Path) -> std::io::Result<DirView> {
     }))
 }
 
+/// Whether a transaction log of `dir` without a final record ADDs `sstable`: its files,
+/// even those already closed, belong to a flush or compaction that may still be aborted.
+/// Cheap enough for every event (a readdir and the logs, a few hundred bytes each).
+pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { return false };
+        if !is_txn_log(n) {
+            return false;
+        }
+        read_small(&e.path()).is_some_and(|c| {
+            let log = parse_txn_log(&c);
+            log.state == TxnState::InProgress && log.added.iter().any(|a| a == sstable)
+        })
+    })
+}
+
 fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;

@@ -260,9 +260,23 @@ impl<'a> Daemon<'a> {
                 if !crate::watch::event_wanted(&p, self.hardlinks()) {
                     return;
                 }
+                let now = Instant::now();
                 if let Some(dir) = p.parent() {
                     // More activity in a directory with a pending index: wait for it to settle.
-                    self.indexes.activity(dir, Instant::now());
+                    self.indexes.activity(dir, now);
+                    // A closed component of an SSTable an open transaction ADDs may still be
+                    // aborted: it waits for the COMMIT (the log's removal hurries it).
+                    let sstable = p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(crate::cassandra::parse_name)
+                        .map(|f| f.sstable.to_string());
+                    if let Some(s) = sstable {
+                        if crate::cassandra::in_open_transaction(dir, &s) {
+                            self.unsettled.entry(now + RECHECK).or_default().push(p);
+                            return;
+                        }
+                    }
                 }
                 self.enqueue(p);
             }
@@ -277,9 +291,12 @@ impl<'a> Daemon<'a> {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if crate::cassandra::is_txn_log(name) {
                     // A transaction ended: SSTables of this directory may just have become
-                    // complete (or obsolete); its pending index need not wait.
+                    // complete (or obsolete); its waiting files and pending index need not
+                    // wait.
                     if let Some(dir) = p.parent() {
-                        self.indexes.hurry(dir, Instant::now());
+                        let now = Instant::now();
+                        self.indexes.hurry(dir, now);
+                        self.hurry_waiting(dir, now);
                     }
                 }
                 // A file being uploaded or queued is handled there (it will be "vanished").
@@ -288,6 +305,24 @@ impl<'a> Daemon<'a> {
                 }
             }
             WatchEvent::Overflow => {}
+        }
+    }
+
+    /// Files of `dir` waiting for their SSTable to complete are looked at now.
+    fn hurry_waiting(&mut self, dir: &Path, now: Instant) {
+        let mut moved = Vec::new();
+        for v in self.unsettled.values_mut() {
+            v.retain(|p| {
+                let here = p.parent() == Some(dir);
+                if here {
+                    moved.push(p.clone());
+                }
+                !here
+            });
+        }
+        self.unsettled.retain(|_, v| !v.is_empty());
+        if !moved.is_empty() {
+            self.unsettled.entry(now).or_default().extend(moved);
         }
     }
 
