@@ -272,15 +272,15 @@ fn flush(node: &Shared<Node>, j: &Shared<Journal>, t: usize, tpl: usize) {
     node.lock().unwrap().tables[t].live.push(b.name);
 }
 
-/// A throttled compaction of `inputs` into one new SSTable under its final name; aborted
-/// in the pause after burst `abort_at` if given.
+/// A throttled compaction of `inputs` into one new SSTable under its final name; with
+/// `abort`, aborted in one of the pauses between Data.db bursts.
 fn compact(
     node: Shared<Node>,
     j: Shared<Journal>,
     t: usize,
     tpl: usize,
     inputs: Vec<String>,
-    abort_at: Option<usize>,
+    abort: bool,
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -289,6 +289,7 @@ fn compact(
     append(&b.log, &record(RecordType::Add, &b.base(), 0));
     let data = &b.comps[0].1;
     let bursts = rng.random_range(2..=4usize);
+    let abort_at = abort.then(|| rng.random_range(0..bursts - 1));
     let mut f = std::fs::File::create(b.path("Data.db")).unwrap();
     for i in 0..bursts {
         let (from, to) = (data.len() * i / bursts, data.len() * (i + 1) / bursts);
@@ -463,11 +464,11 @@ fn run_node(node: Shared<Node>, j: Shared<Journal>, stop: Arc<AtomicBool>, seed:
                 inputs.shuffle(&mut rng);
                 inputs.truncate(rng.random_range(2..=inputs.len().min(4)));
                 tb.compacting = true;
-                let abort_at = rng.random_ratio(1, 4).then_some(0usize);
+                let abort = rng.random_ratio(1, 4);
                 let (nd, jd, s) = (node.clone(), j.clone(), rng.random::<u64>());
                 drop(n);
                 compactions.push(std::thread::spawn(move || {
-                    compact(nd, jd, t, tpl, inputs, abort_at, s)
+                    compact(nd, jd, t, tpl, inputs, abort, s)
                 }));
             }
             65..73 => {
