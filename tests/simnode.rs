@@ -841,6 +841,19 @@ fn check_restores(
                 want.insert(f.clone(), sh.clone());
             }
         }
+        // The simulator's own bookkeeping matches the disk (else the check proves nothing).
+        let on_disk: BTreeSet<String> = std::fs::read_dir(&tb.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            on_disk,
+            want.keys().cloned().collect::<BTreeSet<_>>(),
+            "simulator bug: {} on disk differs from its journal",
+            tb.dir.display()
+        );
         let target = work.join(format!("restore{i}"));
         let (code, out) = common::run_bin(
             env!("CARGO_BIN_EXE_tableslurp"),
@@ -1138,6 +1151,58 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         "{} invariant(s) violated; reproduce with {repro}:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// Found by the simulated node (seed 6464607465706294270, 300 s: 3 of 30 aborted
+/// compactions): a compaction output's Data.db that is closed half-written and then
+/// aborted (Cassandra closes the writer's files, logs ABORT, deletes the outputs) is
+/// uploaded on its IN_CLOSE_WRITE although its transaction log has no final record. Never
+/// named by an index, but bytes of a file that never became part of a complete SSTable.
+/// Here the abort comes 3 s after the close, so the race is always lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on today's daemon (issue #10): events upload closed files of SSTables still in a transaction; un-ignore once fixed"]
+async fn closed_then_aborted_compaction_output_is_not_uploaded() {
+    let Some(root) = common::sstables() else {
+        return;
+    };
+    let tpl = corpus(&root).swap_remove(0);
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("simnode-abort");
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().canonicalize().unwrap().join("data");
+    let dir = data.join("ks/t-0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = Bin {
+        prefix: prefix.clone(),
+        data: data.clone(),
+        log: work.path().join("tablesnap.log"),
+    };
+    let mut child = bin.command(&["-r", "-a"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let name = format!("{}-9-{}", tpl.version, tpl.format);
+    let log = log_path(&dir, tpl.version, "compaction", 9);
+    append(
+        &log,
+        &record(RecordType::Add, dir.join(&name).to_str().unwrap(), 0),
+    );
+    let data_db = dir.join(format!("{name}-Data.db"));
+    let body = &tpl.components[0].1;
+    std::fs::write(&data_db, &body[..body.len() / 2]).unwrap(); // closed half-written
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    append(&log, &record(RecordType::Abort, "", 0));
+    std::fs::remove_file(&data_db).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let key = Layout::new(prefix.as_str(), HOST, ":").data_key(data_db.to_str().unwrap());
+    let stored = s3.raw_get(&key).await;
+    assert!(
+        stored.is_none(),
+        "{} bytes of an aborted compaction's half-written Data.db were uploaded ({key})\n{}",
+        stored.map_or(0, |b| b.len()),
+        bin.log_tail(20)
     );
 }
 
