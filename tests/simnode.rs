@@ -656,7 +656,12 @@ struct Verdict {
     unknown_objects: Vec<String>,
     snapshot_bytes: u64,
     snapshot_objects: u64,
+    /// What is wrong with each bad index (one line per SSTable named wrongly).
     bad_indexes: Vec<String>,
+    /// Index versions with at least one line in `bad_indexes`.
+    bad_index_versions: usize,
+    /// Indexes of `snapshots/` or `backups/` directories (none with default events).
+    hardlink_indexes: Vec<String>,
     stale_names: u64,
     max_wait: Duration,
     max_wait_sst: String,
@@ -731,13 +736,36 @@ fn check_objects(j: &Journal, seen: &Seen, v: &mut Verdict) {
     }
 }
 
-/// Every index version seen names complete SSTables only, every component of each, and
-/// only after they were complete.
+/// Every index version seen names complete SSTables only, every component of each, only
+/// after they were complete, and only objects stored with the complete file's bytes.
 fn check_indexes(j: &Journal, seen: &Seen, v: &mut Verdict) {
+    let mut stored: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for d in &seen.data {
+        stored.entry(&d.path).or_default().insert(&d.sha);
+    }
     for ix in &seen.indexes {
+        if in_hardlink_dir(&format!("{}/", ix.dir)) {
+            v.hardlink_indexes.push(ix.key.clone());
+            continue;
+        }
+        let bad_before = v.bad_indexes.len();
         let mut by_sst: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
         for n in &ix.names {
             let p = format!("{}/{n}", ix.dir);
+            // Durable: the bucket held the complete file's bytes under its key.
+            let want =
+                sst_of(&p).and_then(|(b, f)| j.sst.get(&b).and_then(|s| s.files.get(&f)).cloned());
+            let stored = want.is_some_and(|(sh, _)| {
+                stored
+                    .get(p.as_str())
+                    .is_some_and(|set| set.contains(sh.as_str()))
+            });
+            if !stored {
+                v.bad_indexes.push(format!(
+                    "{} names {n}, whose complete bytes were never seen in the bucket",
+                    ix.key
+                ));
+            }
             let Some((base, file)) = sst_of(&p) else {
                 v.bad_indexes
                     .push(format!("{} names {n}, not an SSTable component", ix.key));
@@ -772,6 +800,7 @@ fn check_indexes(j: &Journal, seen: &Seen, v: &mut Verdict) {
                     .push(format!("{} names {}: {why}", ix.key, base.display()));
             }
         }
+        v.bad_index_versions += (v.bad_indexes.len() > bad_before) as usize;
     }
 }
 
@@ -1068,12 +1097,14 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
     );
     eprintln!(
         "indexes naming an unfinished or incomplete SSTable: {} (of {} index versions seen)",
-        v.bad_indexes.len(),
+        v.bad_index_versions,
         s.indexes.len()
     );
     eprintln!(
-        "snapshot/backup bytes sent (default events):    {} ({} objects)",
-        v.snapshot_bytes, v.snapshot_objects
+        "snapshot/backup bytes sent (default events):    {} ({} objects, {} indexes)",
+        v.snapshot_bytes,
+        v.snapshot_objects,
+        v.hardlink_indexes.len()
     );
     eprintln!(
         "longest wait for an index (downtime excluded):  {:?} ({}); {} of {completed} complete SSTables indexed, {} deleted before any index named them",
@@ -1112,6 +1143,7 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         &v.bad_indexes,
     );
     fail("transaction logs stored", &v.txn_log_objects);
+    fail("indexes of snapshots/ or backups/", &v.hardlink_indexes);
     fail("objects the node never wrote", &v.unknown_objects);
     fail(
         "SSTables that waited too long for an index",
@@ -1249,6 +1281,7 @@ fn checks_catch_torn_unfinished_and_partial() {
     let seen = Seen {
         data: vec![
             obs("nb-1-big-Data.db", 10, "aa"),
+            obs("nb-1-big-TOC.txt", 3, "bb"),
             obs("nb-1-big-Data.db", 4, "prefix"),
             obs("nb-2-big-Data.db", 5, "cc"),
             obs("snapshots/s/nb-1-big-Data.db", 10, "aa"),
@@ -1279,7 +1312,9 @@ fn checks_catch_torn_unfinished_and_partial() {
     assert_eq!((v.torn_bytes, v.never_completed_bytes), (4, 5));
     assert_eq!((v.snapshot_bytes, v.txn_log_objects.len()), (10, 1));
     check_indexes(&j, &seen, &mut v);
-    assert_eq!(v.bad_indexes.len(), 2, "{:?}", v.bad_indexes);
+    // The second index: part of nb-1, the aborted nb-2, whose bytes were never stored whole.
+    assert_eq!(v.bad_indexes.len(), 3, "{:?}", v.bad_indexes);
+    assert_eq!(v.bad_index_versions, 1);
     check_latency(&j, &seen, &[], &mut v);
     assert_eq!(v.max_wait, Duration::from_secs(2));
     // With only the late index, the wait is too long unless the daemon was down meanwhile.
