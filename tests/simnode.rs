@@ -1081,7 +1081,7 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         j.drops,
         j.tables
     );
-    eprintln!("daemon:      {kills} kill -9 + restart -B; SIGTERM exit {st}; --once exit {once}");
+    eprintln!("daemon:      {kills} kill -9 + restart -B; SIGTERM: {st}; --once: {once}");
     eprintln!(
         "bucket:      {} LISTs, {} object versions fetched ({} data, {} indexes)",
         s.lists,
