@@ -1193,7 +1193,6 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
 /// named by an index, but bytes of a file that never became part of a complete SSTable.
 /// Here the abort comes 3 s after the close, so the race is always lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on today's daemon (issue #10): events upload closed files of SSTables still in a transaction; un-ignore once fixed"]
 async fn closed_then_aborted_compaction_output_is_not_uploaded() {
     let Some(root) = common::sstables() else {
         return;
