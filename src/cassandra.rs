@@ -7,7 +7,7 @@
 //! outputs (3.0+ writes them under their final names for minutes or hours) and names them in
 //! restore points. This module is the one place that knows better; the daemon asks it what
 //! an index may name ([`DirView::nameable`]) and what a scan may upload
-//! ([`DirView::closed`]). Facts from `../shared/CASSANDRA.md` (checked against Cassandra's
+//! ([`crate::watch::scan_closed`]). Facts from `../shared/CASSANDRA.md` (checked against Cassandra's
 //! `Descriptor`, `Component`, `LogFile` and `LogRecord`).
 //!
 //! An SSTable is **complete** when

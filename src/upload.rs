@@ -1346,7 +1346,7 @@ fn read_full(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Lowercase hex MD5 of a whole file, for the pass a multipart upload needs before it may
-/// start. A second thread keeps the page cache filled up to [`READ_AHEAD`] bytes ahead of
+/// start. A second thread keeps the page cache filled up to `READ_AHEAD` bytes ahead of
 /// the hash, so reading (disk I/O, or the kernel zero-filling a sparse file) and hashing use
 /// two cores instead of taking turns on one (bench/: one 4 GiB file, the pass took 12.5 s,
 /// of which MD5 itself is about 6).

@@ -10,7 +10,7 @@
 //!   skipped; an unreadable file is reported and retried at the next rescan.
 //! * Indexes are written a short quiet period after a `Data.db` is durable, so the listing
 //!   includes the components Cassandra writes after `Data.db` (Statistics, TOC, Digest);
-//!   an index names complete SSTables only ([`crate::cassandra`]), and [`index`] schedules
+//!   an index names complete SSTables only ([`crate::cassandra`]), and `index.rs` schedules
 //!   them: one write in flight per directory, interleaved with file uploads.
 //! * Readiness comes once the watches are in place; the destination probe, the startup
 //!   `-B` LIST and scan and every periodic rescan run beside the main loop, never in it.
