@@ -20,7 +20,7 @@ for f in ./usr/bin/tablesnap ./usr/bin/tableslurp ./usr/bin/tablechop \
     ./usr/share/man/man1/tablesnap.1.gz ./usr/share/man/man1/tableslurp.1.gz ./usr/share/man/man1/tablechop.1.gz \
     ./usr/share/bash-completion/completions/tablesnap ./usr/share/zsh/vendor-completions/_tablechop \
     ./usr/share/fish/vendor_completions.d/tableslurp.fish \
-    ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap; do
+    ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap ./usr/share/doc/tablesnap/README.md; do
     grep -q " $f\$" <<<"$contents" || { echo "package.sh: $f missing from $deb" >&2; exit 1; }
 done
 tmp=$(mktemp -d)
@@ -35,4 +35,14 @@ dpkg-deb -x "$deb" "$tmp"
 "$tmp/usr/bin/tableslurp" --version
 "$tmp/usr/bin/tablechop" --version
 grep -q 'ExecStart=/usr/bin/tablesnap -B $DAEMON_OPTS' "$tmp/lib/systemd/system/tablesnap.service"
+# Documentation= names only what the package installs: its man pages and its README.
+docs=$(sed -n 's/^Documentation=//p' "$tmp/lib/systemd/system/tablesnap.service")
+for d in $docs; do
+    case $d in
+    man:*) p="$tmp/usr/share/man/man1/${d#man:}" p="${p%(1)}.1.gz" ;;
+    file://*) p="$tmp${d#file://}" ;;
+    *) echo "package.sh: Documentation=$d is not installed by the package" >&2; exit 1 ;;
+    esac
+    [[ -f $p ]] || { echo "package.sh: Documentation=$d: $p missing" >&2; exit 1; }
+done
 echo "package.sh: $deb OK ($(du -h "$deb" | cut -f1))"

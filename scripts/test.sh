@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The test command: starts a local Garage S3 server (installing it on first use, about 7 min),
-# runs the whole test suite against it, and stops it.
+# The test command: starts a local Garage S3 server (installing it on first use, about 7 min)
+# and the Azure and GCS emulators (Azurite, fake-gcs-server: scripts/emulators.sh, about 20 s to
+# install), runs the whole test suite against them, and stops them.
 #
 #   bash scripts/test.sh                      # cargo test --all-targets -- --test-threads=4
 #   bash scripts/test.sh --test s3_store      # cargo args go before `--` ...
 #   bash scripts/test.sh -- multipart         # ... test-binary args (filters) after it
 #
-# If a server was already started with `scripts/s3-server.sh start`, it is reused and left
-# running. TABLESNAP_KEEP_S3=1 leaves a server started here running too (for debugging).
+# Servers already started (`scripts/s3-server.sh start`, `scripts/emulators.sh start`) are
+# reused and left running. TABLESNAP_KEEP_S3=1 leaves servers started here running too.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,27 +41,41 @@ for a in "${cargo_args[@]+"${cargo_args[@]}"}"; do
 done
 ((select_all)) && cargo_args=(--all-targets "${cargo_args[@]+"${cargo_args[@]}"}")
 
-started_here=0
-if ! bash scripts/s3-server.sh status 2>/dev/null; then
-    started_here=1
-    if [[ ${TABLESNAP_KEEP_S3:-} != 1 ]]; then
-        trap 'bash "$REPO/scripts/s3-server.sh" stop' EXIT
-        # Make sure a signal ends the script through the EXIT trap (stopping the server).
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
-    fi
-    bash scripts/s3-server.sh start
+export TABLESNAP_EMU_STATE=${TABLESNAP_EMU_STATE:-$REPO/.ci/work/emulators}
+# What to stop on exit: only the servers started here.
+stop_here=()
+cleanup() {
+    local s
+    for s in "${stop_here[@]+"${stop_here[@]}"}"; do
+        bash "$REPO/scripts/$s" stop || true
+    done
+}
+if [[ ${TABLESNAP_KEEP_S3:-} != 1 ]]; then
+    trap cleanup EXIT
+    # Make sure a signal ends the script through the EXIT trap (stopping the servers).
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 fi
-((started_here)) || echo "test.sh: reusing the running S3 server" >&2
+for s in s3-server.sh emulators.sh; do
+    if bash "scripts/$s" status 2>/dev/null; then
+        echo "test.sh: reusing the servers of scripts/$s" >&2
+    else
+        stop_here+=("$s")
+        bash "scripts/$s" start
+    fi
+done
 
 # Hermetic: credentials, endpoints or profiles from the caller's environment must not leak
 # into the clients under test (the tests pass everything explicitly).
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SECURITY_TOKEN \
-    AWS_ENDPOINT AWS_ENDPOINT_URL AWS_REGION AWS_DEFAULT_REGION AWS_PROFILE
+    AWS_ENDPOINT AWS_ENDPOINT_URL AWS_REGION AWS_DEFAULT_REGION AWS_PROFILE \
+    AZURE_STORAGE_USE_EMULATOR GOOGLE_SERVICE_ACCOUNT GOOGLE_SERVICE_ACCOUNT_KEY GOOGLE_BASE_URL
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 # shellcheck disable=SC1091
 source "$TABLESNAP_S3_STATE/env"
+# shellcheck disable=SC1091
+source "$TABLESNAP_EMU_STATE/env"
 
 threads=(--test-threads=4)
 for a in "${test_args[@]+"${test_args[@]}"}"; do

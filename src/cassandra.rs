@@ -7,7 +7,7 @@
 //! outputs (3.0+ writes them under their final names for minutes or hours) and names them in
 //! restore points. This module is the one place that knows better; the daemon asks it what
 //! an index may name ([`DirView::nameable`]) and what a scan may upload
-//! ([`DirView::closed`]). Facts from `../shared/CASSANDRA.md` (checked against Cassandra's
+//! ([`crate::watch::scan_closed`]). Facts from `../shared/CASSANDRA.md` (checked against Cassandra's
 //! `Descriptor`, `Component`, `LogFile` and `LogRecord`).
 //!
 //! An SSTable is **complete** when
@@ -480,6 +480,26 @@ pub fn view_dir(dir: &std::path::Path) -> std::io::Result<DirView> {
     }))
 }
 
+/// Whether a transaction log of `dir` without a final record ADDs `sstable`: its files,
+/// even those already closed, belong to a flush or compaction that may still be aborted.
+/// Cheap enough for every event (a readdir and the logs, a few hundred bytes each).
+pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { return false };
+        if !is_txn_log(n) {
+            return false;
+        }
+        read_small(&e.path()).is_some_and(|c| {
+            let log = parse_txn_log(&c);
+            log.state == TxnState::InProgress && log.added.iter().any(|a| a == sstable)
+        })
+    })
+}
+
 fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -721,5 +741,263 @@ mod tests {
             dirs > 40 && sstables > 100,
             "{dirs} dirs, {sstables} sstables"
         );
+    }
+}
+
+/// A property test of the model against an oracle: random sequences of what Cassandra does
+/// to a table directory (flushes, throttled compactions, commits, aborts, in the order
+/// Cassandra performs their steps, with torn log appends and snapshots in between). After
+/// every step, what an index may name is exactly the set of SSTables the oracle knows to be
+/// complete: never an unfinished, aborted or obsolete one (safety), always every complete
+/// one (liveness).
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const COMPONENTS: &[&str] = &[
+        "Data.db",
+        "Index.db",
+        "Filter.db",
+        "Summary.db",
+        "Statistics.db",
+        "Digest.crc32",
+        "TOC.txt",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        StartFlush,
+        /// Start a compaction of up to 3 complete SSTables (picked by these seeds).
+        StartCompaction(u8, u8),
+        /// Write the next component of the output of the transaction picked by the seed.
+        Write(u8),
+        /// Append COMMIT (all components written) or ABORT.
+        Finish(u8, bool),
+        /// Cleanup after the final record: delete inputs (commit) or outputs (abort),
+        /// then the log.
+        Cleanup(u8),
+        /// A record being appended, torn (not a full line yet).
+        TornAppend(u8),
+        /// nodetool snapshot: hard links elsewhere, nothing changes here.
+        Snapshot,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => Just(Op::StartFlush),
+            3 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::StartCompaction(a, b)),
+            6 => any::<u8>().prop_map(Op::Write),
+            2 => (any::<u8>(), prop::bool::weighted(0.8)).prop_map(|(t, c)| Op::Finish(t, c)),
+            2 => any::<u8>().prop_map(Op::Cleanup),
+            1 => any::<u8>().prop_map(Op::TornAppend),
+            1 => Just(Op::Snapshot),
+        ]
+    }
+
+    #[derive(Debug)]
+    struct Txn {
+        log: String,
+        out: u32,
+        inputs: Vec<u32>,
+        written: usize,
+        fin: Option<bool>,
+    }
+
+    /// The directory (name -> content) and the oracle's truth beside it.
+    #[derive(Default)]
+    struct World {
+        files: BTreeMap<String, Vec<u8>>,
+        txns: Vec<Txn>,
+        /// SSTables whose transaction committed and that no committed compaction removed.
+        complete: BTreeSet<u32>,
+        next: u32,
+        /// The next check sees this transaction's log with half a COMMIT appended.
+        torn: Option<usize>,
+    }
+
+    fn rec(kind: RecordType, path: &str) -> String {
+        let n = if path.is_empty() { 0 } else { 8 };
+        format!(
+            "{}:[{path},0,{n}][{}]\n",
+            kind.name(),
+            record_checksum(kind, path, 0, n)
+        )
+    }
+
+    impl World {
+        fn sst(g: u32) -> String {
+            format!("nb-{g}-big")
+        }
+        fn append(&mut self, log: &str, s: &str) {
+            self.files
+                .entry(log.to_string())
+                .or_default()
+                .extend_from_slice(s.as_bytes());
+        }
+        fn start(&mut self, inputs: Vec<u32>) {
+            self.next += 1;
+            let out = self.next;
+            let log = format!("nb_txn_flush_{out:08x}-0a7f-11ef-9a2b-5b2d6c9d3a11.log");
+            self.append(
+                &log,
+                &rec(RecordType::Add, &format!("/d/ks/t-1/{}", Self::sst(out))),
+            );
+            for i in &inputs {
+                self.append(
+                    &log,
+                    &rec(RecordType::Remove, &format!("/d/ks/t-1/{}", Self::sst(*i))),
+                );
+            }
+            self.txns.push(Txn {
+                log,
+                out,
+                inputs,
+                written: 0,
+                fin: None,
+            });
+        }
+        fn apply(&mut self, o: Op) {
+            let n = self.txns.len();
+            let pick = |s: u8| (n > 0).then(|| s as usize % n);
+            match o {
+                Op::StartFlush => self.start(vec![]),
+                Op::StartCompaction(a, b) => {
+                    let busy: BTreeSet<u32> =
+                        self.txns.iter().flat_map(|t| t.inputs.clone()).collect();
+                    let cand: Vec<u32> = self
+                        .complete
+                        .iter()
+                        .copied()
+                        .filter(|g| !busy.contains(g))
+                        .collect();
+                    if cand.is_empty() {
+                        return;
+                    }
+                    let mut inputs =
+                        vec![cand[a as usize % cand.len()], cand[b as usize % cand.len()]];
+                    inputs.dedup();
+                    self.start(inputs);
+                }
+                Op::Write(s) => {
+                    let Some(i) = pick(s) else { return };
+                    let t = &mut self.txns[i];
+                    if t.fin.is_some() || t.written == COMPONENTS.len() {
+                        return;
+                    }
+                    let c = COMPONENTS[t.written];
+                    t.written += 1;
+                    let body = if c == "TOC.txt" {
+                        (COMPONENTS.join("\n") + "\n").into_bytes()
+                    } else {
+                        vec![t.out as u8; 10]
+                    };
+                    let name = format!("{}-{c}", Self::sst(t.out));
+                    self.files.insert(name, body);
+                }
+                Op::Finish(s, commit) => {
+                    let Some(i) = pick(s) else { return };
+                    let t = &self.txns[i];
+                    if t.fin.is_some() || (commit && t.written < COMPONENTS.len()) {
+                        return;
+                    }
+                    let log = t.log.clone();
+                    let kind = if commit {
+                        RecordType::Commit
+                    } else {
+                        RecordType::Abort
+                    };
+                    self.append(&log, &rec(kind, ""));
+                    let t = &mut self.txns[i];
+                    t.fin = Some(commit);
+                    if commit {
+                        let (out, inputs) = (t.out, t.inputs.clone());
+                        self.complete.insert(out);
+                        for g in inputs {
+                            self.complete.remove(&g);
+                        }
+                    }
+                }
+                Op::Cleanup(s) => {
+                    let Some(i) = pick(s) else { return };
+                    let Some(commit) = self.txns[i].fin else {
+                        return;
+                    };
+                    let t = self.txns.remove(i);
+                    let gone: Vec<u32> = if commit { t.inputs } else { vec![t.out] };
+                    for g in gone {
+                        let p = format!("{}-", Self::sst(g));
+                        self.files.retain(|k, _| !k.starts_with(&p));
+                    }
+                    self.files.remove(&t.log);
+                }
+                Op::TornAppend(s) => {
+                    // Seen by the next check only: a reader catches a record half-appended.
+                    self.torn = pick(s).filter(|i| self.txns[*i].fin.is_none());
+                }
+                Op::Snapshot => {}
+            }
+        }
+        fn check(&mut self) -> Result<(), TestCaseError> {
+            let torn = self.torn.take().map(|i| self.txns[i].log.clone());
+            let v = DirView::classify(self.files.keys().map(String::as_str), |n| {
+                let mut c = self.files.get(n).cloned()?;
+                if torn.as_deref() == Some(n) {
+                    c.extend_from_slice(b"COMMIT:[,0,0][26136");
+                }
+                Some(c)
+            });
+            let named: BTreeSet<String> = v.nameable();
+            let want: BTreeSet<String> = self
+                .complete
+                .iter()
+                .flat_map(|g| {
+                    COMPONENTS
+                        .iter()
+                        .map(move |c| format!("{}-{c}", Self::sst(*g)))
+                })
+                .filter(|n| self.files.contains_key(n))
+                .collect();
+            prop_assert_eq!(named, want);
+            Ok(())
+        }
+    }
+
+    /// The window the property test must reach: a compaction committed, its inputs not yet
+    /// deleted (they are obsolete, not nameable).
+    #[test]
+    fn a_committed_compaction_makes_its_inputs_obsolete_at_once() {
+        let mut w = World::default();
+        let mut ops = vec![Op::StartFlush];
+        ops.extend((0..7).map(|_| Op::Write(0)));
+        ops.extend([
+            Op::Finish(0, true),
+            Op::Cleanup(0),
+            Op::StartCompaction(0, 0),
+        ]);
+        ops.extend((0..7).map(|_| Op::Write(0)));
+        ops.push(Op::Finish(0, true));
+        for o in ops {
+            w.apply(o);
+            w.check().unwrap();
+        }
+        assert_eq!(w.complete, BTreeSet::from([2]));
+        assert!(
+            w.files.contains_key("nb-1-big-Data.db"),
+            "input still there"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn an_index_names_exactly_the_complete_sstables(ops in prop::collection::vec(op(), 1..120)) {
+            let mut w = World::default();
+            for o in ops {
+                w.apply(o);
+                w.check()?;
+            }
+        }
     }
 }

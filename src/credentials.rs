@@ -96,6 +96,54 @@ pub fn from_files(
     Ok(found)
 }
 
+/// The files [`from_files`] reads, in its order, for messages: `PATH [PROFILE]` for the AWS
+/// tools' file, then boto's.
+pub fn searched_files(env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let home = var("HOME").map(PathBuf::from);
+    let profile = var("AWS_PROFILE")
+        .or_else(|| var("AWS_DEFAULT_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    let shared = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+    let boto: Vec<PathBuf> = match var("BOTO_CONFIG") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => std::iter::once(PathBuf::from("/etc/boto.cfg"))
+            .chain(home.as_ref().map(|h| h.join(".boto")))
+            .collect(),
+    };
+    shared
+        .map(|p| format!("{} [{profile}]", p.display()))
+        .into_iter()
+        .chain(boto.iter().map(|p| p.display().to_string()))
+        .collect()
+}
+
+/// Set when the AWS credential chain found nothing in flags, environment or files and
+/// object_store will ask the instance metadata service: if that gives nothing either, the
+/// error should say that no credentials were found anywhere (what was tried, what to set)
+/// instead of quoting a refused request to a link-local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataFallback {
+    /// The files that were read and held no credentials.
+    pub files: Vec<String>,
+    /// The metadata endpoint object_store asks, e.g. `http://169.254.169.254`.
+    pub endpoint: String,
+}
+
+impl MetadataFallback {
+    /// Whether an error (its whole chain as text) came from asking the metadata service.
+    pub fn caused(&self, error_text: &str) -> bool {
+        let host = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/');
+        !host.is_empty() && error_text.contains(host)
+    }
+}
+
 fn boto_file(path: &Path) -> Option<FileCredentials> {
     let text = std::fs::read_to_string(path).ok()?;
     let kv = section(&text, "Credentials")?;
@@ -237,5 +285,22 @@ aws_access_key_id = AKIDHALF
             from_files(&env_of(&[("BOTO_CONFIG", "/nonexistent")])).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn searched_files_and_metadata_errors() {
+        let files = searched_files(&env_of(&[("HOME", "/h"), ("AWS_PROFILE", "p")]));
+        assert_eq!(
+            files,
+            ["/h/.aws/credentials [p]", "/etc/boto.cfg", "/h/.boto"]
+        );
+        let files = searched_files(&env_of(&[("BOTO_CONFIG", "/b.cfg")]));
+        assert_eq!(files, ["/b.cfg"]);
+        let m = MetadataFallback {
+            files,
+            endpoint: "http://127.0.0.1:9/".into(),
+        };
+        assert!(m.caused("error sending request for url (http://127.0.0.1:9/latest/api/token)"));
+        assert!(!m.caused("error sending request for url (http://127.0.0.1:3900/bucket)"));
     }
 }

@@ -4,11 +4,16 @@
 //! Python `tablesnap`/`tableslurp`/`tablechop` with the same command lines and bucket layout.
 //!
 //! ```text
-//!   data dirs ──inotify──▶ watch ──paths──▶ queue ──▶ upload (N permits) ──▶ store
-//!      │        IN_MOVED_TO, IN_CLOSE_WRITE,  (dedup,     stat + md5, single PUT   (S3, GCS,
-//!      │        IN_CREATE, IN_Q_OVERFLOW     backoff)    or streamed multipart,   Azure,
-//!      └──── scan (-B, new dirs, overflow, rescan) ─┘    then the -listdir.json   file://)
-//!                                                          index, last
+//!   data dirs ──inotify──▶ watch ──events──▶ daemon::state ──▶ upload (N permits) ──▶ store
+//!      │   IN_MOVED_TO, IN_CLOSE_WRITE,       (per path: queued,   stat + md5 (+ the    (S3, GCS,
+//!      │   IN_CREATE, IN_Q_OVERFLOW            running, retrying,   SSTable's Digest),   Azure,
+//!      │                                       waiting for COMMIT)  PUT, multipart or    file://)
+//!      └── scan (-B, new dirs, overflow, rescan), beside the loop ─┘  copy of a hard link
+//!                       │                                                   │
+//!         cassandra::DirView: complete SSTables (TOC, txn logs),            │
+//!         snapshots/backups, what may be read ──▶ daemon::index ──▶ -listdir.json, one
+//!                                                 (one write per dir,    write in flight per
+//!                                                  interleaved)          directory, last
 //!
 //!   store ──one LIST──▶ restore::plan ──▶ restore::execute  (tableslurp: verified, parallel)
 //!   store ──one LIST──▶ retention::decide(listing, indexes, now) ──▶ delete  (tablechop)
@@ -26,8 +31,10 @@
 //! * [`filter`]: the original's include/exclude rules.
 //! * [`watch`]: inotify watches, new directories, overflow rescans.
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
-//! * [`daemon`]: `run(config, shutdown)` ties watch → queue → upload together.
+//! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together: the state
+//!   model, the index scheduler and the run loop each in a file of their own.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.
+//! * [`progress`]: files, bytes, rate and ETA of the first backfill (bar or log lines).
 //! * [`metrics`]: Prometheus counters and the recovery-point gauge (`--metrics-addr`).
 //! * [`throttle`]: the shared bandwidth limit (`--max-bandwidth`).
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
@@ -40,6 +47,7 @@ pub mod digest;
 pub mod filter;
 pub mod layout;
 pub mod metrics;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod store;

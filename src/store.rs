@@ -37,6 +37,8 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 
+use crate::credentials::MetadataFallback;
+
 /// Everything needed to reach a destination. Secrets are never printed: `Debug` hides them.
 #[derive(Clone, Default)]
 pub struct StoreOptions {
@@ -160,6 +162,17 @@ pub enum StoreError {
     BadKey { key: String, reason: String },
     #[error(transparent)]
     Credentials(#[from] crate::credentials::CredentialsError),
+    #[error(
+        "no credentials for {dest}: none in -k/-s, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, {files}, web identity or container variables, and the instance metadata service at {endpoint} gave none ({cause}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them in ~/.aws/credentials, or run on a machine with an instance role"
+    )]
+    NoCredentials {
+        dest: String,
+        /// The credential files read, joined for the message.
+        files: String,
+        endpoint: String,
+        /// The innermost error from the metadata service (no secret: nothing was found).
+        cause: String,
+    },
     #[error("{op} {key}: {source}")]
     Op {
         op: &'static str,
@@ -234,6 +247,7 @@ impl StoreError {
                 object_store::Error::JoinError { .. } => ErrorKind::Transient,
                 _ => ErrorKind::Other,
             },
+            StoreError::NoCredentials { .. } => ErrorKind::Denied,
             StoreError::Local { source, .. } => match source.kind() {
                 // A file where a directory of the key should be: no such object either.
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
@@ -281,6 +295,63 @@ fn classify_generic(e: &object_store::Error) -> ErrorKind {
     }
 }
 
+/// The custom GCS base URL, as object_store will pick it: `GOOGLE_BASE_URL`, else
+/// `gcs_base_url` in the service-account JSON (`GOOGLE_SERVICE_ACCOUNT` file or
+/// `GOOGLE_SERVICE_ACCOUNT_KEY`). `None` for the real service.
+fn gcs_base_url(b: &GoogleCloudStorageBuilder) -> Option<String> {
+    use object_store::gcp::GoogleConfigKey as K;
+    if let Some(u) = b.get_config_value(&K::BaseUrl) {
+        return Some(u);
+    }
+    let json = match b.get_config_value(&K::ServiceAccountKey) {
+        Some(key) => key,
+        None => std::fs::read_to_string(b.get_config_value(&K::ServiceAccount)?).ok()?,
+    };
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    v.get("gcs_base_url")?.as_str().map(str::to_owned)
+}
+
+/// Whether object_store will take S3 credentials from the instance metadata service: no
+/// static key, no web identity, no container credentials (the order of its chain).
+fn uses_instance_metadata(b: &AmazonS3Builder) -> bool {
+    use AmazonS3ConfigKey as K;
+    let set = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+    !(set(K::AccessKeyId)
+        || set(K::SecretAccessKey)
+        || (set(K::WebIdentityTokenFile) && set(K::RoleArn))
+        || set(K::ContainerCredentialsRelativeUri)
+        || (set(K::ContainerCredentialsFullUri) && set(K::ContainerAuthorizationTokenFile))
+        || b.get_config_value(&K::SkipSignature)
+            .is_some_and(|v| v == "true"))
+}
+
+/// The error for a failed operation: [`StoreError::NoCredentials`] when it failed because the
+/// metadata service, the last link of the chain, gave no credentials; else the plain one.
+fn no_credentials(
+    m: &MetadataFallback,
+    dest: String,
+    op: &'static str,
+    key: String,
+    source: object_store::Error,
+) -> StoreError {
+    let mut chain = vec![source.to_string()];
+    let mut src = std::error::Error::source(&source);
+    while let Some(e) = src {
+        chain.push(e.to_string());
+        src = e.source();
+    }
+    if !m.caused(&chain.join(": ")) {
+        return StoreError::Op { op, key, source };
+    }
+    let cause = chain.last().map(String::as_str).unwrap_or_default();
+    StoreError::NoCredentials {
+        dest,
+        files: m.files.join(", "),
+        endpoint: m.endpoint.clone(),
+        cause: cause.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
 /// What a listing or HEAD says about an object.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
@@ -322,6 +393,8 @@ pub struct Store {
     paged: Option<Arc<dyn PaginatedListStore>>,
     dest: Destination,
     storage_class: Option<String>,
+    /// Set when S3 credentials can only come from the instance metadata service.
+    metadata_fallback: Option<Arc<MetadataFallback>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -363,6 +436,7 @@ impl Store {
         };
         let mut paged: Option<Arc<dyn PaginatedListStore>> = None;
         let mut local_root = None;
+        let mut metadata_fallback = None;
         let (inner, local): (Arc<dyn ObjectStore>, _) = match &dest {
             Destination::S3 { bucket } => {
                 let mut b = AmazonS3Builder::from_env()
@@ -396,6 +470,23 @@ impl Store {
                             b = b.with_token(t);
                         }
                     }
+                }
+                // Nothing in flags, environment or files: object_store asks the instance
+                // metadata service (AWS_METADATA_ENDPOINT, or the AWS SDKs'
+                // AWS_EC2_METADATA_SERVICE_ENDPOINT). Remember it for the error message.
+                if let (None, Some(e)) = (
+                    b.get_config_value(&AmazonS3ConfigKey::MetadataEndpoint),
+                    env("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+                ) {
+                    b = b.with_metadata_endpoint(e);
+                }
+                if uses_instance_metadata(&b) {
+                    metadata_fallback = Some(Arc::new(MetadataFallback {
+                        files: crate::credentials::searched_files(&env),
+                        endpoint: b
+                            .get_config_value(&AmazonS3ConfigKey::MetadataEndpoint)
+                            .unwrap_or_else(|| "http://169.254.169.254".into()),
+                    }));
                 }
                 let mut client = client;
                 // The endpoint: ours, else the standard variables object_store reads itself
@@ -439,7 +530,14 @@ impl Store {
                 (s3, None)
             }
             Destination::Gcs { bucket } => {
-                let g = GoogleCloudStorageBuilder::from_env()
+                let g = GoogleCloudStorageBuilder::from_env();
+                // Our ClientOptions replace the builder's: allow plain http only when the
+                // operator pointed GCS at an http:// base URL (an emulator, a proxy).
+                let client = match gcs_base_url(&g) {
+                    Some(u) if u.starts_with("http://") => client.with_allow_http(true),
+                    _ => client,
+                };
+                let g = g
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     .with_client_options(client)
@@ -488,6 +586,7 @@ impl Store {
             paged,
             dest,
             storage_class: opts.storage_class.clone(),
+            metadata_fallback,
         })
     }
 
@@ -511,9 +610,18 @@ impl Store {
         Ok(p)
     }
 
-    fn op_err(op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> StoreError {
+    fn op_err(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> impl FnOnce(object_store::Error) -> StoreError + 'static {
         let key = key.to_string();
-        move |source| StoreError::Op { op, key, source }
+        let fallback = self.metadata_fallback.clone();
+        let dest = self.dest.to_string();
+        move |source| match fallback {
+            Some(m) => no_credentials(&m, dest, op, key, source),
+            None => StoreError::Op { op, key, source },
+        }
     }
 
     /// Every object whose key starts with `dir + "/"`. Keys that cannot be used (control
@@ -521,6 +629,22 @@ impl Store {
     /// (a warning) and skipped; the listing goes on (S3 and `file://`; on GCS and Azure such a
     /// key is an error naming it, since their listing cannot continue past it).
     pub fn list_dir(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
+        let s = self.list_dir_raw(dir);
+        // A listing that failed for want of credentials says so (like every other op).
+        let Some(fb) = self.metadata_fallback.clone() else {
+            return s;
+        };
+        let dest = self.dest.to_string();
+        s.map_err(move |e| match e {
+            StoreError::Op { op, key, source } => {
+                no_credentials(&fb, dest.clone(), op, key, source)
+            }
+            e => e,
+        })
+        .boxed()
+    }
+
+    fn list_dir_raw(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let dir = dir.trim_end_matches('/');
         if let Err(e) = Self::path(dir) {
             return futures::stream::once(async move { Err(e) }).boxed();
@@ -587,7 +711,7 @@ impl Store {
         match self.inner.list_with_delimiter(None).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = Self::op_err("list", "/")(e);
+                let e = self.op_err("list", "/")(e);
                 Err(if e.kind() == ErrorKind::NotFound {
                     StoreError::BucketMissing {
                         dest: self.dest.to_string(),
@@ -607,7 +731,7 @@ impl Store {
             .list_with_delimiter(Some(&path))
             .await
             .map(|_| ())
-            .map_err(Self::op_err("list", dir))
+            .map_err(self.op_err("list", dir))
     }
 
     /// Size, dates and user metadata of one object; `Ok(None)` if it does not exist.
@@ -627,7 +751,7 @@ impl Store {
         let r = match self.inner.get_opts(&path, opts).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(Self::op_err("head", key)(e)),
+            Err(e) => return Err(self.op_err("head", key)(e)),
         };
         self.info_of(key, &r).map(Some)
     }
@@ -680,7 +804,7 @@ impl Store {
         self.inner
             .put_opts(&path, PutPayload::from_bytes(body), opts)
             .await
-            .map_err(Self::op_err("put", key))?;
+            .map_err(self.op_err("put", key))?;
         self.set_local_meta(key, meta)?;
         self.sync_local(key)
     }
@@ -692,7 +816,7 @@ impl Store {
         self.inner
             .copy(&f, &t)
             .await
-            .map_err(Self::op_err("copy", from))?;
+            .map_err(self.op_err("copy", from))?;
         self.sync_local(to)
     }
 
@@ -711,7 +835,7 @@ impl Store {
         self.inner
             .put_multipart_opts(&path, opts)
             .await
-            .map_err(Self::op_err("start multipart upload", key))
+            .map_err(self.op_err("start multipart upload", key))
     }
 
     /// After a completed multipart upload: stores the metadata where the backend could not
@@ -773,7 +897,7 @@ impl Store {
             .inner
             .get_opts(&path, opts)
             .await
-            .map_err(Self::op_err("get", key))?;
+            .map_err(self.op_err("get", key))?;
         let k = key.to_string();
         Ok(r.into_stream()
             .map_err(move |source| StoreError::Op {
@@ -799,7 +923,7 @@ impl Store {
             .inner
             .get_opts(&path, GetOptions::default())
             .await
-            .map_err(Self::op_err("get", key))?;
+            .map_err(self.op_err("get", key))?;
         let info = self.info_of(key, &r)?;
         let k = key.to_string();
         let stream = r
@@ -823,8 +947,8 @@ impl Store {
             .inner
             .get_opts(&path, GetOptions::default())
             .await
-            .map_err(Self::op_err("get", key))?;
-        r.bytes().await.map_err(Self::op_err("read", key))
+            .map_err(self.op_err("get", key))?;
+        r.bytes().await.map_err(self.op_err("read", key))
     }
 
     /// Reads a whole object of at most `limit` bytes; a bigger one is
@@ -857,7 +981,7 @@ impl Store {
         }
         match self.inner.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Self::op_err("delete", key)(e)),
+            Err(e) => Err(self.op_err("delete", key)(e)),
         }
     }
 
@@ -883,7 +1007,7 @@ impl Store {
         while let Some(r) = s.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => n += 1,
-                Err(e) => return Err(Self::op_err("delete", "(batch)")(e)),
+                Err(e) => return Err(self.op_err("delete", "(batch)")(e)),
             }
         }
         Ok(n)
@@ -1721,5 +1845,23 @@ mod tests {
         assert!(
             !d.contains("AKIDSECRETVALUE") && !d.contains("s3cr3t") && !d.contains("tok-value")
         );
+    }
+
+    #[test]
+    fn gcs_base_url_comes_from_the_config_or_the_service_account() {
+        use object_store::gcp::GoogleConfigKey as K;
+        let sa = r#"{"gcs_base_url": "http://127.0.0.1:4443", "disable_oauth": true,
+            "client_email": "", "private_key": "", "private_key_id": ""}"#;
+        let b = GoogleCloudStorageBuilder::new().with_config(K::ServiceAccountKey, sa);
+        assert_eq!(gcs_base_url(&b).as_deref(), Some("http://127.0.0.1:4443"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sa.json");
+        std::fs::write(&f, sa).unwrap();
+        let b =
+            GoogleCloudStorageBuilder::new().with_config(K::ServiceAccount, f.to_str().unwrap());
+        assert_eq!(gcs_base_url(&b).as_deref(), Some("http://127.0.0.1:4443"));
+        let b = b.with_base_url("https://gcs.example");
+        assert_eq!(gcs_base_url(&b).as_deref(), Some("https://gcs.example"));
+        assert_eq!(gcs_base_url(&GoogleCloudStorageBuilder::new()), None);
     }
 }

@@ -625,6 +625,14 @@ impl Uploader {
             tracing::warn!(path = %path.display(), key, "the stored object holds other bytes; overwriting it (--overwrite-collisions)");
             return self.upload_now(path, key, size, fp, cancel).await;
         }
+        if info.size == size && !suspect {
+            // Same size, different MD5, and the file is not newer than the object: bit rot
+            // on this disk is likelier than another node; keep the good copy (like the
+            // original; Cassandra's Digest tells which one is right).
+            tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
+            self.mark(&key, size, true, Some(fp));
+            return Ok(Outcome::Present);
+        }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let Some(f) = crate::cassandra::parse_name(name) else {
             // Not an SSTable component: as before, a same-size mismatch keeps the stored
@@ -641,13 +649,6 @@ impl Uploader {
             if info.size < size && self.torn_prefix(path, info).await? {
                 tracing::warn!(path = %path.display(), key, "the stored object is a torn prefix of this file (written by an older tablesnap while the file grew); replacing it");
                 return self.upload_now(path, key, size, fp, cancel).await;
-            }
-            if info.size == size && !suspect {
-                // Same size, different MD5, and not newer: bit rot on this disk is likelier
-                // than another node; keep the good copy (Cassandra's Digest tells which).
-                tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
-                self.mark(&key, size, true, Some(fp));
-                return Ok(Outcome::Present);
             }
             return Err(UploadError::Collision {
                 path: path.to_path_buf(),
@@ -1356,7 +1357,7 @@ fn read_full(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Lowercase hex MD5 of a whole file, for the pass a multipart upload needs before it may
-/// start. A second thread keeps the page cache filled up to [`READ_AHEAD`] bytes ahead of
+/// start. A second thread keeps the page cache filled up to `READ_AHEAD` bytes ahead of
 /// the hash, so reading (disk I/O, or the kernel zero-filling a sparse file) and hashing use
 /// two cores instead of taking turns on one (bench/: one 4 GiB file, the pass took 12.5 s,
 /// of which MD5 itself is about 6).

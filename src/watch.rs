@@ -474,8 +474,13 @@ pub fn ready_now(path: &Path) -> Option<bool> {
     if !path.exists() {
         return None;
     }
-    if crate::cassandra::parse_name(n).is_some() {
+    if let Some(f) = crate::cassandra::parse_name(n) {
         let dir = path.parent().unwrap_or(Path::new("/"));
+        // While a compaction runs (hours), this is asked every few seconds: the logs
+        // alone answer, without reading every TOC of the directory.
+        if crate::cassandra::in_open_transaction(dir, f.sstable) {
+            return Some(false);
+        }
         let v = crate::cassandra::view_dir(dir).ok()?;
         Some(!v.is_unfinished(n))
     } else {

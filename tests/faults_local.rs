@@ -141,7 +141,7 @@ async fn directories_created_and_filled_faster_than_watches_are_added() {
     for i in 0..15u32 {
         // mkdir -p of several levels and files at every level at once...
         let deep = data.path().join(format!(
-            "ks{i}/t{i}-0123456789abcdef0123456789abcdef/backups/x"
+            "ks{i}/t{i}-0123456789abcdef0123456789abcdef/.t_idx/x"
         ));
         std::fs::create_dir_all(&deep).unwrap();
         let mut dir = deep.clone();
@@ -152,6 +152,9 @@ async fn directories_created_and_filled_faster_than_watches_are_added() {
                 &h::bytes((i * 10 + level) as u64, 1000 + level as usize),
             );
             files.push(f);
+            let toc = dir.join(format!("nb-{}-big-TOC.txt", i * 10 + level));
+            h::write_file(&toc, b"Data.db\nTOC.txt\n");
+            files.push(toc);
             if !dir.pop() {
                 break;
             }
@@ -162,10 +165,19 @@ async fn directories_created_and_filled_faster_than_watches_are_added() {
         for n in ["nb-1-big-Data.db", "sub/nb-2-big-Data.db"] {
             h::write_file(&staged.join(n), &h::bytes(i as u64 + 500, 700));
         }
+        for n in ["nb-1-big-TOC.txt", "sub/nb-2-big-TOC.txt"] {
+            h::write_file(&staged.join(n), b"Data.db\nTOC.txt\n");
+        }
         let dst = data.path().join(format!("ks{i}/moved{i}"));
         std::fs::rename(&staged, &dst).unwrap();
-        files.push(dst.join("nb-1-big-Data.db"));
-        files.push(dst.join("sub/nb-2-big-Data.db"));
+        for n in [
+            "nb-1-big-Data.db",
+            "sub/nb-2-big-Data.db",
+            "nb-1-big-TOC.txt",
+            "sub/nb-2-big-TOC.txt",
+        ] {
+            files.push(dst.join(n));
+        }
     }
     let c = h::wait_caught_up(&s3, &prefix, &files, true, Duration::from_secs(60)).await;
     c.assert_ok();
@@ -237,6 +249,9 @@ async fn changed_while_uploading(same_size: bool) {
         c
     })
     .await;
+    // Its TOC first (a complete SSTable once Data.db is whole); only Data.db then moves.
+    h::write_file(&t.join("nb-1-big-TOC.txt"), b"Data.db\nTOC.txt\n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     p.delay(Duration::from_millis(700));
     let f = t.join("nb-1-big-Data.db");
     h::write_file(&f, &h::bytes(10, 16 << 20));

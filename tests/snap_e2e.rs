@@ -1,5 +1,6 @@
 //! End-to-end tests of the tablesnap daemon against a real S3 server (Garage on 127.0.0.1,
-//! started by `scripts/test.sh`) with real Cassandra SSTables from `../shared/sstables`.
+//! started by `scripts/test.sh`) with real Cassandra SSTables from `testdata/sstables` (and the
+//! whole corpus `../shared/sstables` for the one test that needs all of it).
 //! Each test simulates how Cassandra writes (rename, in-place close, hard links, new table
 //! directories, compaction) and asserts on the bucket: keys, bytes (sha256 against
 //! MANIFEST.tsv), `stat`/`md5sum` metadata and every index body.
@@ -143,9 +144,7 @@ fn write_file(path: &Path, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_written_as_tmp_then_renamed_is_uploaded_with_index() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("rename");
     let data = tempfile::tempdir().unwrap();
@@ -225,9 +224,7 @@ const NB: &str = "legacy_tables/legacy_nb_simple-84180d72e04a3ae68cc91ac6cdffd3f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_written_in_place_is_uploaded_on_close_write() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("closewrite");
     let data = tempfile::tempdir().unwrap();
@@ -259,9 +256,7 @@ async fn flush_written_in_place_is_uploaded_on_close_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_backup_hard_links_are_uploaded_on_in_create() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("hardlink");
     let data = tempfile::tempdir().unwrap();
@@ -305,9 +300,7 @@ async fn incremental_backup_hard_links_are_uploaded_on_in_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_table_directories_are_watched_and_scanned_under_recursive_auto_add() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("newdirs");
     let data = tempfile::tempdir().unwrap();
@@ -352,9 +345,7 @@ async fn new_table_directories_are_watched_and_scanned_under_recursive_auto_add(
 async fn compacted_before_upload_is_skipped_not_fatal() {
     // Upstream #36/#64: a file compacted away between its event and its upload killed the
     // original daemon (SIGKILL) and the index named files that never reached the bucket.
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("compacted");
     let data = tempfile::tempdir().unwrap();
@@ -430,9 +421,7 @@ async fn compacted_before_upload_is_skipped_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_flag_uploads_only_what_is_missing_with_one_listing() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("backup");
     let data = tempfile::tempdir().unwrap();
@@ -499,9 +488,7 @@ async fn once(s3: &S3, prefix: &str, dir: &Path, f: impl FnOnce(&mut Config)) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn include_exclude_and_the_default_tmp_rule() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let data = tempfile::tempdir().unwrap();
     let table = data
@@ -678,9 +665,7 @@ async fn large_files_stream_as_multipart_with_whole_file_md5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_on_backup_removes_only_confirmed_files_and_indexes_still_name_them() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("delete");
     let data = tempfile::tempdir().unwrap();

@@ -180,6 +180,11 @@ async fn torn_compaction_output_is_never_uploaded_nor_indexed() {
         None,
         "half-written nb-7 Data.db was uploaded"
     );
+    // Its closed components wait for the COMMIT too: the compaction may still abort.
+    for (n, _) in &comps7 {
+        let k = key(&prefix, &table.join(n));
+        assert_eq!(s3.raw_get(&k).await, None, "{n} stored before its COMMIT");
+    }
     for k in s3.raw_keys(&prefix).await {
         assert!(
             !k.0.ends_with(layout::INDEX_SUFFIX) || !k.0.contains("nb-7-"),

@@ -41,7 +41,7 @@ pub fn init(tag: &'static str) {
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(BarAwareStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     if journald {
@@ -109,5 +109,38 @@ impl Syslog {
             prefix: format!("<{}>{}: ", LOG_DAEMON | sev, self.tag),
             buf: Vec::new(),
         }
+    }
+}
+
+/// stderr, with the backfill's progress bar (if one is drawn) hidden while a line is written,
+/// so log lines go above the bar instead of through it.
+struct BarAwareStderr;
+
+/// One event's text, written in one piece when dropped.
+struct BarAwareLine(Vec<u8>);
+
+impl Write for BarAwareLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BarAwareLine {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        crate::progress::suspend(|| {
+            let _ = std::io::stderr().write_all(&buf);
+        });
+    }
+}
+
+impl<'a> MakeWriter<'a> for BarAwareStderr {
+    type Writer = BarAwareLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        BarAwareLine(Vec::new())
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The S3 tests run against a real server: `bash scripts/test.sh` starts a local Garage and
 //! exports `TABLESNAP_TEST_S3_*`. Without them, [`s3`] panics (a test never passes by silently
-//! skipping its S3 part). The real SSTable corpus (`../shared/sstables`) is optional locally
+//! skipping its S3 part). A sample of real SSTables ships in `testdata/sstables`
+//! ([`sample_sstables`]); the whole corpus (`../shared/sstables`) is optional locally
 //! ([`sstables`] returns `None` and says so) and required in CI (`TABLESNAP_REQUIRE_SSTABLES`).
 #![allow(dead_code)]
 
@@ -237,7 +238,22 @@ fn raw_path(key: &str) -> object_store::path::Path {
 
 // ---- the real SSTable corpus -------------------------------------------------------------
 
-/// The real SSTables: `$TABLESNAP_SSTABLES`, else `../shared/sstables` next to the crate.
+/// The sample of real SSTables shipped in this repository (`testdata/sstables`: 117 files,
+/// formats `ic`, `jb`, `ka`, `md`, `nb`, `oa` and `da`/`bti`, `hello/*` with two generations,
+/// one genuine zero-byte file), with its own `MANIFEST.tsv`. Always present: tests that need
+/// only a few SSTables use it and never skip.
+pub fn sample_sstables() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sstables");
+    assert!(
+        dir.join("MANIFEST.tsv").is_file(),
+        "{} has no MANIFEST.tsv: the repository checkout is incomplete",
+        dir.display()
+    );
+    dir
+}
+
+/// The whole real corpus (845 files), for the tests that need all of it:
+/// `$TABLESNAP_SSTABLES`, else `../shared/sstables` next to the crate.
 /// `None` (with a "skipping" line) when missing, unless `TABLESNAP_REQUIRE_SSTABLES` is set
 /// (CI), where a missing corpus fails the test.
 pub fn sstables() -> Option<PathBuf> {

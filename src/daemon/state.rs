@@ -1,0 +1,712 @@
+//! The daemon's state model: what it owes the store for each path (queued, running,
+//! retrying at a time, settling until a scan's file is closed), one index scheduler
+//! ([`super::index`]), and the transitions on each event, finished task or scan. No
+//! store request is made here; tasks are spawned by [`super::run`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::index::IndexScheduler;
+use super::{Config, DaemonError, Summary, backoff};
+use crate::layout;
+use crate::metrics::Metrics;
+use crate::store::ErrorKind;
+use crate::upload::{IndexWritten, Outcome, UploadError, Uploader};
+use crate::watch::{Scan, WatchEvent, scan_closed, scan_closed_except};
+
+pub(super) enum Task {
+    File(PathBuf),
+    Index(PathBuf, Vec<PathBuf>),
+}
+
+pub(super) enum Done {
+    File(PathBuf, Result<Outcome, UploadError>),
+    Index(PathBuf, Vec<PathBuf>, Result<IndexWritten, UploadError>),
+}
+
+/// What a scan running beside the main loop found.
+pub(super) struct Found {
+    pub(super) reason: &'static str,
+    pub(super) scan: Scan,
+    /// Data.db files whose index the LIST showed missing.
+    pub(super) missing_index: Vec<PathBuf>,
+}
+
+/// How long a cancelled request may take to clean up (abort its multipart upload) before
+/// it is dropped.
+pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How soon a Data.db of an SSTable that was not complete is looked at again (also at
+/// once when a transaction log of its directory goes away).
+pub(super) const RECHECK: Duration = Duration::from_secs(5);
+
+pub(super) struct Daemon<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) uploader: Arc<Uploader>,
+    pub(super) metrics: Arc<Metrics>,
+    /// When each file not yet durable was first seen (for the recovery-point metric).
+    pub(super) pending_since: HashMap<PathBuf, u64>,
+    pub(super) pending_order: BTreeSet<(u64, PathBuf)>,
+    pub(super) roots: Vec<PathBuf>,
+    pub(super) queue: VecDeque<PathBuf>,
+    pub(super) queued: HashSet<PathBuf>,
+    pub(super) running: HashSet<PathBuf>,
+    /// Paths that got an event while running: queue again when done.
+    pub(super) rerun: HashSet<PathBuf>,
+    pub(super) retry_at: BTreeMap<Instant, Vec<PathBuf>>,
+    pub(super) retrying: HashSet<PathBuf>,
+    pub(super) attempts: HashMap<PathBuf, u32>,
+    /// Files the daemon still owes an upload (queued, running or retrying), per directory:
+    /// an index waits for its own directory's uploads, not for the whole queue.
+    pub(super) busy_dirs: HashMap<PathBuf, usize>,
+    pub(super) owed: HashSet<PathBuf>,
+    pub(super) indexes: IndexScheduler,
+    /// Other files a scan found modified moments ago: looked at again when settled.
+    pub(super) unsettled: BTreeMap<Instant, Vec<PathBuf>>,
+    /// Scans running beside the main loop.
+    pub(super) scans: usize,
+    pub(super) failures: u64,
+    pub(super) gave_up: usize,
+    /// Files, bytes, rate and ETA of the startup backfill (-B, --once).
+    pub(super) progress: crate::progress::Progress,
+}
+
+impl<'a> Daemon<'a> {
+    pub(super) fn new(
+        cfg: &'a Config,
+        uploader: Arc<Uploader>,
+        metrics: Arc<Metrics>,
+        roots: Vec<PathBuf>,
+    ) -> Self {
+        Daemon {
+            cfg,
+            uploader,
+            metrics,
+            pending_since: HashMap::new(),
+            pending_order: BTreeSet::new(),
+            roots,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            running: HashSet::new(),
+            rerun: HashSet::new(),
+            retry_at: BTreeMap::new(),
+            retrying: HashSet::new(),
+            attempts: HashMap::new(),
+            busy_dirs: HashMap::new(),
+            owed: HashSet::new(),
+            indexes: IndexScheduler::new(cfg.index_delay),
+            unsettled: BTreeMap::new(),
+            scans: 0,
+            failures: 0,
+            gave_up: 0,
+            progress: crate::progress::Progress::none(),
+        }
+    }
+
+    pub(super) fn hardlinks(&self) -> bool {
+        self.cfg.events.create
+    }
+
+    pub(super) fn owe(&mut self, p: &Path) {
+        if self.owed.insert(p.to_path_buf()) {
+            if let Some(d) = p.parent() {
+                *self.busy_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    pub(super) fn settle(&mut self, p: &Path) {
+        if self.queued.contains(p) || self.running.contains(p) || self.retrying.contains(p) {
+            return;
+        }
+        if self.owed.remove(p) {
+            if let Some(d) = p.parent() {
+                if let Some(n) = self.busy_dirs.get_mut(d) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.busy_dirs.remove(d);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, p: PathBuf) {
+        let Some(s) = p.to_str() else {
+            tracing::error!(path = %p.display(), "skipping a path that is not UTF-8 (it cannot be named in a key)");
+            return;
+        };
+        if !self.uploader.filter().accepts(s) {
+            tracing::debug!(path = s, "skipped by the include/exclude rules");
+            return;
+        }
+        if !self.pending_since.contains_key(&p) {
+            let t = crate::metrics::now_ms();
+            self.pending_since.insert(p.clone(), t);
+            self.pending_order.insert((t, p.clone()));
+        }
+        self.owe(&p);
+        if self.running.contains(&p) {
+            self.rerun.insert(p);
+            return;
+        }
+        if self.queued.insert(p.clone()) {
+            self.queue.push_back(p);
+        }
+    }
+
+    /// Runs a scan (and with `list`, first the LIST of what is stored) beside the main
+    /// loop; its findings come back through `tx`.
+    pub(super) fn spawn_scan(
+        &mut self,
+        reason: &'static str,
+        list: bool,
+        tx: &tokio::sync::mpsc::UnboundedSender<Found>,
+    ) {
+        self.scans += 1;
+        let roots = self.roots.clone();
+        let up = self.uploader.clone();
+        let recursive = self.cfg.recursive || self.cfg.auto_add;
+        let hardlinks = self.hardlinks();
+        let with_index = self.cfg.upload.with_index;
+        let delete_on_backup = self.cfg.delete_on_backup;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if list {
+                for r in &roots {
+                    match up.reconcile(r).await {
+                        Ok(n) => {
+                            tracing::info!(path = %r.display(), objects = n, "listed what is already stored")
+                        }
+                        Err(e) => tracing::warn!("{e}; falling back to one HEAD per file"),
+                    }
+                }
+            }
+            // Files already stored as they are are only counted, not queued (a restart
+            // over a million stored files would otherwise queue each to find it present);
+            // their Data.db whose index the LIST showed missing still get one.
+            let leave_out = !delete_on_backup;
+            let scanner = up.clone();
+            let (scan, mut missing_index) = tokio::task::spawn_blocking(move || {
+                let mut all = Scan::default();
+                let mut missing = Vec::new();
+                let mut stored = |p: &Path, m: &std::fs::Metadata| {
+                    if !leave_out || !scanner.stored_as_is(p, m) {
+                        return false;
+                    }
+                    if list && with_index && wants_index(p) && scanner.index_missing(p) {
+                        missing.push(p.to_path_buf());
+                    }
+                    true
+                };
+                for r in &roots {
+                    let s = scan_closed_except(r, recursive, hardlinks, &mut stored);
+                    all.ready.extend(s.ready);
+                    all.unsettled.extend(s.unsettled);
+                    all.unreadable.extend(s.unreadable);
+                    all.not_utf8.extend(s.not_utf8);
+                    all.stored += s.stored;
+                }
+                (all, missing)
+            })
+            .await
+            .unwrap_or_default();
+            if list && with_index {
+                missing_index.extend(
+                    scan.ready
+                        .iter()
+                        .filter(|f| wants_index(f) && up.index_missing(f))
+                        .cloned(),
+                );
+            }
+            let _ = tx.send(Found {
+                reason,
+                scan,
+                missing_index,
+            });
+        });
+    }
+
+    pub(super) fn found(&mut self, f: Found) {
+        self.scans = self.scans.saturating_sub(1);
+        let n = f.scan.ready.len();
+        for (dir, e) in f.scan.unreadable {
+            tracing::error!(dir = %dir.display(), "cannot read the directory ({e}): its files are not backed up; fix its permissions");
+            if self.cfg.once {
+                self.gave_up += 1;
+            }
+        }
+        for p in f.scan.not_utf8 {
+            tracing::error!(path = %p.display(), "skipping a file whose name is not UTF-8 (it cannot be named in a key)");
+            if self.cfg.once {
+                self.gave_up += 1;
+            }
+        }
+        if f.reason == "startup" {
+            self.progress = crate::progress::Progress::start(f.scan.ready.iter());
+        }
+        let now = Instant::now();
+        for p in f.missing_index {
+            self.indexes.schedule(&p, now, true);
+        }
+        self.metrics
+            .files_present
+            .fetch_add(f.scan.stored, Ordering::Relaxed);
+        for p in f.scan.ready {
+            self.enqueue(p);
+        }
+        if !f.scan.unsettled.is_empty() {
+            self.unsettled
+                .entry(now + crate::upload::SETTLE)
+                .or_default()
+                .extend(f.scan.unsettled);
+        }
+        tracing::debug!(
+            reason = f.reason,
+            files = n,
+            stored = f.scan.stored,
+            "scan done"
+        );
+    }
+
+    pub(super) fn on_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::File(p) => {
+                if !crate::watch::event_wanted(&p, self.hardlinks()) {
+                    return;
+                }
+                let now = Instant::now();
+                if let Some(dir) = p.parent() {
+                    // More activity in a directory with a pending index: wait for it to settle.
+                    self.indexes.activity(dir, now);
+                    // A closed component of an SSTable an open transaction ADDs may still be
+                    // aborted: it waits for the COMMIT (the log's removal hurries it).
+                    let sstable = p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(crate::cassandra::parse_name)
+                        .map(|f| f.sstable.to_string());
+                    if let Some(s) = sstable {
+                        if crate::cassandra::in_open_transaction(dir, &s) {
+                            self.unsettled.entry(now + RECHECK).or_default().push(p);
+                            return;
+                        }
+                    }
+                }
+                self.enqueue(p);
+            }
+            WatchEvent::NewDir(dir) => {
+                tracing::info!(dir = %dir.display(), "new directory: watching and scanning it");
+                self.take_scan(scan_closed(&dir, false, self.hardlinks()));
+            }
+            WatchEvent::Unwatched(dir) => {
+                self.take_scan(scan_closed(&dir, true, self.hardlinks()));
+            }
+            WatchEvent::Gone(p) => {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if crate::cassandra::is_txn_log(name) {
+                    // A transaction ended: SSTables of this directory may just have become
+                    // complete (or obsolete); its waiting files and pending index need not
+                    // wait.
+                    if let Some(dir) = p.parent() {
+                        let now = Instant::now();
+                        self.indexes.hurry(dir, now);
+                        self.hurry_waiting(dir, now);
+                    }
+                }
+                // A file being uploaded or queued is handled there (it will be "vanished").
+                if !self.running.contains(&p) && !self.queued.contains(&p) {
+                    self.uploader.forget(&p);
+                }
+            }
+            WatchEvent::Overflow => {}
+        }
+    }
+
+    /// Files of `dir` waiting for their SSTable to complete are looked at now.
+    fn hurry_waiting(&mut self, dir: &Path, now: Instant) {
+        let mut moved = Vec::new();
+        for v in self.unsettled.values_mut() {
+            v.retain(|p| {
+                let here = p.parent() == Some(dir);
+                if here {
+                    moved.push(p.clone());
+                }
+                !here
+            });
+        }
+        self.unsettled.retain(|_, v| !v.is_empty());
+        if !moved.is_empty() {
+            self.unsettled.entry(now).or_default().extend(moved);
+        }
+    }
+
+    pub(super) fn take_scan(&mut self, s: Scan) {
+        self.scans += 1;
+        self.found(Found {
+            reason: "new directory",
+            scan: s,
+            missing_index: vec![],
+        });
+    }
+
+    pub(super) fn next_task(&mut self) -> Option<Task> {
+        let now = Instant::now();
+        // Files a scan left waiting: ready now, or later (or gone).
+        while let Some(e) = self.unsettled.first_entry() {
+            if *e.key() > now {
+                break;
+            }
+            for p in e.remove() {
+                match crate::watch::ready_now(&p) {
+                    Some(true) => self.enqueue(p),
+                    Some(false)
+                        if self.cfg.once
+                            && crate::cassandra::parse_name(
+                                p.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+                            )
+                            .is_some() =>
+                    {
+                        // A run that ends cannot wait for a compaction: a later one takes it.
+                        tracing::warn!(path = %p.display(), "its SSTable is not complete (being written?): not uploaded by this run");
+                    }
+                    Some(false) => self
+                        .unsettled
+                        .entry(now + RECHECK.min(crate::upload::SETTLE * 2))
+                        .or_default()
+                        .push(p),
+                    None => {}
+                }
+            }
+        }
+        if let Some(mut e) = self.retry_at.first_entry() {
+            if *e.key() <= now {
+                let p = e.get_mut().pop();
+                if e.get().is_empty() {
+                    e.remove();
+                }
+                if let Some(p) = p {
+                    self.retrying.remove(&p);
+                    if self.running.contains(&p) {
+                        self.rerun.insert(p);
+                        return self.next_task();
+                    }
+                    self.running.insert(p.clone());
+                    return Some(Task::File(p));
+                }
+            }
+        }
+        // A due index goes before the queue: the recovery point must move under a backlog.
+        // It waits only for its own directory's uploads (at most ten quiet periods).
+        let busy = &self.busy_dirs;
+        if let Some((dir, files)) = self.indexes.start(now, |d| busy.contains_key(d)) {
+            return Some(Task::Index(dir, files));
+        }
+        if let Some(p) = self.queue.pop_front() {
+            self.queued.remove(&p);
+            self.running.insert(p.clone());
+            return Some(Task::File(p));
+        }
+        None
+    }
+
+    pub(super) fn unpop(&mut self, t: Task) {
+        match t {
+            Task::File(p) => {
+                self.running.remove(&p);
+                self.queued.insert(p.clone());
+                self.queue.push_front(p);
+            }
+            Task::Index(dir, files) => {
+                let now = Instant::now();
+                self.indexes.done(&dir, files, now, now);
+            }
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    pub(super) fn finish(mut self) -> Result<Summary, DaemonError> {
+        self.progress.finish();
+        let s = &self.uploader.stats;
+        let pending_files = self.queue.len() + self.retry_at.values().map(Vec::len).sum::<usize>();
+        let summary = Summary {
+            files_uploaded: s.files_uploaded.load(Ordering::Relaxed),
+            bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+            files_present: self.metrics.files_present.load(Ordering::Relaxed),
+            files_vanished: s.files_vanished.load(Ordering::Relaxed),
+            indexes_written: s.indexes_written.load(Ordering::Relaxed),
+            failures: self.failures,
+            files_copied: s.files_copied.load(Ordering::Relaxed),
+            pending: pending_files + self.indexes.pending_len() + self.indexes.running_len(),
+        };
+        tracing::info!("tablesnap stopped: {summary}");
+        if self.cfg.once && (self.gave_up > 0 || summary.pending > 0) {
+            return Err(DaemonError::Incomplete {
+                failed: self.gave_up + summary.pending,
+            });
+        }
+        Ok(summary)
+    }
+
+    pub(super) fn idle(&self) -> bool {
+        self.queue.is_empty()
+            && self.retry_at.is_empty()
+            && self.indexes.is_idle()
+            && self.unsettled.is_empty()
+            && self.scans == 0
+    }
+
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        let now = Instant::now();
+        [
+            self.retry_at.keys().next().copied(),
+            self.unsettled.keys().next().copied(),
+            // An index already due that was not started is waiting for its directory's
+            // uploads or for a permit: a finishing task wakes the loop, not a timer (but
+            // one that waits for max_wait needs the timer: poll once a second then).
+            self.indexes
+                .next_wake(now)
+                .map(|t| t.max(now + Duration::from_millis(if t <= now { 1000 } else { 0 }))),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub(super) fn finished(&mut self, done: Done) {
+        match done {
+            Done::File(p, r) => {
+                self.running.remove(&p);
+                match r {
+                    Ok(outcome) => {
+                        self.progress.file_done(&p, &outcome);
+                        self.attempts.remove(&p);
+                        if let Some(t) = self.pending_since.remove(&p) {
+                            self.pending_order.remove(&(t, p.clone()));
+                        }
+                        self.stored(&p, outcome);
+                    }
+                    Err(e) => self.failed(&p, e),
+                }
+                if self.rerun.remove(&p) {
+                    self.enqueue(p.clone());
+                }
+                self.settle(&p);
+            }
+            Done::Index(dir, files, r) => {
+                let now = Instant::now();
+                match r {
+                    Ok(w) => {
+                        self.attempts.remove(&dir);
+                        if !w.indexed.is_empty() {
+                            tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
+                        }
+                        if !w.deferred.is_empty() {
+                            tracing::debug!(dir = %dir.display(), deferred = w.deferred.len(), "Data.db of SSTables not complete yet: indexed later");
+                        }
+                        if self.cfg.delete_on_backup {
+                            // An SSTable's components go once an index names them (deleted
+                            // earlier, the SSTable would look incomplete to that index).
+                            for n in &w.names {
+                                self.uploader.delete_local(&dir.join(n));
+                            }
+                        }
+                        if self.cfg.once && !w.deferred.is_empty() {
+                            // Nothing will complete them while this run waits: a later run
+                            // (or the daemon) indexes them.
+                            for f in &w.deferred {
+                                tracing::warn!(path = %f.display(), "its SSTable is not complete (being written?): not indexed by this run");
+                            }
+                            self.indexes.done(&dir, vec![], now, now);
+                        } else {
+                            self.indexes.done(&dir, w.deferred, now + RECHECK, now);
+                        }
+                    }
+                    Err(UploadError::Cancelled { .. }) => {
+                        // Shutdown: still pending (the summary counts it).
+                        self.indexes.done(&dir, files, now, now);
+                    }
+                    Err(e) => {
+                        let retry = self.index_failed(&dir, e);
+                        match retry {
+                            Some(delay) => self.indexes.done(&dir, files, now + delay, now),
+                            None => self.indexes.done(&dir, vec![], now, now),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A file is durable (or needs nothing): schedule its directory's index.
+    pub(super) fn stored(&mut self, p: &Path, outcome: Outcome) {
+        match outcome {
+            Outcome::Uploaded { bytes } => {
+                self.metrics
+                    .last_success_ms
+                    .store(crate::metrics::now_ms(), Ordering::Relaxed);
+                tracing::info!(path = %p.display(), bytes, "uploaded")
+            }
+            Outcome::Present => {
+                self.metrics.files_present.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = %p.display(), "already stored")
+            }
+            Outcome::Copied { bytes } => {
+                self.metrics
+                    .last_success_ms
+                    .store(crate::metrics::now_ms(), Ordering::Relaxed);
+                tracing::info!(path = %p.display(), bytes, "hard link: copied in the store from another link of the same file")
+            }
+            Outcome::Vanished => {
+                tracing::info!(path = %p.display(), "vanished before upload (compacted?); skipped")
+            }
+            Outcome::Ignored => {}
+        }
+        // A Data.db stored as a side effect of a sibling's index (while this task waited to
+        // retry) still needs its own index.
+        let stored = matches!(outcome, Outcome::Uploaded { .. } | Outcome::Copied { .. })
+            || (outcome == Outcome::Present && self.uploader.unindexed(p));
+        let is_data = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(layout::wants_index);
+        if self.cfg.upload.with_index && is_data && stored {
+            self.indexes.schedule(p, Instant::now(), self.cfg.once);
+        } else if let Some(dir) = p.parent() {
+            self.indexes.activity(dir, Instant::now());
+        }
+        let sstable = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| crate::cassandra::parse_name(n).is_some());
+        if self.cfg.delete_on_backup
+            && matches!(
+                outcome,
+                Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }
+            )
+            && !(sstable && self.cfg.upload.with_index)
+            && !self.indexes.has_pending(p)
+        {
+            self.uploader.delete_local(p);
+        }
+    }
+
+    pub(super) fn update_gauges(&self, in_flight: usize, watched: Option<usize>) {
+        let m = &self.metrics;
+        let retrying: usize = self.retry_at.values().map(Vec::len).sum();
+        m.queue_depth
+            .store((self.queue.len() + retrying) as u64, Ordering::Relaxed);
+        m.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        m.pending_indexes
+            .store(self.indexes.pending_len() as u64, Ordering::Relaxed);
+        if let Some(w) = watched {
+            m.watched_dirs.store(w as u64, Ordering::Relaxed);
+        }
+        let oldest = self.pending_order.first().map(|(t, _)| *t).unwrap_or(0);
+        m.oldest_pending_ms.store(oldest, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_failure(&mut self, e: &UploadError) {
+        if matches!(e, UploadError::Cancelled { .. }) {
+            return;
+        }
+        self.failures += 1;
+        self.metrics.failure(match e {
+            UploadError::Collision { .. } => "collision",
+            e if e.is_unstorable() => "unstorable",
+            UploadError::Read { .. } | UploadError::NotUtf8 { .. } => "local",
+            UploadError::Changed { .. } => "changed",
+            UploadError::Cancelled { .. } => "other",
+            UploadError::Store { source, .. } => match source.kind() {
+                ErrorKind::Transient => "transient",
+                ErrorKind::Denied => "denied",
+                ErrorKind::NotFound => "not_found",
+                ErrorKind::Other => "other",
+            },
+        });
+    }
+
+    /// How long to wait before trying again, or None to give up (with --once).
+    pub(super) fn retry_delay(&mut self, p: &Path, e: &UploadError) -> Option<Duration> {
+        if matches!(e, UploadError::Cancelled { .. }) {
+            tracing::warn!("{e}");
+            return None;
+        }
+        if e.is_unstorable() {
+            // Retrying cannot help: say it once, and the indexes leave it out.
+            if self.uploader.report_unstorable(p) {
+                if let UploadError::Collision { .. } = e {
+                    tracing::error!("{e}");
+                } else {
+                    tracing::error!(
+                        "{e}; this file cannot be backed up under its name (rename it, or exclude it with -e)"
+                    );
+                }
+            }
+            if self.cfg.once {
+                self.gave_up += 1;
+            }
+            return None;
+        }
+        if e.is_local() && self.cfg.once {
+            tracing::error!("{e}; skipping it");
+            self.gave_up += 1;
+            return None;
+        }
+        let n = self.attempts.entry(p.to_path_buf()).or_insert(0);
+        *n += 1;
+        let attempt = *n;
+        if self.cfg.once && attempt > self.cfg.retries.max(4) {
+            tracing::error!("{e}; giving up after {attempt} attempts");
+            self.gave_up += 1;
+            return None;
+        }
+        let delay = if matches!(e, UploadError::Changed { .. }) {
+            Duration::from_millis(200)
+        } else if e.is_local() {
+            // Permissions or I/O: someone has to fix it; check again now and then (and at
+            // every rescan) without hammering the disk.
+            backoff(attempt + 4, None)
+        } else {
+            backoff(attempt, e.store_kind())
+        };
+        tracing::warn!("{e}; attempt {attempt} failed, retrying in {delay:?}");
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        Some(delay)
+    }
+
+    pub(super) fn failed(&mut self, p: &Path, e: UploadError) {
+        if let UploadError::Cancelled { .. } = e {
+            // Shutdown: not a failure, still pending (the summary counts it).
+            tracing::warn!("{e}");
+            if self.queued.insert(p.to_path_buf()) {
+                self.queue.push_back(p.to_path_buf());
+            }
+            return;
+        }
+        self.count_failure(&e);
+        if let Some(delay) = self.retry_delay(p, &e) {
+            self.retrying.insert(p.to_path_buf());
+            self.retry_at
+                .entry(Instant::now() + delay)
+                .or_default()
+                .push(p.to_path_buf());
+        }
+    }
+
+    pub(super) fn index_failed(&mut self, dir: &Path, e: UploadError) -> Option<Duration> {
+        self.count_failure(&e);
+        self.retry_delay(dir, &e)
+    }
+}
+
+/// Whether this file gets an index (its name contains `Data.db`).
+fn wants_index(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(layout::wants_index)
+}
