@@ -1,0 +1,517 @@
+//! Which file set to restore per table, and where each file goes: a pure function of one
+//! listing (plus the chosen index bodies), so `--dry-run` shows exactly what a restore does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::layout::{self, INDEX_SUFFIX, Layout, Listing, ListingError};
+use crate::store::ObjectInfo;
+
+/// Which file set(s) to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// The newest index directly in ORIGIN (the original's default).
+    Newest,
+    /// The file set of `ORIGIN/FILE-listdir.json` (`-f FILE`).
+    File(String),
+    /// Every table directory under ORIGIN, each into `TARGET/<relative dir>` (`-r`).
+    Recursive,
+}
+
+/// What to restore and where: everything [`plan`] needs besides the listings.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub layout: Layout,
+    /// The directory as it was on the backed-up host, absolute, without a trailing `/`.
+    pub origin: String,
+    pub target: PathBuf,
+    pub selection: Selection,
+    /// Newest index at or before this time (1 s resolution, like LastModified).
+    pub as_of: Option<DateTime<Utc>>,
+    /// `--commitlogs PATH`: the archive directory on the backed-up host.
+    pub commitlogs: Option<String>,
+    /// Where commit logs go (default `TARGET/commitlogs`).
+    pub commitlog_target: Option<PathBuf>,
+}
+
+impl RestoreOptions {
+    /// The key prefix (without the trailing `/`) whose single listing drives the plan.
+    pub fn origin_key(&self) -> String {
+        self.layout.data_key(&self.origin)
+    }
+    /// The key prefix of the commit-log directory, if `--commitlogs` was given.
+    pub fn commitlog_key(&self) -> Option<String> {
+        self.commitlogs
+            .as_deref()
+            .map(|p| self.layout.data_key(p.trim_end_matches('/')))
+    }
+}
+
+/// Why nothing (or not everything) can be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("ORIGIN must be an absolute path as it was on the backed-up host, got {0:?}")]
+    RelativeOrigin(String),
+    #[error("nothing to restore: no index (*{INDEX_SUFFIX}) found under {prefix}/{detail}")]
+    NothingToRestore { prefix: String, detail: String },
+    #[error("no index {key} in the bucket")]
+    NoSuchIndex { key: String },
+    #[error("-f expects a plain file name such as nb-7-big-Data.db, got {0:?}")]
+    BadFileArg(String),
+}
+
+/// A per-table problem found while planning; the other tables are still restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TableProblem {
+    #[error("index {key} cannot be used: {source}")]
+    BadIndex {
+        key: String,
+        #[source]
+        source: ListingError,
+    },
+    #[error("index {key} was not fetched")]
+    IndexNotFetched { key: String },
+    #[error("directory {dir:?} (from key {key}) would be restored outside TARGET; refused")]
+    Outside { key: String, dir: String },
+    #[error("index {index} names {name:?}, but {key} is not in the bucket")]
+    MissingObject {
+        index: String,
+        name: String,
+        key: String,
+    },
+}
+
+/// One file to fetch.
+#[derive(Debug, Clone)]
+pub struct PlannedFile {
+    pub key: String,
+    pub name: String,
+    pub dest: PathBuf,
+    /// Size and ETag from the listing.
+    pub size: u64,
+    pub e_tag: Option<String>,
+    /// Size of a file already at `dest` (filled by [`Plan::check_local`]).
+    pub local_size: Option<u64>,
+}
+
+impl PlannedFile {
+    pub fn already_present(&self) -> bool {
+        self.local_size == Some(self.size)
+    }
+}
+
+/// The chosen file set of one table directory.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    /// The directory on the backed-up host.
+    pub dir: String,
+    pub target: PathBuf,
+    pub index_key: String,
+    pub index_time: DateTime<Utc>,
+    /// How many indexes the directory has (all times) and how many were eligible.
+    pub indexes_total: usize,
+    pub files: Vec<PlannedFile>,
+}
+
+impl TablePlan {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Commit logs to restore.
+#[derive(Debug, Clone)]
+pub struct CommitlogPlan {
+    pub dir: String,
+    pub target: PathBuf,
+    /// Only logs whose timestamp is strictly newer than this (epoch ms) are restored.
+    pub since_ms: i64,
+    pub files: Vec<PlannedFile>,
+}
+
+/// Everything a restore will do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub tables: Vec<TablePlan>,
+    pub commitlogs: Option<CommitlogPlan>,
+    /// Tables that cannot be restored, with the reason.
+    pub problems: Vec<TableProblem>,
+    /// Directories with indexes that `-r` leaves alone (snapshots/, backups/).
+    pub skipped_dirs: Vec<String>,
+}
+
+impl Plan {
+    /// Every file of the plan, tables first, then commit logs.
+    pub fn files(&self) -> impl Iterator<Item = &PlannedFile> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.files.iter())
+            .chain(self.commitlogs.iter().flat_map(|c| c.files.iter()))
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files().map(|f| f.size).sum()
+    }
+
+    /// Records which destination files already exist and their sizes.
+    pub fn check_local(&mut self) {
+        let all = self
+            .tables
+            .iter_mut()
+            .flat_map(|t| t.files.iter_mut())
+            .chain(self.commitlogs.iter_mut().flat_map(|c| c.files.iter_mut()));
+        for f in all {
+            f.local_size = std::fs::metadata(&f.dest)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+        }
+    }
+
+    /// The human-readable plan printed by `--dry-run`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for t in &self.tables {
+            let present = t.files.iter().filter(|f| f.already_present()).count();
+            let _ = writeln!(
+                out,
+                "{} -> {}\n  index {} ({}, {} index(es) in the directory)\n  {} files, {} bytes, {} already present",
+                t.dir,
+                t.target.display(),
+                t.index_key,
+                t.index_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                t.indexes_total,
+                t.files.len(),
+                t.bytes(),
+                present
+            );
+            for f in &t.files {
+                let state = match f.local_size {
+                    Some(s) if s == f.size => "present",
+                    Some(_) => "present, DIFFERENT SIZE",
+                    None => "fetch",
+                };
+                let _ = writeln!(out, "    {:>12}  {}  [{}]", f.size, f.name, state);
+            }
+        }
+        if let Some(c) = &self.commitlogs {
+            let _ = writeln!(
+                out,
+                "commit logs {} -> {} (newer than {} ms): {} files, {} bytes",
+                c.dir,
+                c.target.display(),
+                c.since_ms,
+                c.files.len(),
+                c.files.iter().map(|f| f.size).sum::<u64>()
+            );
+            for f in &c.files {
+                let _ = writeln!(out, "    {:>12}  {}", f.size, f.name);
+            }
+        }
+        for d in &self.skipped_dirs {
+            let _ = writeln!(out, "skipped (snapshot/backup directory): {d}");
+        }
+        for p in &self.problems {
+            let _ = writeln!(out, "PROBLEM: {p}");
+        }
+        let _ = writeln!(
+            out,
+            "total: {} tables, {} files, {} bytes",
+            self.tables.len(),
+            self.files().count(),
+            self.total_bytes()
+        );
+        out
+    }
+}
+
+/// The index chosen for one directory.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub dir: String,
+    pub target: PathBuf,
+    pub index: ObjectInfo,
+    pub indexes_total: usize,
+}
+
+/// The order in which indexes of one directory are "newer": LastModified at one-second
+/// resolution (what S3 listings give), then the SSTable generation of the data file the index
+/// belongs to (written later), then the key. Shared with [`crate::retention`].
+pub fn newness(o: &ObjectInfo) -> (i64, Option<layout::Generation>, &str) {
+    let name = layout::data_key_of_index(&o.key)
+        .map(|d| layout::split_dir(d).1)
+        .unwrap_or("");
+    (
+        o.last_modified.timestamp(),
+        layout::sstable_generation(name),
+        &o.key,
+    )
+}
+
+/// Directories below a table that `-r` does not restore as tables of their own.
+fn is_snapshot_dir(rel: &str) -> bool {
+    rel.split('/')
+        .enumerate()
+        .any(|(i, c)| i >= 2 && (c == "snapshots" || c == "backups"))
+}
+
+/// Maps `dir` (under `origin`) to a directory under `target`, or `None` if it would escape.
+fn target_for(origin: &str, dir: &str, target: &Path) -> Option<PathBuf> {
+    if dir == origin {
+        return Some(target.to_path_buf());
+    }
+    let rel = dir.strip_prefix(origin)?.strip_prefix('/')?;
+    let mut out = target.to_path_buf();
+    for c in rel.split('/') {
+        if !layout::is_plain_name(c) {
+            return None;
+        }
+        out.push(c);
+    }
+    // Belt and braces: the result must be a plain descendant of target.
+    let ok = out
+        .strip_prefix(target)
+        .map(|r| r.components().all(|c| matches!(c, Component::Normal(_))))
+        .unwrap_or(false);
+    ok.then_some(out)
+}
+
+/// Picks the index per directory from one listing of the origin.
+pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choice>, PlanError> {
+    let origin = opts.origin.as_str();
+    if !origin.starts_with('/') {
+        return Err(PlanError::RelativeOrigin(origin.to_string()));
+    }
+    // Every index of the listing, grouped by its directory on the host.
+    let mut by_dir: BTreeMap<&str, Vec<&ObjectInfo>> = BTreeMap::new();
+    for o in listing {
+        if !o.key.ends_with(INDEX_SUFFIX) {
+            continue;
+        }
+        let Some(path) = opts.layout.path_of(&o.key) else {
+            continue;
+        };
+        let (dir, _) = layout::split_dir(path);
+        by_dir.entry(dir).or_default().push(o);
+    }
+    let eligible = |o: &&&ObjectInfo| {
+        opts.as_of
+            .is_none_or(|t| o.last_modified.timestamp() <= t.timestamp())
+    };
+    let as_of_detail = || {
+        opts.as_of
+            .map(|t| format!(" at or before {}", t.to_rfc3339()))
+            .unwrap_or_default()
+    };
+    match &opts.selection {
+        Selection::File(f) => {
+            let f = f.strip_suffix(INDEX_SUFFIX).unwrap_or(f);
+            if !layout::is_plain_name(f) {
+                return Err(PlanError::BadFileArg(f.to_string()));
+            }
+            let key = layout::index_key(&opts.layout.data_key(&format!("{origin}/{f}")));
+            let o = listing
+                .iter()
+                .find(|o| o.key == key)
+                .ok_or(PlanError::NoSuchIndex { key })?;
+            Ok(vec![Choice {
+                dir: origin.to_string(),
+                target: opts.target.clone(),
+                index: o.clone(),
+                indexes_total: by_dir.get(origin).map_or(1, Vec::len),
+            }])
+        }
+        Selection::Newest => {
+            let all = by_dir.get(origin).map(Vec::as_slice).unwrap_or(&[]);
+            let best = all
+                .iter()
+                .filter(eligible)
+                .max_by(|a, b| newness(a).cmp(&newness(b)));
+            match best {
+                Some(o) => Ok(vec![Choice {
+                    dir: origin.to_string(),
+                    target: opts.target.clone(),
+                    index: (*o).clone(),
+                    indexes_total: all.len(),
+                }]),
+                None => Err(PlanError::NothingToRestore {
+                    prefix: opts.origin_key(),
+                    detail: as_of_detail(),
+                }),
+            }
+        }
+        Selection::Recursive => {
+            let mut out = Vec::new();
+            for (dir, all) in &by_dir {
+                let Some(best) = all
+                    .iter()
+                    .filter(eligible)
+                    .max_by(|a, b| newness(a).cmp(&newness(b)))
+                else {
+                    continue;
+                };
+                // Directories that cannot be mapped are reported by plan().
+                let target = target_for(origin, dir, &opts.target).unwrap_or_default();
+                out.push(Choice {
+                    dir: dir.to_string(),
+                    target,
+                    index: (*best).clone(),
+                    indexes_total: all.len(),
+                });
+            }
+            if out.is_empty() {
+                return Err(PlanError::NothingToRestore {
+                    prefix: opts.origin_key(),
+                    detail: format!("*/{}", as_of_detail()),
+                });
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Builds the restore plan. Pure: `listing` is the one listing of
+/// [`RestoreOptions::origin_key`], `bodies` the bodies of the indexes [`choose`] picks (by
+/// key), `commitlog_listing` the listing of [`RestoreOptions::commitlog_key`].
+pub fn plan(
+    listing: &[ObjectInfo],
+    bodies: &HashMap<String, Bytes>,
+    commitlog_listing: Option<&[ObjectInfo]>,
+    opts: &RestoreOptions,
+) -> Result<Plan, PlanError> {
+    let choices = choose(listing, opts)?;
+    let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut plan = Plan::default();
+    for c in choices {
+        let key = c.index.key.clone();
+        let rel = c
+            .dir
+            .strip_prefix(opts.origin.as_str())
+            .unwrap_or("")
+            .trim_start_matches('/');
+        if opts.selection == Selection::Recursive && is_snapshot_dir(rel) {
+            plan.skipped_dirs.push(c.dir.clone());
+            continue;
+        }
+        if target_for(&opts.origin, &c.dir, &opts.target).is_none() {
+            plan.problems
+                .push(TableProblem::Outside { key, dir: c.dir });
+            continue;
+        }
+        let Some(body) = bodies.get(&key) else {
+            plan.problems
+                .push(TableProblem::IndexNotFetched { key: key.clone() });
+            continue;
+        };
+        let listing_body = match layout::parse_listing(body) {
+            Ok(l) => l,
+            Err(source) => {
+                plan.problems.push(TableProblem::BadIndex { key, source });
+                continue;
+            }
+        };
+        let Listing {
+            dir: json_dir,
+            names,
+        } = listing_body;
+        if json_dir.trim_end_matches('/') != c.dir {
+            tracing::warn!(
+                index = %key,
+                listed = %json_dir,
+                "index describes another directory than the one it is stored in; using the stored directory"
+            );
+        }
+        let mut files = Vec::with_capacity(names.len());
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let data_key = opts.layout.data_key(&format!("{}/{}", c.dir, name));
+            match by_key.get(data_key.as_str()) {
+                Some(o) => files.push(PlannedFile {
+                    key: data_key,
+                    dest: c.target.join(&name),
+                    name,
+                    size: o.size,
+                    e_tag: o.e_tag.clone(),
+                    local_size: None,
+                }),
+                None => plan.problems.push(TableProblem::MissingObject {
+                    index: key.clone(),
+                    name,
+                    key: data_key,
+                }),
+            }
+        }
+        plan.tables.push(TablePlan {
+            dir: c.dir,
+            target: c.target,
+            index_key: key,
+            index_time: c.index.last_modified,
+            indexes_total: c.indexes_total,
+            files,
+        });
+    }
+    if opts.commitlogs.is_some() && plan.tables.is_empty() {
+        tracing::warn!("no table restored: commit logs are not restored either");
+    }
+    if let (Some(dir), Some(cl), false) = (
+        opts.commitlogs.as_deref(),
+        commitlog_listing,
+        plan.tables.is_empty(),
+    ) {
+        let dir = dir.trim_end_matches('/');
+        // Older than every restored table's index: those mutations are in the SSTables.
+        let since_ms = plan
+            .tables
+            .iter()
+            .map(|t| t.index_time.timestamp_millis())
+            .min()
+            .unwrap_or(i64::MAX);
+        let target = opts
+            .commitlog_target
+            .clone()
+            .unwrap_or_else(|| opts.target.join("commitlogs"));
+        let mut files = Vec::new();
+        for o in cl {
+            let Some(path) = opts.layout.path_of(&o.key) else {
+                continue;
+            };
+            let (d, name) = layout::split_dir(path);
+            if d != dir || !layout::is_plain_name(name) {
+                continue;
+            }
+            let Some(ms) = layout::commitlog_millis(name) else {
+                continue;
+            };
+            if i64::try_from(ms).is_ok_and(|ms| ms > since_ms) {
+                files.push(PlannedFile {
+                    key: o.key.clone(),
+                    name: name.to_string(),
+                    dest: target.join(name),
+                    size: o.size,
+                    e_tag: o.e_tag.clone(),
+                    local_size: None,
+                });
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        plan.commitlogs = Some(CommitlogPlan {
+            dir: dir.to_string(),
+            target,
+            since_ms,
+            files,
+        });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
