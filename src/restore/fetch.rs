@@ -1,25 +1,76 @@
 //! Downloads: each planned file streamed (or fetched as parallel ranges) into a temp file
-//! beside its destination, verified, made durable by the group commit, then renamed.
+//! beside its destination, verified, given its owner and mode on the open descriptor, made
+//! durable by the group commit, then renamed into place. Every directory under TARGET is
+//! reached without following symlinks ([`super::dirs`]).
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use tokio::sync::{Semaphore, watch};
 
 use super::commit::{GroupCommit, sync_batch};
-use super::verify::check;
-use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError};
+use super::dirs::{self, Dir};
+use super::verify::{Hashing, next_chunk};
+use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError, escape};
 use crate::layout::{self, StatMeta};
 use crate::restore::plan::{Plan, PlannedFile};
-use crate::store::{ErrorKind, Store, StoreError};
+use crate::store::{ErrorKind, ObjectInfo, Store, StoreError};
+
+/// The longest file name most Linux filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// The temp name of `name` in the same directory: `.NAME.tableslurp-tmp`, or for names too
+/// long for that, `.tableslurp-<md5 of NAME>.tmp` (always within NAME_MAX).
+pub fn temp_name(name: &OsStr) -> OsString {
+    const SUFFIX: &str = ".tableslurp-tmp";
+    if name.len() + 1 + SUFFIX.len() <= NAME_MAX {
+        let mut t = OsString::from(".");
+        t.push(name);
+        t.push(SUFFIX);
+        t
+    } else {
+        OsString::from(format!(
+            ".tableslurp-{}.tmp",
+            hex::encode(Md5::digest(name.as_bytes()))
+        ))
+    }
+}
+
+/// Opens every destination directory of the plan (creating it), never through a symlink:
+/// those under TARGET from TARGET down, any other (`--commitlog-target`) from itself.
+fn open_dirs(plan: &Plan) -> HashMap<PathBuf, Result<Arc<Dir>, String>> {
+    let root = Dir::open_root(&plan.target);
+    let mut out = HashMap::new();
+    let dirs = plan
+        .tables
+        .iter()
+        .map(|t| t.target.clone())
+        .chain(plan.commitlogs.iter().map(|c| c.target.clone()));
+    for d in dirs {
+        if out.contains_key(&d) {
+            continue;
+        }
+        let r = match (&root, d.strip_prefix(&plan.target)) {
+            (Ok(root), Ok(rel)) => root.open_beneath(rel, true),
+            (Err(e), Ok(_)) => Err(dirs::DirError::Io {
+                op: "open directory",
+                path: plan.target.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+            (_, Err(_)) => Dir::open_root(&d),
+        };
+        out.insert(d, r.map(Arc::new).map_err(|e| e.to_string()));
+    }
+    out
+}
 
 /// Downloads every file of the plan. Never returns early: each file's failure is in the report.
 pub async fn execute(
@@ -29,45 +80,47 @@ pub async fn execute(
     observer: &dyn Observer,
 ) -> Report {
     let mut report = Report::default();
-    // Create every target directory first; a table whose directory cannot be made fails whole.
-    let mut bad_dirs: HashMap<PathBuf, String> = HashMap::new();
-    let dirs = plan
-        .tables
-        .iter()
-        .map(|t| t.target.clone())
-        .chain(plan.commitlogs.iter().map(|c| c.target.clone()));
-    for d in dirs {
-        if let Err(e) = std::fs::create_dir_all(&d) {
-            bad_dirs.insert(d.clone(), e.to_string());
-        }
-    }
-    let bad_dirs = &bad_dirs;
-    let uid_gid = match &opts.ownership {
-        Ownership::Ids { uid, gid } => Some((*uid, *gid)),
-        _ => None,
-    };
+    // Open every target directory first; a table whose directory cannot be used fails whole.
+    let dirs = open_dirs(plan);
+    let dirs = &dirs;
+    // Files stored without `stat` metadata take TARGET's owner and group.
+    let target_owner = Dir::open_root(&plan.target)
+        .and_then(|d| {
+            d.owner().map_err(|source| dirs::DirError::Io {
+                op: "stat",
+                path: plan.target.clone(),
+                source,
+            })
+        })
+        .ok();
     let gate = &Semaphore::new(opts.threads.max(1));
     let (commit, committer) = GroupCommit::new();
     let downloads = async move {
         let commit = &commit;
         futures::stream::iter(plan.files().map(|f| async move {
             let parent = f.dest.parent().map(Path::to_path_buf).unwrap_or_default();
-            let outcome = if let Some(e) = bad_dirs.get(&parent) {
-                Outcome::Failed(RestoreError::Io {
-                    op: "create directory",
+            let outcome = match dirs.get(&parent) {
+                Some(Ok(dir)) => {
+                    let ctx = Ctx {
+                        store,
+                        opts,
+                        target_owner,
+                        observer,
+                        gate,
+                        commit,
+                    };
+                    restore_one(&ctx, f, dir).await
+                }
+                Some(Err(e)) => Outcome::Failed(RestoreError::Io {
+                    op: "open directory",
                     path: parent,
                     source: std::io::Error::other(e.clone()),
-                })
-            } else {
-                let ctx = Ctx {
-                    store,
-                    opts,
-                    ids: uid_gid,
-                    observer,
-                    gate,
-                    commit,
-                };
-                restore_one(&ctx, f).await
+                }),
+                None => Outcome::Failed(RestoreError::Io {
+                    op: "open directory",
+                    path: parent,
+                    source: std::io::Error::other("not a planned directory"),
+                }),
             };
             observer.file_done(f, &outcome);
             (f, outcome)
@@ -80,19 +133,21 @@ pub async fn execute(
     let (results, ()) = tokio::join!(downloads, committer);
     // The renames: one more syncfs per filesystem, then each directory's fsync (cheap now,
     // and the one that reports an error of that directory).
-    let dirs: std::collections::BTreeSet<PathBuf> = results
+    let used: std::collections::BTreeSet<PathBuf> = results
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Restored { .. }))
         .filter_map(|(f, _)| f.dest.parent().map(Path::to_path_buf))
         .collect();
-    let _ = tokio::task::spawn_blocking(move || {
-        let mut opened = Vec::new();
-        for d in dirs {
-            match File::open(&d) {
+    let mut opened = Vec::new();
+    for d in used {
+        if let Some(Ok(dir)) = dirs.get(&d) {
+            match dir.to_file() {
                 Ok(f) => opened.push((d, Arc::new(f))),
                 Err(e) => tracing::warn!("fsync directory {}: {e}", d.display()),
             }
         }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
         let files: Vec<Arc<File>> = opened.iter().map(|(_, f)| f.clone()).collect();
         for ((d, _), r) in opened.iter().zip(sync_batch(&files)) {
             if let Err(e) = r {
@@ -115,51 +170,61 @@ pub async fn execute(
     report
 }
 
-fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.tableslurp-tmp"))
-}
-
 /// What every download of one [`execute`] shares.
 struct Ctx<'a> {
     store: &'a Store,
     opts: &'a ExecOptions,
-    ids: Option<(Option<u32>, Option<u32>)>,
+    /// Owner and group of TARGET, for files stored without `stat` metadata.
+    target_owner: Option<(u32, u32)>,
     observer: &'a dyn Observer,
     /// `-t`: one permit per request in flight.
     gate: &'a Semaphore,
     commit: &'a GroupCommit,
 }
 
-async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile) -> Outcome {
+fn file_name(f: &PlannedFile) -> &OsStr {
+    f.dest.file_name().unwrap_or(OsStr::new(""))
+}
+
+async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     let opts = ctx.opts;
-    match std::fs::symlink_metadata(&f.dest) {
-        Ok(m) if !opts.force => {
-            return if m.is_file() && m.len() == f.size {
-                Outcome::AlreadyPresent
+    let name = file_name(f);
+    match dir.stat(name) {
+        Ok(Some(en)) if !opts.force => {
+            let why = if en.is_file() && en.size == f.size {
+                match present_matches(ctx, f, dir).await {
+                    Ok(None) => return Outcome::AlreadyPresent,
+                    Ok(Some(why)) => why,
+                    Err(e) => return Outcome::Failed(e),
+                }
+            } else if en.is_file() {
+                format!(
+                    "exists with {} bytes but {} has {}",
+                    en.size,
+                    escape(&f.key),
+                    f.size
+                )
             } else {
-                Outcome::Failed(RestoreError::Exists {
-                    path: f.dest.clone(),
-                    key: f.key.clone(),
-                    local: m.len(),
-                    remote: f.size,
-                })
+                "exists and is not a regular file".to_string()
             };
+            return Outcome::Failed(RestoreError::Exists {
+                path: f.dest.clone(),
+                key: f.key.clone(),
+                why,
+            });
         }
+        Err(e) => return Outcome::Failed(RestoreError::io("stat", &f.dest)(e)),
         _ => {}
     }
-    let tmp = temp_path(&f.dest);
+    let tmp = temp_name(name);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let r = fetch_once(ctx, f, &tmp, attempt).await;
+        let r = fetch_once(ctx, f, dir, &tmp, attempt).await;
         match r {
             Ok(()) => return Outcome::Restored { attempts: attempt },
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = dir.remove(&tmp);
                 if !e.retriable() {
                     return Outcome::Failed(e);
                 }
@@ -170,112 +235,178 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile) -> Outcome {
                         last: Box::new(e),
                     });
                 }
-                tracing::warn!(key = %f.key, attempt, "{e}; retrying");
+                tracing::warn!(key = %escape(&f.key), attempt, "{e}; retrying");
                 tokio::time::sleep(opts.retry_pause * attempt).await;
             }
         }
     }
 }
 
-/// One attempt: download to `tmp`, verify, set mode/owner, make durable, rename.
+/// Whether the local file of the right size at `f.dest` has the stored checksum: `None`
+/// if it does, else why it cannot be kept.
+async fn present_matches(
+    ctx: &Ctx<'_>,
+    f: &PlannedFile,
+    dir: &Dir,
+) -> Result<Option<String>, RestoreError> {
+    let info = {
+        let _permit = ctx.gate.acquire().await.expect("gate closed");
+        ctx.store
+            .head(&f.key)
+            .await?
+            .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+    };
+    let Some(want) = info.expected_md5() else {
+        return Ok(Some(format!(
+            "exists with the right size, but {} has no checksum to compare it with",
+            escape(&f.key)
+        )));
+    };
+    let file = dir
+        .open_read(file_name(f))
+        .map_err(RestoreError::io("open", &f.dest))?;
+    let path = f.dest.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut h = Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n = file
+                .read_at(&mut buf, at)
+                .map_err(RestoreError::io("read", &path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok::<_, RestoreError>(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| RestoreError::io("read", &f.dest)(std::io::Error::other(e)))??;
+    Ok((got != want).then(|| {
+        format!("exists with the right size but different content (MD5 {got}, stored {want})")
+    }))
+}
+
+/// One attempt: download to `tmp`, verify, set owner/mode, make durable, rename.
 async fn fetch_once(
     ctx: &Ctx<'_>,
     f: &PlannedFile,
-    tmp: &Path,
+    dir: &Dir,
+    tmp: &OsStr,
     attempt: u32,
 ) -> Result<(), RestoreError> {
     let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
+    let tmp_path = dir.path.join(tmp);
     // A fresh file, never through a symlink planted at the temp name.
-    match std::fs::remove_file(tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(RestoreError::io("remove stale", tmp)(e));
-        }
-        _ => {}
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(tmp)
-        .map_err(RestoreError::io("create", tmp))?;
+    dir.remove(tmp)
+        .map_err(RestoreError::io("remove stale", &tmp_path))?;
+    let file = dir
+        .create_new(tmp)
+        .map_err(RestoreError::io("create", &tmp_path))?;
     let file = Arc::new(file);
     let limit = opts.fault.as_ref().and_then(|h| h(&f.key, attempt));
     let missing = |e: StoreError| match e.kind() {
         ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
         _ => RestoreError::Store(e),
     };
-    let ids = ctx.ids;
-    let (info, md5) = if f.size >= opts.range_threshold && opts.range_size > 0 && limit.is_none() {
-        // Large: HEAD for size and metadata, then parallel ranges, hashed in order behind them.
-        let info = {
+    let (info, (n, hashing)) =
+        if f.size >= opts.range_threshold && opts.range_size > 0 && limit.is_none() {
+            // Large: HEAD for size and metadata, then parallel ranges, hashed in order.
+            let info = {
+                let _permit = ctx.gate.acquire().await.expect("gate closed");
+                store
+                    .head(&f.key)
+                    .await?
+                    .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+            };
+            let h = fetch_ranges(ctx, &f.key, info.size, &file, &tmp_path).await?;
+            (info, h)
+        } else {
+            // Small: one GET gives the metadata and the bytes, hashed as they stream in.
             let _permit = ctx.gate.acquire().await.expect("gate closed");
-            store
-                .head(&f.key)
-                .await?
-                .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+            let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
+            let h = fetch_stream(
+                stream, &f.key, info.size, &file, &tmp_path, limit, opts, observer,
+            )
+            .await?;
+            (info, h)
         };
-        let md5 = fetch_ranges(ctx, &f.key, info.size, &file, tmp).await?;
-        (info, md5)
-    } else {
-        // Small: one GET gives the metadata and the bytes, hashed as they stream in.
-        let _permit = ctx.gate.acquire().await.expect("gate closed");
-        let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
-        let md5 = fetch_stream(stream, &file, tmp, limit, opts, observer).await?;
-        (info, md5)
-    };
-    let n = file
+    hashing.finish(&f.key, &info, n, false)?;
+    let len = file
         .metadata()
-        .map_err(RestoreError::io("stat", tmp))?
+        .map_err(RestoreError::io("stat", &tmp_path))?
         .len();
-    check(&f.key, &info, n, &md5.1)?;
+    if len != n {
+        return Err(RestoreError::Size {
+            key: f.key.clone(),
+            expected: n,
+            actual: len,
+        });
+    }
+    set_owner_and_mode(ctx, &file, &info).map_err(RestoreError::io("chown/chmod", &tmp_path))?;
+    ctx.commit
+        .durable(file)
+        .await
+        .map_err(RestoreError::io("fsync", &tmp_path))?;
+    // The directory entry is made durable once per directory, at the end of execute().
+    dir.rename(tmp, file_name(f))
+        .map_err(RestoreError::io("rename into place", &f.dest))?;
+    Ok(())
+}
+
+/// Owner and mode on the open file. Modes are masked to 0777: a bucket must not be able to
+/// plant setuid/setgid/sticky files. Without `stat` metadata: TARGET's owner and group,
+/// mode 0644.
+fn set_owner_and_mode(ctx: &Ctx<'_>, file: &File, info: &ObjectInfo) -> std::io::Result<()> {
     let stat = info
         .metadata
         .get(layout::META_STAT)
         .and_then(|s| StatMeta::parse(s));
-    if let Some(st) = &stat {
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(st.mode & 0o7777))
-            .map_err(RestoreError::io("chmod", tmp))?;
-    }
-    let owner = match (&opts.ownership, ids) {
-        (Ownership::Preserve, _) => stat.as_ref().map(|st| {
-            (
-                Some(st.user.as_deref().and_then(uid_of).unwrap_or(st.uid)),
-                Some(st.group.as_deref().and_then(gid_of).unwrap_or(st.gid)),
-            )
-        }),
-        (_, Some(ids)) => Some(ids),
-        _ => None,
+    let owner = match (&ctx.opts.ownership, &stat) {
+        (Ownership::Ids { uid, gid }, _) => Some((*uid, *gid)),
+        (Ownership::Preserve, Some(st)) => Some((
+            Some(st.user.as_deref().and_then(uid_of).unwrap_or(st.uid)),
+            Some(st.group.as_deref().and_then(gid_of).unwrap_or(st.gid)),
+        )),
+        (_, None) => ctx.target_owner.map(|(u, g)| (Some(u), Some(g))),
+        (Ownership::Current, Some(_)) => None,
     };
     if let Some((uid, gid)) = owner {
-        chown(tmp, uid, gid)?;
+        dirs::fchown(file, uid, gid)?;
     }
-    ctx.commit
-        .durable(file)
-        .await
-        .map_err(RestoreError::io("fsync", tmp))?;
-    // The directory entry is made durable once per directory, at the end of execute().
-    std::fs::rename(tmp, &f.dest).map_err(RestoreError::io("rename into place", &f.dest))?;
-    Ok(())
+    let mode = stat.as_ref().map_or(0o644, |st| st.mode & 0o777);
+    dirs::fchmod(file, mode)
 }
 
-/// Streams the whole object into `file`, hashing as it goes. Returns (bytes, md5 hex).
+/// Streams the whole object (`size` bytes expected) into `file`, hashing as it goes.
+/// Returns (bytes, checks).
+#[allow(clippy::too_many_arguments)]
 async fn fetch_stream(
-    mut s: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    mut s: futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
+    key: &str,
+    size: u64,
     file: &File,
     path: &Path,
     limit: Option<u64>,
     opts: &ExecOptions,
     observer: &dyn Observer,
-) -> Result<(u64, String), RestoreError> {
-    let mut h = Md5::new();
+) -> Result<(u64, Hashing), RestoreError> {
+    let mut h = Hashing::new();
     let mut off = 0u64;
-    while let Some(mut chunk) = s.try_next().await? {
+    while let Some(mut chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
         if let Some(l) = limit {
             if off + chunk.len() as u64 > l {
                 chunk.truncate((l - off.min(l)) as usize);
             }
+        }
+        if off + chunk.len() as u64 > size {
+            return Err(RestoreError::Size {
+                key: key.to_string(),
+                expected: size,
+                actual: off + chunk.len() as u64,
+            });
         }
         if let Some(t) = &opts.throttle {
             t.take(chunk.len() as u64).await;
@@ -285,24 +416,27 @@ async fn fetch_stream(
             .map_err(RestoreError::io("write", path))?;
         off += chunk.len() as u64;
         observer.bytes(chunk.len() as u64);
+        if let Some(hook) = &opts.chunk_hook {
+            hook(key, off);
+        }
         if limit.is_some_and(|l| off >= l) {
             break;
         }
     }
-    Ok((off, hex::encode(h.finalize())))
+    Ok((off, h))
 }
 
 /// Fetches `size` bytes as parallel ranges, each written at its offset as it streams in, so
 /// memory stays at a few chunks per range in flight. Behind them, the file is read back
 /// (from the page cache) and hashed in order as far as the ranges are complete, so little
-/// is left to hash when the last range lands. Returns (bytes, md5 hex).
+/// is left to hash when the last range lands. Returns (bytes, checks).
 async fn fetch_ranges(
     ctx: &Ctx<'_>,
     key: &str,
     size: u64,
     file: &Arc<File>,
     path: &Path,
-) -> Result<(u64, String), RestoreError> {
+) -> Result<(u64, Hashing), RestoreError> {
     let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     file.set_len(size)
         .map_err(RestoreError::io("allocate", path))?;
@@ -322,7 +456,7 @@ async fn fetch_ranges(
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let mut s = store.get_stream(key, Some(r.clone())).await?;
             let mut off = r.start;
-            while let Some(chunk) = s.try_next().await? {
+            while let Some(chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
                 if off + chunk.len() as u64 > r.end {
                     return Err(RestoreError::Size {
                         key: key.to_string(),
@@ -337,6 +471,9 @@ async fn fetch_ranges(
                     .map_err(RestoreError::io("write", path))?;
                 off += chunk.len() as u64;
                 observer.bytes(chunk.len() as u64);
+                if let Some(hook) = &opts.chunk_hook {
+                    hook(key, off);
+                }
             }
             if off != r.end {
                 return Err(RestoreError::Size {
@@ -355,7 +492,7 @@ async fn fetch_ranges(
         .await
     };
     let hash = async {
-        let mut h = Md5::new();
+        let mut h = Hashing::new();
         let mut at = 0u64;
         while at < size {
             if written.changed().await.is_err() && *written.borrow() <= at {
@@ -372,10 +509,10 @@ async fn fetch_ranges(
                 at = upto;
             }
         }
-        Ok::<_, RestoreError>((at, hex::encode(h.finalize())))
+        Ok::<_, RestoreError>((at, h))
     };
-    let (_, md5) = tokio::try_join!(download, hash)?;
-    Ok(md5)
+    let (_, h) = tokio::try_join!(download, hash)?;
+    Ok(h)
 }
 
 /// Which of `n` ranges are complete, and how many from the first are, without a gap.
@@ -403,7 +540,12 @@ impl InOrder {
 }
 
 /// Feeds bytes `r` of `file` to `h`.
-fn hash_range(file: &File, path: &Path, r: Range<u64>, mut h: Md5) -> Result<Md5, RestoreError> {
+fn hash_range(
+    file: &File,
+    path: &Path,
+    r: Range<u64>,
+    mut h: Hashing,
+) -> Result<Hashing, RestoreError> {
     let mut buf = vec![0u8; (1 << 20).min((r.end - r.start) as usize)];
     let mut at = r.start;
     while at < r.end {
@@ -416,9 +558,6 @@ fn hash_range(file: &File, path: &Path, r: Range<u64>, mut h: Md5) -> Result<Md5
     Ok(h)
 }
 
-/// Group commit of finished files. Each file waits for one `syncfs` that started after it
-/// was complete: one journal commit covers every file finished meanwhile, instead of one
-/// per file. Then `fsync` of the file itself, which now has nothing left to write, still
 /// The uid of a local user name (or a numeric string).
 pub fn uid_of(name: &str) -> Option<u32> {
     if let Ok(n) = name.parse() {
@@ -441,10 +580,6 @@ pub fn gid_of(name: &str) -> Option<u32> {
     let g = unsafe { libc::getgrnam(c.as_ptr()) };
     // SAFETY: g checked non-null.
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
-}
-
-fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), RestoreError> {
-    std::os::unix::fs::chown(path, uid, gid).map_err(RestoreError::io("chown", path))
 }
 
 #[cfg(test)]

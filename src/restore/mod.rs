@@ -37,6 +37,7 @@ use futures::stream::StreamExt;
 use crate::store::{ErrorKind, Store, StoreError};
 
 mod commit;
+pub mod dirs;
 pub mod fetch;
 pub mod inventory;
 pub mod plan;
@@ -45,10 +46,26 @@ pub mod verify;
 pub use fetch::{execute, gid_of, uid_of};
 pub use inventory::{DirSummary, inventory};
 pub use plan::{
-    Choice, CommitlogPlan, Plan, PlanError, PlannedFile, RestoreOptions, Selection, TablePlan,
-    TableProblem, choose, newness, plan,
+    Choice, CommitlogPlan, IndexCheck, Plan, PlanError, PlannedFile, RestoreOptions, Selection,
+    TablePlan, TableProblem, choose, newness, plan,
 };
 pub use verify::verify;
+
+/// A name as it may be logged: control characters escaped, so a key cannot forge log lines.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// Who should own restored files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,7 +106,14 @@ pub struct ExecOptions {
     pub fault: Option<FaultHook>,
     /// Shared download bandwidth limit (`--max-bandwidth`).
     pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// A download that delivers no byte for this long is abandoned (and retried).
+    pub idle_timeout: Duration,
+    /// Test hook: called with (key, bytes received so far) after each chunk of a download.
+    pub chunk_hook: Option<ChunkHook>,
 }
+
+/// See [`ExecOptions::chunk_hook`].
+pub type ChunkHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 impl Default for ExecOptions {
     fn default() -> Self {
@@ -103,6 +127,8 @@ impl Default for ExecOptions {
             retry_pause: Duration::from_millis(200),
             fault: None,
             throttle: None,
+            idle_timeout: Duration::from_secs(120),
+            chunk_hook: None,
         }
     }
 }
@@ -144,16 +170,21 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{} exists with {local} bytes but {key} has {remote}; not overwritten (use --force)",
-        path.display()
-    )]
+    #[error("{} {why}; not overwritten (use --force)", path.display())]
     Exists {
         path: PathBuf,
         key: String,
-        local: u64,
-        remote: u64,
+        /// e.g. "exists with 3 bytes but KEY has 5".
+        why: String,
     },
+    #[error("{key}: download stalled at byte {at}: {why}")]
+    Stalled { key: String, at: u64, why: String },
+    #[error(
+        "{key}: no checksum at all (no md5sum metadata, no single-part ETag, no Digest): its content cannot be verified"
+    )]
+    NoChecksum { key: String },
+    #[error(transparent)]
+    Dir(#[from] dirs::DirError),
     #[error("{key}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         key: String,
@@ -172,7 +203,9 @@ impl RestoreError {
     /// Whether another attempt may succeed.
     pub(super) fn retriable(&self) -> bool {
         match self {
-            RestoreError::Size { .. } | RestoreError::Md5 { .. } => true,
+            RestoreError::Size { .. } | RestoreError::Md5 { .. } | RestoreError::Stalled { .. } => {
+                true
+            }
             RestoreError::Store(e) => !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Denied),
             _ => false,
         }
@@ -239,25 +272,39 @@ pub async fn prepare(
         .await
         .map_err(PrepareError::List)?;
     tracing::debug!(objects = listing.len(), "listed {}/", opts.origin_key());
-    let choices = choose(&listing, opts)?;
-    let fetched: Vec<(String, Result<Bytes, StoreError>)> = futures::stream::iter(
-        choices
-            .iter()
-            .map(|c| async move { (c.index.key.clone(), store.get_bytes(&c.index.key).await) }),
-    )
-    .buffer_unordered(threads.max(1))
-    .collect()
-    .await;
-    let mut bodies = HashMap::new();
-    for (k, r) in fetched {
-        match r {
-            Ok(b) => {
-                bodies.insert(k, b);
+    // Newest index first per table; an older one only while the newer are incomplete.
+    let mut bodies: HashMap<String, Bytes> = HashMap::new();
+    loop {
+        let want = plan::needed_bodies(&listing, &bodies, opts)?;
+        if want.is_empty() {
+            break;
+        }
+        let fetched: Vec<(String, Result<Bytes, StoreError>)> =
+            futures::stream::iter(want.into_iter().map(|k| async move {
+                let r = store.get_bytes(&k).await;
+                (k, r)
+            }))
+            .buffer_unordered(threads.max(1))
+            .collect()
+            .await;
+        for (k, r) in fetched {
+            match r {
+                Ok(b) if !b.is_empty() => {
+                    bodies.insert(k, b);
+                }
+                Ok(_) => {
+                    tracing::error!("index {} is empty", escape(&k));
+                    bodies.insert(k, Bytes::new());
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Denied) => {
+                    return Err(PrepareError::List(e));
+                }
+                Err(e) => {
+                    tracing::error!("cannot fetch index: {e}");
+                    // An empty body marks it unusable, so the walk goes on past it.
+                    bodies.insert(k, Bytes::new());
+                }
             }
-            Err(e) if matches!(e.kind(), ErrorKind::Denied) => {
-                return Err(PrepareError::List(e));
-            }
-            Err(e) => tracing::error!("cannot fetch index: {e}"),
         }
     }
     let cl = match opts.commitlog_key() {

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::layout::{self, INDEX_SUFFIX, Layout, Listing, ListingError};
+use crate::layout::{self, INDEX_SUFFIX, Layout, Listing};
 use crate::store::ObjectInfo;
 
 /// Which file set(s) to restore.
@@ -66,12 +66,14 @@ pub enum PlanError {
 /// A per-table problem found while planning; the other tables are still restored.
 #[derive(Debug, thiserror::Error)]
 pub enum TableProblem {
-    #[error("index {key} cannot be used: {source}")]
-    BadIndex {
-        key: String,
-        #[source]
-        source: ListingError,
-    },
+    #[error("index {key} cannot be used: {why}")]
+    BadIndex { key: String, why: String },
+    #[error(
+        "index {index} is incomplete, {} object(s) missing: {}; nothing restored for it (choose another with -f or --as-of)",
+        missing.len(),
+        crate::restore::escape(&missing.join(", "))
+    )]
+    Incomplete { index: String, missing: Vec<String> },
     #[error("index {key} was not fetched")]
     IndexNotFetched { key: String },
     #[error("directory {dir:?} (from key {key}) would be restored outside TARGET; refused")]
@@ -113,6 +115,10 @@ pub struct TablePlan {
     pub index_time: DateTime<Utc>,
     /// How many indexes the directory has (all times) and how many were eligible.
     pub indexes_total: usize,
+    /// Whether every object the chosen index names is in the bucket.
+    pub complete: bool,
+    /// The candidates examined, newest first, ending with the chosen one.
+    pub checks: Vec<IndexCheck>,
     pub files: Vec<PlannedFile>,
 }
 
@@ -135,6 +141,8 @@ pub struct CommitlogPlan {
 /// Everything a restore will do.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// TARGET: every table directory is under it.
+    pub target: PathBuf,
     pub tables: Vec<TablePlan>,
     pub commitlogs: Option<CommitlogPlan>,
     /// Tables that cannot be restored, with the reason.
@@ -173,19 +181,34 @@ impl Plan {
 
     /// The human-readable plan printed by `--dry-run`.
     pub fn render(&self) -> String {
+        use crate::restore::escape as esc;
         use std::fmt::Write as _;
         let mut out = String::new();
         for t in &self.tables {
             let present = t.files.iter().filter(|f| f.already_present()).count();
             let _ = writeln!(
                 out,
-                "{} -> {}\n  index {} ({}, {} index(es) in the directory)\n  {} files, {} bytes, {} already present",
-                t.dir,
+                "{} -> {}\n  index {} ({}, {} index(es) in the directory, {})",
+                esc(&t.dir),
                 t.target.display(),
-                t.index_key,
+                esc(&t.index_key),
                 t.index_time
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 t.indexes_total,
+                if t.complete { "complete" } else { "INCOMPLETE" },
+            );
+            for ch in t.checks.iter().filter(|ch| ch.key != t.index_key) {
+                let _ = writeln!(
+                    out,
+                    "  newer index {} ({}) skipped: {}",
+                    esc(&ch.key),
+                    ch.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    ch.describe()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  {} files, {} bytes, {} already present",
                 t.files.len(),
                 t.bytes(),
                 present
@@ -196,7 +219,7 @@ impl Plan {
                     Some(_) => "present, DIFFERENT SIZE",
                     None => "fetch",
                 };
-                let _ = writeln!(out, "    {:>12}  {}  [{}]", f.size, f.name, state);
+                let _ = writeln!(out, "    {:>12}  {}  [{}]", f.size, esc(&f.name), state);
             }
         }
         if let Some(c) = &self.commitlogs {
@@ -235,9 +258,23 @@ impl Plan {
 pub struct Choice {
     pub dir: String,
     pub target: PathBuf,
-    pub index: ObjectInfo,
+    /// The eligible indexes, newest first (at most [`MAX_CANDIDATES`]); the first complete
+    /// one is restored. `-f` gives exactly one.
+    pub candidates: Vec<ObjectInfo>,
+    /// `-f`/`--as-of`: the first candidate or nothing (no stepping back to an older one).
+    pub strict: bool,
     pub indexes_total: usize,
 }
+
+impl Choice {
+    /// The newest eligible index.
+    pub fn newest(&self) -> &ObjectInfo {
+        &self.candidates[0]
+    }
+}
+
+/// How many indexes of one directory are examined, newest first, for a complete one.
+pub const MAX_CANDIDATES: usize = 32;
 
 /// The order in which indexes of one directory are "newer": LastModified at one-second
 /// resolution (what S3 listings give), then the SSTable generation of the data file the index
@@ -281,6 +318,13 @@ fn target_for(origin: &str, dir: &str, target: &Path) -> Option<PathBuf> {
     ok.then_some(out)
 }
 
+/// The newest [`MAX_CANDIDATES`] of `it`, newest first.
+fn newest_first<'a>(it: impl Iterator<Item = &'a ObjectInfo>) -> Vec<ObjectInfo> {
+    let mut v: Vec<&ObjectInfo> = it.collect();
+    v.sort_by(|a, b| newness(b).cmp(&newness(a)));
+    v.into_iter().take(MAX_CANDIDATES).cloned().collect()
+}
+
 /// Picks the index per directory from one listing of the origin.
 pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choice>, PlanError> {
     let origin = opts.origin.as_str();
@@ -322,24 +366,23 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
             Ok(vec![Choice {
                 dir: origin.to_string(),
                 target: opts.target.clone(),
-                index: o.clone(),
+                candidates: vec![o.clone()],
+                strict: true,
                 indexes_total: by_dir.get(origin).map_or(1, Vec::len),
             }])
         }
         Selection::Newest => {
             let all = by_dir.get(origin).map(Vec::as_slice).unwrap_or(&[]);
-            let best = all
-                .iter()
-                .filter(eligible)
-                .max_by(|a, b| newness(a).cmp(&newness(b)));
-            match best {
-                Some(o) => Ok(vec![Choice {
+            let candidates = newest_first(all.iter().filter(eligible).copied());
+            match candidates.is_empty() {
+                false => Ok(vec![Choice {
                     dir: origin.to_string(),
                     target: opts.target.clone(),
-                    index: (*o).clone(),
+                    candidates,
+                    strict: opts.as_of.is_some(),
                     indexes_total: all.len(),
                 }]),
-                None => Err(PlanError::NothingToRestore {
+                true => Err(PlanError::NothingToRestore {
                     prefix: opts.origin_key(),
                     detail: as_of_detail(),
                 }),
@@ -348,19 +391,17 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
         Selection::Recursive => {
             let mut out = Vec::new();
             for (dir, all) in &by_dir {
-                let Some(best) = all
-                    .iter()
-                    .filter(eligible)
-                    .max_by(|a, b| newness(a).cmp(&newness(b)))
-                else {
+                let candidates = newest_first(all.iter().filter(eligible).copied());
+                if candidates.is_empty() {
                     continue;
-                };
+                }
                 // Directories that cannot be mapped are reported by plan().
                 let target = target_for(origin, dir, &opts.target).unwrap_or_default();
                 out.push(Choice {
                     dir: dir.to_string(),
                     target,
-                    index: (*best).clone(),
+                    candidates,
+                    strict: opts.as_of.is_some(),
                     indexes_total: all.len(),
                 });
             }
@@ -375,6 +416,169 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
     }
 }
 
+/// What is known about one candidate index of a directory.
+#[derive(Debug, Clone)]
+pub struct IndexCheck {
+    pub key: String,
+    pub time: DateTime<Utc>,
+    /// The names it lists (deduplicated, in order).
+    pub names: Vec<String>,
+    /// Names whose object is not in the listing.
+    pub missing: Vec<String>,
+    /// Why the index cannot be used at all (not fetched, not valid).
+    pub unusable: Option<String>,
+}
+
+impl IndexCheck {
+    pub fn complete(&self) -> bool {
+        self.unusable.is_none() && self.missing.is_empty()
+    }
+
+    /// "complete", "incomplete: 2 objects missing (a, b)" or "unusable: why".
+    pub fn describe(&self) -> String {
+        if let Some(why) = &self.unusable {
+            return format!("unusable: {why}");
+        }
+        if self.missing.is_empty() {
+            return "complete".into();
+        }
+        const SHOWN: usize = 5;
+        let mut names: Vec<String> = self
+            .missing
+            .iter()
+            .take(SHOWN)
+            .map(|n| crate::restore::escape(n))
+            .collect();
+        if self.missing.len() > SHOWN {
+            names.push(format!("and {} more", self.missing.len() - SHOWN));
+        }
+        format!(
+            "incomplete: {} object(s) missing ({})",
+            self.missing.len(),
+            names.join(", ")
+        )
+    }
+}
+
+/// Examines one index body against the listing.
+fn check_index(
+    dir: &str,
+    index: &ObjectInfo,
+    body: &[u8],
+    by_key: &HashMap<&str, &ObjectInfo>,
+    opts: &RestoreOptions,
+) -> IndexCheck {
+    let mut ch = IndexCheck {
+        key: index.key.clone(),
+        time: index.last_modified,
+        names: Vec::new(),
+        missing: Vec::new(),
+        unusable: None,
+    };
+    let Listing {
+        dir: json_dir,
+        names,
+    } = match layout::parse_listing(body) {
+        Ok(l) => l,
+        Err(e) => {
+            ch.unusable = Some(e.to_string());
+            return ch;
+        }
+    };
+    if json_dir.trim_end_matches('/') != dir {
+        tracing::warn!(
+            index = %crate::restore::escape(&index.key),
+            listed = %crate::restore::escape(&json_dir),
+            "index describes another directory than the one it is stored in; using the stored directory"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let data_key = opts.layout.data_key(&format!("{dir}/{name}"));
+        if !by_key.contains_key(data_key.as_str()) {
+            ch.missing.push(name.clone());
+        }
+        ch.names.push(name);
+    }
+    ch
+}
+
+/// Where the walk over a directory's candidates stands.
+enum Walk {
+    /// This index body is needed to go on.
+    Need(String),
+    /// Every candidate examined so far, and which one (if any) is complete.
+    Done {
+        checks: Vec<IndexCheck>,
+        chosen: Option<usize>,
+    },
+}
+
+/// Walks the candidates of `c` newest first until a complete one (or, when strict, after
+/// the first). A candidate whose body is absent from `bodies` (and not known to be
+/// unfetchable: an empty body stands for that) stops the walk with [`Walk::Need`].
+fn walk(
+    c: &Choice,
+    bodies: &HashMap<String, Bytes>,
+    by_key: &HashMap<&str, &ObjectInfo>,
+    opts: &RestoreOptions,
+) -> Walk {
+    let mut checks = Vec::new();
+    for cand in &c.candidates {
+        let Some(body) = bodies.get(&cand.key) else {
+            return Walk::Need(cand.key.clone());
+        };
+        let ch = if body.is_empty() {
+            IndexCheck {
+                key: cand.key.clone(),
+                time: cand.last_modified,
+                names: Vec::new(),
+                missing: Vec::new(),
+                unusable: Some("could not be fetched".into()),
+            }
+        } else {
+            check_index(&c.dir, cand, body, by_key, opts)
+        };
+        let complete = ch.complete();
+        checks.push(ch);
+        if complete {
+            let i = checks.len() - 1;
+            return Walk::Done {
+                checks,
+                chosen: Some(i),
+            };
+        }
+        if c.strict {
+            break;
+        }
+    }
+    Walk::Done {
+        checks,
+        chosen: None,
+    }
+}
+
+/// The index bodies [`plan`] still needs to decide (at most one per directory): fetch them,
+/// add them to `bodies` and ask again until this is empty.
+pub fn needed_bodies(
+    listing: &[ObjectInfo],
+    bodies: &HashMap<String, Bytes>,
+    opts: &RestoreOptions,
+) -> Result<Vec<String>, PlanError> {
+    let choices = choose(listing, opts)?;
+    let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
+    Ok(choices
+        .iter()
+        .filter_map(|c| match walk(c, bodies, &by_key, opts) {
+            Walk::Need(k) => Some(k),
+            Walk::Done { .. } => None,
+        })
+        .collect())
+}
+
 /// Builds the restore plan. Pure: `listing` is the one listing of
 /// [`RestoreOptions::origin_key`], `bodies` the bodies of the indexes [`choose`] picks (by
 /// key), `commitlog_listing` the listing of [`RestoreOptions::commitlog_key`].
@@ -386,9 +590,12 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     let choices = choose(listing, opts)?;
     let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        target: opts.target.clone(),
+        ..Plan::default()
+    };
     for c in choices {
-        let key = c.index.key.clone();
+        let newest = c.newest().key.clone();
         let rel = c
             .dir
             .strip_prefix(opts.origin.as_str())
@@ -399,62 +606,90 @@ pub fn plan(
             continue;
         }
         if target_for(&opts.origin, &c.dir, &opts.target).is_none() {
-            plan.problems
-                .push(TableProblem::Outside { key, dir: c.dir });
+            plan.problems.push(TableProblem::Outside {
+                key: newest,
+                dir: c.dir,
+            });
             continue;
         }
-        let Some(body) = bodies.get(&key) else {
-            plan.problems
-                .push(TableProblem::IndexNotFetched { key: key.clone() });
-            continue;
-        };
-        let listing_body = match layout::parse_listing(body) {
-            Ok(l) => l,
-            Err(source) => {
-                plan.problems.push(TableProblem::BadIndex { key, source });
+        let (checks, chosen) = match walk(&c, bodies, &by_key, opts) {
+            Walk::Need(key) => {
+                plan.problems.push(TableProblem::IndexNotFetched { key });
                 continue;
             }
+            Walk::Done { checks, chosen } => (checks, chosen),
         };
-        let Listing {
-            dir: json_dir,
-            names,
-        } = listing_body;
-        if json_dir.trim_end_matches('/') != c.dir {
+        let (pos, names) = match chosen {
+            Some(i) => (i, checks[i].names.clone()),
+            None if c.strict => {
+                // -f / --as-of: that file set or nothing.
+                let ch = &checks[0];
+                plan.problems.push(match &ch.unusable {
+                    Some(why) => TableProblem::BadIndex {
+                        key: ch.key.clone(),
+                        why: why.clone(),
+                    },
+                    None => TableProblem::Incomplete {
+                        index: ch.key.clone(),
+                        missing: ch.missing.clone(),
+                    },
+                });
+                continue;
+            }
+            None => {
+                // No complete file set at all: the newest usable one, every gap an error.
+                let Some(i) = checks.iter().position(|ch| ch.unusable.is_none()) else {
+                    for ch in &checks {
+                        plan.problems.push(TableProblem::BadIndex {
+                            key: ch.key.clone(),
+                            why: ch.unusable.clone().unwrap_or_default(),
+                        });
+                    }
+                    continue;
+                };
+                for name in &checks[i].missing {
+                    plan.problems.push(TableProblem::MissingObject {
+                        index: checks[i].key.clone(),
+                        name: name.clone(),
+                        key: opts.layout.data_key(&format!("{}/{}", c.dir, name)),
+                    });
+                }
+                (i, checks[i].names.clone())
+            }
+        };
+        if pos > 0 && chosen.is_some() {
+            let first = &checks[0];
             tracing::warn!(
-                index = %key,
-                listed = %json_dir,
-                "index describes another directory than the one it is stored in; using the stored directory"
+                "{}: newest index {} is {}; restoring the older complete index {}",
+                c.dir,
+                first.key,
+                first.describe(),
+                checks[pos].key
             );
         }
         let mut files = Vec::with_capacity(names.len());
-        let mut seen = std::collections::HashSet::new();
         for name in names {
-            if !seen.insert(name.clone()) {
-                continue;
-            }
             let data_key = opts.layout.data_key(&format!("{}/{}", c.dir, name));
-            match by_key.get(data_key.as_str()) {
-                Some(o) => files.push(PlannedFile {
+            if let Some(o) = by_key.get(data_key.as_str()) {
+                files.push(PlannedFile {
                     key: data_key,
                     dest: c.target.join(&name),
                     name,
                     size: o.size,
                     e_tag: o.e_tag.clone(),
                     local_size: None,
-                }),
-                None => plan.problems.push(TableProblem::MissingObject {
-                    index: key.clone(),
-                    name,
-                    key: data_key,
-                }),
+                });
             }
         }
+        let index = &c.candidates[pos];
         plan.tables.push(TablePlan {
-            dir: c.dir,
-            target: c.target,
-            index_key: key,
-            index_time: c.index.last_modified,
+            dir: c.dir.clone(),
+            target: c.target.clone(),
+            index_key: index.key.clone(),
+            index_time: index.last_modified,
             indexes_total: c.indexes_total,
+            complete: chosen.is_some(),
+            checks,
             files,
         });
     }

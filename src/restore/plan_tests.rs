@@ -192,10 +192,7 @@ fn unsafe_names_and_missing_objects_are_problems_not_files() {
     assert!(p.tables.is_empty());
     assert!(matches!(
         &p.problems[..],
-        [TableProblem::BadIndex {
-            source: ListingError::UnsafeName(n),
-            ..
-        }] if n == "../x"
+        [TableProblem::BadIndex { why, .. }] if why.contains("\"../x\"")
     ));
     b.insert(
         ik,
@@ -253,4 +250,93 @@ fn commitlogs_newer_than_oldest_chosen_index_compare_as_integers() {
         ["CommitLog-7-1000001.log", "CommitLog-7-9999999999.log"]
     );
     assert_eq!(c.target, PathBuf::from("/restore/commitlogs"));
+}
+
+/// Builds the plan the way `prepare` does: fetch what [`needed_bodies`] asks for, again
+/// until it asks for nothing. Returns the plan and the order bodies were asked for.
+fn plan_fetching(
+    l: &[ObjectInfo],
+    all: &HashMap<String, Bytes>,
+    o: &RestoreOptions,
+) -> (Plan, Vec<String>) {
+    let mut got = HashMap::new();
+    let mut asked = Vec::new();
+    loop {
+        let want = needed_bodies(l, &got, o).unwrap();
+        if want.is_empty() {
+            break;
+        }
+        for k in want {
+            asked.push(k.clone());
+            got.insert(k.clone(), all.get(&k).cloned().unwrap_or_default());
+        }
+    }
+    (plan(l, &got, None, o).unwrap(), asked)
+}
+
+#[test]
+fn incomplete_newest_index_falls_back_to_the_newest_complete_one() {
+    let (mut l, b) = table("/d", &[(1, 100), (2, 200), (3, 300)]);
+    // Generation 3's Data.db is gone, and so is generation 2's.
+    l.retain(|o| o.key != "h:/d/nb-3-big-Data.db" && o.key != "h:/d/nb-2-big-Data.db");
+    let (p, asked) = plan_fetching(&l, &b, &opts(Selection::Newest));
+    assert_eq!(chosen(&p), ["h:/d/nb-1-big-Data.db-listdir.json"]);
+    // Newest first, one at a time, and no further than needed.
+    assert_eq!(
+        asked,
+        [
+            "h:/d/nb-3-big-Data.db-listdir.json",
+            "h:/d/nb-2-big-Data.db-listdir.json",
+            "h:/d/nb-1-big-Data.db-listdir.json"
+        ]
+    );
+    let t = &p.tables[0];
+    assert!(t.complete);
+    assert_eq!(t.checks.len(), 3);
+    assert_eq!(t.checks[0].missing, ["nb-3-big-Data.db"]);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let r = p.render();
+    assert!(
+        r.contains("newer index h:/d/nb-3-big-Data.db-listdir.json")
+            && r.contains("incomplete: 1 object(s) missing (nb-3-big-Data.db)"),
+        "{r}"
+    );
+    // An unfetchable newest index is stepped over too.
+    let (l, mut b) = table("/d", &[(1, 100), (2, 200)]);
+    b.remove("h:/d/nb-2-big-Data.db-listdir.json");
+    let (p, _) = plan_fetching(&l, &b, &opts(Selection::Newest));
+    assert_eq!(chosen(&p), ["h:/d/nb-1-big-Data.db-listdir.json"]);
+}
+
+#[test]
+fn no_complete_index_restores_the_newest_and_names_every_gap() {
+    let (mut l, b) = table("/d", &[(1, 100), (2, 200)]);
+    l.retain(|o| o.key != "h:/d/toc.txt");
+    let (p, _) = plan_fetching(&l, &b, &opts(Selection::Newest));
+    assert_eq!(chosen(&p), ["h:/d/nb-2-big-Data.db-listdir.json"]);
+    assert!(!p.tables[0].complete);
+    assert!(matches!(
+        &p.problems[..],
+        [TableProblem::MissingObject { key, .. }] if key == "h:/d/toc.txt"
+    ));
+    assert!(p.render().contains("INCOMPLETE"));
+}
+
+#[test]
+fn as_of_and_file_never_step_back_and_name_what_is_missing() {
+    let (mut l, b) = table("/d", &[(1, 100), (2, 200)]);
+    l.retain(|o| o.key != "h:/d/nb-2-big-Data.db");
+    let mut o = opts(Selection::Newest);
+    o.as_of = Some(Utc.timestamp_opt(250, 0).unwrap());
+    let (p, _) = plan_fetching(&l, &b, &o);
+    assert!(p.tables.is_empty());
+    assert!(matches!(
+        &p.problems[..],
+        [TableProblem::Incomplete { index, missing }]
+            if index == "h:/d/nb-2-big-Data.db-listdir.json" && missing == &["nb-2-big-Data.db"]
+    ));
+    assert!(p.problems[0].to_string().contains("nb-2-big-Data.db"));
+    let (p, _) = plan_fetching(&l, &b, &opts(Selection::File("nb-2-big-Data.db".into())));
+    assert!(p.tables.is_empty());
+    assert!(matches!(&p.problems[..], [TableProblem::Incomplete { .. }]));
 }
