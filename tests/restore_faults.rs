@@ -141,3 +141,64 @@ fn large_objects_come_in_parallel_ranges_and_verify() {
         assert!(tree(t2.path()).is_empty());
     });
 }
+
+/// The object shrinks while it is being downloaded (replaced by a shorter one on the same
+/// inode): the store's reader then returns empty chunks forever. Before the fix this hung
+/// at 100 % CPU with a temp file left; now it fails after a bounded number of attempts and
+/// leaves nothing, on the single-stream path and on the ranged path.
+#[test]
+fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
+    for ranged in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let (opts, c) = file_dest();
+        let w = Writer::new(&opts, &c);
+        let dir = "/d/ks/t-1";
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let key = w.put_data(&format!("{dir}/nb-1-big-Data.db"), &body, 0o100644);
+        w.put_index(dir, "nb-1-big-Data.db", &["nb-1-big-Data.db".into()]);
+        let store = Store::open(&opts).unwrap();
+        let ro = RestoreOptions {
+            layout: Layout::new(c.prefix.clone(), HOST, ":"),
+            origin: dir.into(),
+            target: t.path().to_path_buf(),
+            selection: Selection::Newest,
+            as_of: None,
+            commitlogs: None,
+            commitlog_target: None,
+        };
+        let obj = object_file(&c, &key);
+        let shrunk = Arc::new(AtomicU32::new(0));
+        let s2 = shrunk.clone();
+        let e = ExecOptions {
+            retry_pause: std::time::Duration::from_millis(1),
+            range_threshold: if ranged { 1 << 20 } else { u64::MAX },
+            range_size: 256 << 10,
+            chunk_hook: Some(Arc::new(move |_k: &str, _at: u64| {
+                if s2.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // 3 MB to 100 KB, under the open reader.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&obj)
+                        .unwrap()
+                        .set_len(100_000)
+                        .unwrap();
+                }
+            })),
+            ..Default::default()
+        };
+        rt().block_on(async {
+            let plan = restore::prepare(&store, &ro, 4).await.unwrap();
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                restore::execute(&store, &plan, &e, &Quiet),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("ranged={ranged}: the download did not end"));
+            assert_eq!(r.failures.len(), 1, "ranged={ranged}");
+            let msg = r.failures[0].1.to_string();
+            assert!(msg.contains("gave up after 5 attempts"), "{msg}");
+            assert!(tree(t.path()).is_empty(), "{:?}", tree(t.path()));
+        });
+        assert!(shrunk.load(Ordering::SeqCst) > 0, "the hook ran");
+    }
+}

@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::layout::Layout;
 use crate::restore::{
     self, ExecOptions, Observer, Outcome, Ownership, PlannedFile, PrepareError, RestoreOptions,
-    Selection,
+    Selection, escape,
 };
 use crate::store::{Store, StoreOptions};
 
@@ -160,7 +160,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", escape(&format!("{e:#}")));
             ExitCode::from(3)
         }
     }
@@ -214,7 +214,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => bail!("{e}"),
     };
     for p in &plan.problems {
-        tracing::error!("{p}");
+        tracing::error!("{}", escape(&p.to_string()));
     }
     let problems = !plan.problems.is_empty();
     if a.dry_run {
@@ -262,7 +262,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let r = restore::verify(&store, &plan, &exec, &observer).await;
         observer.finish();
         for (_, e) in &r.failures {
-            tracing::error!("{e}");
+            tracing::error!("{}", escape(&e.to_string()));
         }
         tracing::info!(
             "verified {} files, {} problems, in {:.1?}",
@@ -291,7 +291,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     for (_, e) in &r.failures {
-        tracing::error!("{e}");
+        tracing::error!("{}", escape(&e.to_string()));
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -421,12 +421,12 @@ impl Observer for Display {
                     let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
                     b.set_message(format!("{done}/{} files", self.files));
                 }
-                tracing::debug!(key = %f.key, "{outcome:?}");
+                tracing::debug!(key = %escape(&f.key), "{outcome:?}");
             }
             None => match outcome {
                 Outcome::Restored { attempts } => tracing::info!(
                     "{what} {} ({} bytes{})",
-                    f.dest.display(),
+                    escape(&f.dest.display().to_string()),
                     f.size,
                     if *attempts > 1 {
                         format!(", after {attempts} attempts")
@@ -434,10 +434,13 @@ impl Observer for Display {
                         String::new()
                     }
                 ),
-                Outcome::Verified => tracing::info!("{what} {} ({} bytes)", f.key, f.size),
-                Outcome::AlreadyPresent => {
-                    tracing::info!("{} already present, skipped", f.dest.display())
+                Outcome::Verified => {
+                    tracing::info!("{what} {} ({} bytes)", escape(&f.key), f.size)
                 }
+                Outcome::AlreadyPresent => tracing::info!(
+                    "{} already present (checksum matches), skipped",
+                    escape(&f.dest.display().to_string())
+                ),
                 Outcome::Failed(_) => {}
             },
         }

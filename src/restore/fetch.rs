@@ -235,7 +235,7 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
                         last: Box::new(e),
                     });
                 }
-                tracing::warn!(key = %escape(&f.key), attempt, "{e}; retrying");
+                tracing::warn!(attempt, "{}; retrying", escape(&e.to_string()));
                 tokio::time::sleep(opts.retry_pause * attempt).await;
             }
         }

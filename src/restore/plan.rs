@@ -240,7 +240,7 @@ impl Plan {
             let _ = writeln!(out, "skipped (snapshot/backup directory): {d}");
         }
         for p in &self.problems {
-            let _ = writeln!(out, "PROBLEM: {p}");
+            let _ = writeln!(out, "PROBLEM: {}", esc(&p.to_string()));
         }
         let _ = writeln!(
             out,
@@ -661,10 +661,10 @@ pub fn plan(
             let first = &checks[0];
             tracing::warn!(
                 "{}: newest index {} is {}; restoring the older complete index {}",
-                c.dir,
-                first.key,
+                crate::restore::escape(&c.dir),
+                crate::restore::escape(&first.key),
                 first.describe(),
-                checks[pos].key
+                crate::restore::escape(&checks[pos].key)
             );
         }
         let mut files = Vec::with_capacity(names.len());

@@ -118,7 +118,7 @@ pub async fn verify(
             match verify_one(store, f, opts, observer).await {
                 Ok(()) => break Outcome::Verified,
                 Err(e @ RestoreError::Stalled { .. }) if attempt < opts.attempts => {
-                    tracing::warn!("{e}; retrying");
+                    tracing::warn!("{}; retrying", escape(&e.to_string()));
                     tokio::time::sleep(opts.retry_pause * attempt).await;
                 }
                 Err(e) => break Outcome::Failed(e),
