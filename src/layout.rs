@@ -140,36 +140,350 @@ pub enum ListingError {
     Json(#[from] serde_json::Error),
     #[error("index must be a JSON object with exactly one member (directory → array of names)")]
     Shape,
-    #[error("index names {0:?}, which is not a plain file name (absolute, '..', '/' or empty)")]
+    #[error(
+        "index names {}, which is not a plain file name (absolute, '..', '/', control characters or empty)",
+        Quoted(.0)
+    )]
     UnsafeName(String),
+    #[error("index body is larger than {limit} bytes; not read (an index lists one directory)")]
+    TooLarge { limit: u64 },
+    #[error(
+        "index names {count} entries that are not plain file names (absolute, '..', '/', control characters or empty), the first {}",
+        Quoted(.first)
+    )]
+    UnsafeNames { count: u64, first: String },
 }
 
-/// Parses an index body, refusing names that could escape the directory on restore.
+/// Shows a name in an error or log line: quoted, control characters escaped, at most 200
+/// characters (an index or key can be made of anything).
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        let (cut, more) = match s.char_indices().nth(200) {
+            Some((i, _)) => (&s[..i], "…"),
+            None => (s, ""),
+        };
+        write!(f, "\"{}{more}\"", printable(cut))
+    }
+}
+
+/// The most an index body may weigh: a real one lists one table directory (a few hundred
+/// bytes per SSTable), so 64 MiB is far beyond any real node and bounds what a bad or hostile
+/// object can make the tools allocate.
+pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Parses an index body, refusing names that could escape the directory on restore (the
+/// first such name is the error). Bodies over [`MAX_INDEX_BYTES`] are refused unread.
 pub fn parse_listing(body: &[u8]) -> Result<Listing, ListingError> {
-    let v: serde_json::Value = serde_json::from_slice(body)?;
-    let obj = v.as_object().ok_or(ListingError::Shape)?;
-    if obj.len() != 1 {
-        return Err(ListingError::Shape);
+    let mut names = Vec::new();
+    let s = parse_index(body, |_, n| names.push(n.to_string()))?;
+    if let Some(first) = s.first_bad {
+        return Err(ListingError::UnsafeName(first));
     }
-    let (dir, arr) = obj.iter().next().ok_or(ListingError::Shape)?;
-    let arr = arr.as_array().ok_or(ListingError::Shape)?;
-    let mut names = Vec::with_capacity(arr.len());
-    for n in arr {
-        let n = n.as_str().ok_or(ListingError::Shape)?;
-        if !is_plain_name(n) {
-            return Err(ListingError::UnsafeName(n.to_string()));
-        }
-        names.push(n.to_string());
-    }
-    Ok(Listing {
-        dir: dir.clone(),
-        names,
-    })
+    Ok(Listing { dir: s.dir, names })
 }
 
-/// A name that stays inside its directory: not empty, not `.`/`..`, no `/` or NUL.
+/// What [`parse_index`] saw besides the names it handed out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// The directory the body describes (its only member's name).
+    pub dir: String,
+    /// Plain names handed to the callback.
+    pub names: u64,
+    /// Names refused by [`is_plain_name`]; only the first is kept, so that a body of
+    /// millions of bad names gives one report, not millions.
+    pub bad_names: u64,
+    pub first_bad: Option<String>,
+}
+
+impl IndexSummary {
+    /// The one error to report for this index's bad names, if it had any.
+    pub fn bad_names_error(&self) -> Option<ListingError> {
+        self.first_bad
+            .as_ref()
+            .map(|first| ListingError::UnsafeNames {
+                count: self.bad_names,
+                first: first.clone(),
+            })
+    }
+}
+
+/// Parses an index body `{"DIR": ["name", ...]}` without building it in memory: every plain
+/// name is handed to `on_name(dir, name)` as it is read, unsafe names are counted (see
+/// [`IndexSummary`]). Bodies over [`MAX_INDEX_BYTES`] are refused unread.
+pub fn parse_index(
+    body: &[u8],
+    on_name: impl FnMut(&str, &str),
+) -> Result<IndexSummary, ListingError> {
+    if body.len() as u64 > MAX_INDEX_BYTES {
+        return Err(ListingError::TooLarge {
+            limit: MAX_INDEX_BYTES,
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let s = index_seed::parse(&mut de, on_name)?;
+    de.end()?;
+    Ok(s)
+}
+
+/// [`parse_index`] from a reader (a download, a file), reading at most [`MAX_INDEX_BYTES`]:
+/// memory stays bounded by the longest single name, whatever the body's size.
+pub fn parse_index_reader(
+    r: impl std::io::Read,
+    on_name: impl FnMut(&str, &str),
+) -> Result<IndexSummary, ListingError> {
+    use std::io::Read as _;
+    let mut limited = std::io::BufReader::with_capacity(64 * 1024, r).take(MAX_INDEX_BYTES + 1);
+    let res = {
+        let mut de = serde_json::Deserializer::from_reader(&mut limited);
+        index_seed::parse(&mut de, on_name).and_then(|s| {
+            de.end()?;
+            Ok(s)
+        })
+    };
+    // Whatever the parser made of a truncated body, a body over the cap is the error.
+    if limited.limit() == 0 {
+        return Err(ListingError::TooLarge {
+            limit: MAX_INDEX_BYTES,
+        });
+    }
+    res
+}
+
+mod index_seed {
+    //! serde visitors that walk `{"DIR": [names]}` handing out each name without keeping it.
+    use super::{IndexSummary, ListingError, is_plain_name};
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    pub(super) fn parse<'de, D, F>(de: D, on_name: F) -> Result<IndexSummary, ListingError>
+    where
+        D: Deserializer<'de, Error = serde_json::Error>,
+        F: FnMut(&str, &str),
+    {
+        let mut shape_ok = true;
+        let mut v = Top {
+            on_name,
+            summary: IndexSummary::default(),
+            shape_ok: &mut shape_ok,
+        };
+        let r = de.deserialize_any(&mut v);
+        let summary = std::mem::take(&mut v.summary);
+        drop(v);
+        match r {
+            Ok(()) => Ok(summary),
+            Err(_) if !shape_ok => Err(ListingError::Shape),
+            Err(e) => Err(ListingError::Json(e)),
+        }
+    }
+
+    struct Top<'s, F> {
+        on_name: F,
+        summary: IndexSummary,
+        shape_ok: &'s mut bool,
+    }
+
+    impl<F> Top<'_, F> {
+        fn shape<E: de::Error>(&mut self) -> E {
+            *self.shape_ok = false;
+            E::custom("index must be a JSON object with exactly one member")
+        }
+    }
+
+    impl<'de, F: FnMut(&str, &str)> Visitor<'de> for &mut Top<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object {\"DIR\": [names]}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Some(dir) = map.next_key::<String>()? else {
+                return Err(self.shape());
+            };
+            self.summary.dir = dir;
+            let shape_ok = &mut *self.shape_ok;
+            map.next_value_seed(Names {
+                on_name: &mut self.on_name,
+                summary: &mut self.summary,
+                shape_ok,
+            })?;
+            if map.next_key::<de::IgnoredAny>()?.is_some() {
+                return Err(self.shape());
+            }
+            Ok(())
+        }
+        // Any other JSON value at the top is the wrong shape.
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            Err(self.shape())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Err(self.shape())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Err(self.shape())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Err(self.shape())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Err(self.shape())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Err(self.shape())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Err(self.shape())
+        }
+    }
+
+    struct Names<'a, F> {
+        on_name: &'a mut F,
+        summary: &'a mut IndexSummary,
+        shape_ok: &'a mut bool,
+    }
+
+    impl<'de, F: FnMut(&str, &str)> DeserializeSeed<'de> for Names<'_, F> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, F: FnMut(&str, &str)> Visitor<'de> for Names<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of file names")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            loop {
+                let one = One {
+                    on_name: &mut *self.on_name,
+                    summary: &mut *self.summary,
+                    shape_ok: &mut *self.shape_ok,
+                };
+                if seq.next_element_seed(one)?.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            *self.shape_ok = false;
+            Err(de::Error::custom("names must be an array"))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be an array"))
+        }
+    }
+
+    struct One<'a, F> {
+        on_name: &'a mut F,
+        summary: &'a mut IndexSummary,
+        shape_ok: &'a mut bool,
+    }
+
+    impl<'de, F: FnMut(&str, &str)> DeserializeSeed<'de> for One<'_, F> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, F: FnMut(&str, &str)> Visitor<'de> for One<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a file name")
+        }
+        fn visit_str<E: de::Error>(self, n: &str) -> Result<(), E> {
+            if is_plain_name(n) {
+                self.summary.names += 1;
+                (self.on_name)(&self.summary.dir, n);
+            } else {
+                self.summary.bad_names += 1;
+                if self.summary.first_bad.is_none() {
+                    self.summary.first_bad = Some(n.chars().take(256).collect());
+                }
+            }
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be strings"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be strings"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be strings"))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be strings"))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            *self.shape_ok = false;
+            Err(E::custom("names must be strings"))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            *self.shape_ok = false;
+            Err(de::Error::custom("names must be strings"))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            *self.shape_ok = false;
+            Err(de::Error::custom("names must be strings"))
+        }
+    }
+}
+
+/// A name that stays inside its directory: not empty, not `.`/`..`, no `/`, no control
+/// characters (NUL, newline, tab, DEL, C1: they make invalid keys and forge log lines).
 pub fn is_plain_name(n: &str) -> bool {
-    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
+    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.chars().any(char::is_control)
+}
+
+/// `s` with control characters escaped (`\n`, `\t`, `\r`, else `\u{..}`), so that a name
+/// from a bucket or an index cannot forge or break log lines. Borrowed when nothing needs
+/// escaping (the usual case).
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The file-system facts the original stores in the `stat` metadata.
@@ -364,6 +678,93 @@ mod tests {
             Err(ListingError::Shape)
         ));
         assert!(matches!(parse_listing(b"{"), Err(ListingError::Json(_))));
+    }
+
+    #[test]
+    fn control_characters_are_not_plain_names() {
+        for bad in ["a\tb", "a\nb", "\r", "x\u{7f}", "x\u{85}y", "\u{1b}[31m"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+            assert!(matches!(
+                parse_listing(format!("{{\"/d\": [{}]}}", serde_json::json!(bad)).as_bytes()),
+                Err(ListingError::UnsafeName(_))
+            ));
+        }
+        assert!(is_plain_name("nb-1-big-Data.db") && is_plain_name("café ü.db"));
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert!(matches!(
+            printable("h:/d/nb-1-big-Data.db"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            printable("a\nINFO forged\r\tb\u{1b}[0m\u{7f}é"),
+            "a\\nINFO forged\\r\\tb\\u{1b}[0m\\u{7f}é"
+        );
+        assert!(!printable("x\n\u{85}\u{0}").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn parse_index_hands_out_names_and_reports_bad_ones_once() {
+        let body = br#"{"/d/t": ["a", "../x", "b", "/etc/passwd", "c\nd", "e"]}"#;
+        let mut got = Vec::new();
+        let s = parse_index(body, |d, n| got.push(format!("{d}|{n}"))).unwrap();
+        assert_eq!(got, ["/d/t|a", "/d/t|b", "/d/t|e"]);
+        assert_eq!((s.dir.as_str(), s.names, s.bad_names), ("/d/t", 3, 3));
+        assert_eq!(s.first_bad.as_deref(), Some("../x"));
+        let e = s.bad_names_error().unwrap().to_string();
+        assert!(e.contains("3 entries") && e.contains("\"../x\""), "{e}");
+        // The same from a reader.
+        let mut n = 0;
+        let r = parse_index_reader(&body[..], |_, _| n += 1).unwrap();
+        assert_eq!((r, n), (s, 3));
+        // Shapes and JSON errors as parse_listing reports them.
+        for (bad, shape) in [
+            (&b"[1]"[..], true),
+            (br#"{"/a": [], "/b": []}"#, true),
+            (br#"{"/a": "x"}"#, true),
+            (br#"{"/a": [1]}"#, true),
+            (br#"{}"#, true),
+            (b"{", false),
+            (br#"{"/a": []} x"#, false),
+        ] {
+            let e = parse_index(bad, |_, _| {}).unwrap_err();
+            assert_eq!(matches!(e, ListingError::Shape), shape, "{e}");
+            let e = parse_index_reader(bad, |_, _| {}).unwrap_err();
+            assert_eq!(matches!(e, ListingError::Shape), shape, "reader: {e}");
+        }
+    }
+
+    #[test]
+    fn huge_index_is_refused_with_one_error_and_bad_names_do_not_pile_up() {
+        // Just over the cap: refused unread, one error naming the limit.
+        let mut big = br#"{"/d": ["#.to_vec();
+        while (big.len() as u64) <= MAX_INDEX_BYTES {
+            big.extend_from_slice(br#""../evil-name-0123456789", "#);
+        }
+        big.extend_from_slice(br#""x"]}"#);
+        let e = parse_index(&big, |_, _| panic!("no name from a refused body")).unwrap_err();
+        assert!(matches!(e, ListingError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("67108864"), "{e}");
+        let e = parse_index_reader(&big[..], |_, _| {}).unwrap_err();
+        assert!(matches!(e, ListingError::TooLarge { .. }), "{e}");
+        assert!(matches!(
+            parse_listing(&big),
+            Err(ListingError::TooLarge { .. })
+        ));
+        // Under the cap, 1.5 M bad names: one summary, one first name, bounded error text.
+        let n = 1_500_000usize;
+        let mut body = br#"{"/d": ["#.to_vec();
+        for i in 0..n {
+            body.extend_from_slice(format!(r#""../{i}\n", "#).as_bytes());
+        }
+        body.extend_from_slice(br#""ok"]}"#);
+        let mut good = 0;
+        let s = parse_index_reader(&body[..], |_, _| good += 1).unwrap();
+        assert_eq!((good, s.names, s.bad_names), (1, 1, n as u64));
+        let e = s.bad_names_error().unwrap().to_string();
+        assert!(e.len() < 400 && !e.contains('\n'), "{e}");
     }
 
     #[test]

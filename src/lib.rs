@@ -18,6 +18,8 @@
 //! * [`store`]: destinations and the object-store operations, with typed errors.
 //! * [`credentials`]: the credential files the original's boto read (`~/.aws/credentials`,
 //!   `~/.boto`), for hosts that keep their keys there.
+//! * [`digest`]: Cassandra's own checksum of each `Data.db` (its `Digest` component), named
+//!   from the file name and checked while streaming.
 //! * [`filter`]: the original's include/exclude rules.
 //! * [`watch`]: inotify watches, new directories, overflow rescans.
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
@@ -30,6 +32,7 @@
 pub mod cli;
 pub mod credentials;
 pub mod daemon;
+pub mod digest;
 pub mod filter;
 pub mod layout;
 pub mod metrics;
