@@ -346,3 +346,60 @@ fn control_characters_in_names_are_escaped_in_logs() {
         assert!(all.contains("x\\nERROR forged line"), "{all:?}");
     }
 }
+
+/// A `Data.db` already corrupt on the node's disk (one byte flipped before upload, its
+/// md5sum metadata computed from the flipped bytes, as tablesnap would): MD5 passes, the
+/// SSTable's own Digest does not. --verify names host, table, SSTable and index; a restore
+/// exits 1 and the file does not appear.
+#[test]
+fn a_data_db_corrupt_at_the_source_fails_its_digest() {
+    let Some(corpus) = corpus() else { return };
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let g1 = names(&corpus, "md-1-");
+    assert!(g1.iter().any(|n| n.ends_with("Digest.crc32")), "{g1:?}");
+    let dir = format!("{DATA}/{HELLO_FOO}");
+    for n in &g1 {
+        let mut body = std::fs::read(corpus.join(HELLO_FOO).join(n)).unwrap();
+        if n == "md-1-big-Data.db" {
+            let i = body.len() / 3;
+            body[i] ^= 0x01;
+        }
+        w.put_data(&format!("{dir}/{n}"), &body, 0o100644);
+    }
+    let index = w.put_index(&dir, "md-1-big-Data.db", &g1);
+    let mut a = s(&["-n", HOST, "--verify"]);
+    a.extend(bucket_args(&opts, &c));
+    a.push(dir.clone());
+    let o = run(SLURP, &a);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("does not match its Digest"))
+        .unwrap_or_else(|| panic!("{err}"));
+    for want in [HOST, dir.as_str(), "SSTable md-1-big-", index.as_str()] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &[], &dir, t.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("does not match its Digest"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!t.path().join("md-1-big-Data.db").exists());
+    assert!(
+        !tree(t.path()).keys().any(|k| k.contains("tableslurp-tmp")),
+        "no temp file left"
+    );
+    // The good copy passes both.
+    let (opts2, c2) = file_dest();
+    let w2 = Writer::new(&opts2, &c2);
+    w2.put_table(&corpus, HELLO_FOO, &g1);
+    let mut a = s(&["-n", HOST, "--verify"]);
+    a.extend(bucket_args(&opts2, &c2));
+    a.push(dir.clone());
+    assert_eq!(run(SLURP, &a).status.code(), Some(0));
+}

@@ -293,6 +293,9 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for (_, e) in &r.failures {
         tracing::error!("{}", escape(&e.to_string()));
     }
+    for m in &r.incomplete_sstables {
+        tracing::error!("{m}");
+    }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         "restored {} files ({} bytes, {:.1} MB/s), {} already present, {} failed, in {:.1}s",

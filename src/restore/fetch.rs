@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::commit::{GroupCommit, sync_batch};
 use super::dirs::{self, Dir};
-use super::verify::{Hashing, next_chunk};
+use super::verify::{Digests, Hashing, fetch_digests, next_chunk};
 use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError, escape};
 use crate::layout::{self, StatMeta};
 use crate::restore::plan::{Plan, PlannedFile};
@@ -93,6 +93,9 @@ pub async fn execute(
             })
         })
         .ok();
+    // Each Data.db with a Digest in its file set is verified by that Digest as it streams.
+    let digests = &fetch_digests(store, plan, opts.threads).await;
+    let host = plan.host.as_str();
     let gate = &Semaphore::new(opts.threads.max(1));
     let (commit, committer) = GroupCommit::new();
     let downloads = async move {
@@ -104,6 +107,8 @@ pub async fn execute(
                     let ctx = Ctx {
                         store,
                         opts,
+                        digests,
+                        host,
                         target_owner,
                         observer,
                         gate,
@@ -156,6 +161,7 @@ pub async fn execute(
         }
     })
     .await;
+    report.incomplete_sstables = check_tocs(plan, dirs);
     for (f, o) in results {
         match o {
             Outcome::Restored { .. } => {
@@ -170,10 +176,49 @@ pub async fn execute(
     report
 }
 
+/// After a restore: every SSTable of the plan whose `TOC.txt` is in TARGET must have each
+/// component the TOC lists; one line per SSTable that does not.
+fn check_tocs(plan: &Plan, dirs: &HashMap<PathBuf, Result<Arc<Dir>, String>>) -> Vec<String> {
+    const TOC: &str = "TOC.txt";
+    let mut out = Vec::new();
+    for t in &plan.tables {
+        let Some(Ok(dir)) = dirs.get(&t.target) else {
+            continue;
+        };
+        for f in t.files.iter().filter(|f| f.name.ends_with(TOC)) {
+            let stem = &f.name[..f.name.len() - TOC.len()];
+            let Ok(file) = dir.open_read(OsStr::new(&f.name)) else {
+                continue; // Not restored: already reported.
+            };
+            let mut body = vec![0u8; 64 << 10];
+            let n = file.read_at(&mut body, 0).unwrap_or(0);
+            let text = String::from_utf8_lossy(&body[..n]);
+            let missing: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| format!("{stem}{c}"))
+                .filter(|name| !matches!(dir.stat(OsStr::new(name)), Ok(Some(e)) if e.is_file()))
+                .collect();
+            if !missing.is_empty() {
+                out.push(format!(
+                    "SSTable {} in {} is incomplete: its TOC.txt lists {}, not in TARGET",
+                    escape(stem),
+                    t.target.display(),
+                    escape(&missing.join(", "))
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// What every download of one [`execute`] shares.
 struct Ctx<'a> {
     store: &'a Store,
     opts: &'a ExecOptions,
+    digests: &'a Digests,
+    host: &'a str,
     /// Owner and group of TARGET, for files stored without `stat` metadata.
     target_owner: Option<(u32, u32)>,
     observer: &'a dyn Observer,
@@ -256,18 +301,18 @@ async fn present_matches(
             .await?
             .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
     };
-    let Some(want) = info.expected_md5() else {
+    let mut h = Hashing::for_file(f, ctx.host, ctx.digests, false);
+    if !h.by_digest() && info.expected_md5().is_none() {
         return Ok(Some(format!(
             "exists with the right size, but {} has no checksum to compare it with",
             escape(&f.key)
         )));
-    };
+    }
     let file = dir
         .open_read(file_name(f))
         .map_err(RestoreError::io("open", &f.dest))?;
     let path = f.dest.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        let mut h = Md5::new();
+    let (h, n) = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
         loop {
@@ -280,12 +325,15 @@ async fn present_matches(
             h.update(&buf[..n]);
             at += n as u64;
         }
-        Ok::<_, RestoreError>(hex::encode(h.finalize()))
+        Ok::<_, RestoreError>((h, at))
     })
     .await
     .map_err(|e| RestoreError::io("read", &f.dest)(std::io::Error::other(e)))??;
-    Ok((got != want).then(|| {
-        format!("exists with the right size but different content (MD5 {got}, stored {want})")
+    Ok(h.finish(&f.key, &info, n, true).err().map(|e| {
+        format!(
+            "exists with the right size but different content ({})",
+            escape(&e.to_string())
+        )
     }))
 }
 
@@ -321,14 +369,16 @@ async fn fetch_once(
                     .await?
                     .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
             };
-            let h = fetch_ranges(ctx, &f.key, info.size, &file, &tmp_path).await?;
+            let h = Hashing::for_file(f, ctx.host, ctx.digests, false);
+            let h = fetch_ranges(ctx, &f.key, info.size, &file, &tmp_path, h).await?;
             (info, h)
         } else {
             // Small: one GET gives the metadata and the bytes, hashed as they stream in.
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
+            let h = Hashing::for_file(f, ctx.host, ctx.digests, false);
             let h = fetch_stream(
-                stream, &f.key, info.size, &file, &tmp_path, limit, opts, observer,
+                stream, &f.key, info.size, &file, &tmp_path, limit, opts, observer, h,
             )
             .await?;
             (info, h)
@@ -392,8 +442,8 @@ async fn fetch_stream(
     limit: Option<u64>,
     opts: &ExecOptions,
     observer: &dyn Observer,
+    mut h: Hashing,
 ) -> Result<(u64, Hashing), RestoreError> {
-    let mut h = Hashing::new();
     let mut off = 0u64;
     while let Some(mut chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
         if let Some(l) = limit {
@@ -436,6 +486,7 @@ async fn fetch_ranges(
     size: u64,
     file: &Arc<File>,
     path: &Path,
+    mut h: Hashing,
 ) -> Result<(u64, Hashing), RestoreError> {
     let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     file.set_len(size)
@@ -492,7 +543,6 @@ async fn fetch_ranges(
         .await
     };
     let hash = async {
-        let mut h = Hashing::new();
         let mut at = 0u64;
         while at < size {
             if written.changed().await.is_err() && *written.borrow() <= at {

@@ -46,25 +46,15 @@ pub mod verify;
 pub use fetch::{execute, gid_of, uid_of};
 pub use inventory::{DirSummary, inventory};
 pub use plan::{
-    Choice, CommitlogPlan, IndexCheck, Plan, PlanError, PlannedFile, RestoreOptions, Selection,
-    TablePlan, TableProblem, choose, newness, plan,
+    Choice, CommitlogPlan, DigestRef, IndexCheck, Plan, PlanError, PlannedFile, RestoreOptions,
+    Selection, TablePlan, TableProblem, choose, newness, plan,
 };
 pub use verify::verify;
 
-/// A name as it may be logged: control characters escaped, so a key cannot forge log lines.
+/// A name as it may be logged: control characters escaped ([`crate::layout::printable`]),
+/// so a key cannot forge log lines.
 pub fn escape(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::layout::printable(s).into_owned()
 }
 
 /// Who should own restored files.
@@ -185,6 +175,8 @@ pub enum RestoreError {
     NoChecksum { key: String },
     #[error(transparent)]
     Dir(#[from] dirs::DirError),
+    #[error(transparent)]
+    Digest(Box<DigestMismatch>),
     #[error("{key}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         key: String,
@@ -192,6 +184,24 @@ pub enum RestoreError {
         #[source]
         last: Box<RestoreError>,
     },
+}
+
+/// A `Data.db` whose bytes do not match its SSTable's Digest.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{host}: table {dir}, SSTable {sstable}, index {index}: Data.db does not match its Digest \
+     ({expected} in {digest_key}, {actual} computed from {key}): the backup was already bad \
+     at the source (corrupt on the node's disk when it was uploaded)"
+)]
+pub struct DigestMismatch {
+    pub host: String,
+    pub dir: String,
+    pub sstable: String,
+    pub index: String,
+    pub key: String,
+    pub digest_key: String,
+    pub expected: String,
+    pub actual: String,
 }
 
 impl RestoreError {
@@ -239,11 +249,13 @@ pub struct Report {
     pub present: usize,
     pub verified: usize,
     pub failures: Vec<(String, RestoreError)>,
+    /// SSTables in TARGET missing a component their `TOC.txt` lists (after a restore).
+    pub incomplete_sstables: Vec<String>,
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && self.incomplete_sstables.is_empty()
     }
 }
 

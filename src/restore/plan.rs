@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::layout::{self, INDEX_SUFFIX, Layout, Listing};
+use crate::layout::{self, INDEX_SUFFIX, Layout};
 use crate::store::ObjectInfo;
 
 /// Which file set(s) to restore.
@@ -97,6 +97,21 @@ pub struct PlannedFile {
     pub e_tag: Option<String>,
     /// Size of a file already at `dest` (filled by [`Plan::check_local`]).
     pub local_size: Option<u64>,
+    /// For a `Data.db` whose `Digest` component is in the same file set: where that is.
+    pub digest: Option<DigestRef>,
+}
+
+/// The `Digest` component of a `Data.db`, and what to name when they disagree.
+#[derive(Debug, Clone)]
+pub struct DigestRef {
+    /// Key of the Digest object.
+    pub key: String,
+    pub alg: crate::digest::Algorithm,
+    /// The SSTable: the `Data.db` name without `Data.db`.
+    pub sstable: String,
+    /// The table directory on the backed-up host, and the index the file set comes from.
+    pub dir: String,
+    pub index: String,
 }
 
 impl PlannedFile {
@@ -141,6 +156,8 @@ pub struct CommitlogPlan {
 /// Everything a restore will do.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// The backed-up host (`-n`).
+    pub host: String,
     /// TARGET: every table directory is under it.
     pub target: PathBuf,
     pub tables: Vec<TablePlan>,
@@ -475,16 +492,20 @@ fn check_index(
         missing: Vec::new(),
         unusable: None,
     };
-    let Listing {
-        dir: json_dir,
-        names,
-    } = match layout::parse_listing(body) {
-        Ok(l) => l,
+    // Capped and parsed name by name; bad names are one error for the index.
+    let mut names = Vec::new();
+    let summary = match layout::parse_index(body, |_, n| names.push(n.to_string())) {
+        Ok(s) => s,
         Err(e) => {
             ch.unusable = Some(e.to_string());
             return ch;
         }
     };
+    if let Some(e) = summary.bad_names_error() {
+        ch.unusable = Some(e.to_string());
+        return ch;
+    }
+    let json_dir = summary.dir;
     if json_dir.trim_end_matches('/') != dir {
         tracing::warn!(
             index = %crate::restore::escape(&index.key),
@@ -528,6 +549,23 @@ fn walk(
 ) -> Walk {
     let mut checks = Vec::new();
     for cand in &c.candidates {
+        if cand.size > layout::MAX_INDEX_BYTES {
+            checks.push(IndexCheck {
+                key: cand.key.clone(),
+                time: cand.last_modified,
+                names: Vec::new(),
+                missing: Vec::new(),
+                unusable: Some(format!(
+                    "{} bytes, over the {} byte limit of an index; not read",
+                    cand.size,
+                    layout::MAX_INDEX_BYTES
+                )),
+            });
+            if c.strict {
+                break;
+            }
+            continue;
+        }
         let Some(body) = bodies.get(&cand.key) else {
             return Walk::Need(cand.key.clone());
         };
@@ -591,6 +629,7 @@ pub fn plan(
     let choices = choose(listing, opts)?;
     let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut plan = Plan {
+        host: opts.layout.name.clone(),
         target: opts.target.clone(),
         ..Plan::default()
     };
@@ -667,21 +706,39 @@ pub fn plan(
                 crate::restore::escape(&checks[pos].key)
             );
         }
-        let mut files = Vec::with_capacity(names.len());
-        for name in names {
-            let data_key = opts.layout.data_key(&format!("{}/{}", c.dir, name));
-            if let Some(o) = by_key.get(data_key.as_str()) {
-                files.push(PlannedFile {
-                    key: data_key,
-                    dest: c.target.join(&name),
-                    name,
-                    size: o.size,
-                    e_tag: o.e_tag.clone(),
-                    local_size: None,
-                });
-            }
-        }
         let index = &c.candidates[pos];
+        let present: std::collections::HashSet<&str> = names
+            .iter()
+            .filter(|n| {
+                by_key.contains_key(opts.layout.data_key(&format!("{}/{}", c.dir, n)).as_str())
+            })
+            .map(String::as_str)
+            .collect();
+        let mut files = Vec::with_capacity(names.len());
+        for name in &names {
+            let data_key = opts.layout.data_key(&format!("{}/{}", c.dir, name));
+            let Some(o) = by_key.get(data_key.as_str()) else {
+                continue;
+            };
+            let digest = crate::digest::digest_for_data(name)
+                .filter(|(d, _)| present.contains(d.as_str()))
+                .map(|(d, alg)| DigestRef {
+                    key: opts.layout.data_key(&format!("{}/{}", c.dir, d)),
+                    alg,
+                    sstable: name.trim_end_matches("Data.db").to_string(),
+                    dir: c.dir.clone(),
+                    index: index.key.clone(),
+                });
+            files.push(PlannedFile {
+                key: data_key,
+                dest: c.target.join(name),
+                name: name.clone(),
+                size: o.size,
+                e_tag: o.e_tag.clone(),
+                local_size: None,
+                digest,
+            });
+        }
         plan.tables.push(TablePlan {
             dir: c.dir.clone(),
             target: c.target.clone(),
@@ -733,6 +790,7 @@ pub fn plan(
                     size: o.size,
                     e_tag: o.e_tag.clone(),
                     local_size: None,
+                    digest: None,
                 });
             }
         }

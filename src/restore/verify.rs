@@ -3,6 +3,7 @@
 //! `--verify` ([`verify`]) reads every object of the plan from the bucket through the same
 //! checks without writing anything.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,8 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::{ExecOptions, Observer, Outcome, Report, RestoreError, escape};
-use crate::restore::plan::{Plan, PlannedFile};
+use crate::digest;
+use crate::restore::plan::{DigestRef, Plan, PlannedFile};
 use crate::store::{ErrorKind, ObjectInfo, Store, StoreError};
 
 /// Empty reads in a row after which a stream counts as stalled. A store reading an object
@@ -52,21 +54,66 @@ pub(super) async fn next_chunk(
     }
 }
 
-/// The checks of one object, fed its bytes in order.
+/// Digest values fetched for a plan, by the key of the Digest object.
+pub(super) type Digests = HashMap<String, digest::Value>;
+
+/// The checks of one object, fed its bytes in order: MD5 against the stored `md5sum` (or
+/// single-part ETag), and for a `Data.db` with a usable Digest, Cassandra's own checksum.
 pub(super) struct Hashing {
-    md5: Md5,
+    md5: Option<Md5>,
+    digest: Option<DigestCheck>,
+}
+
+struct DigestCheck {
+    hasher: digest::Hasher,
+    want: digest::Value,
+    of: DigestRef,
+    host: String,
 }
 
 impl Hashing {
+    /// MD5 only.
     pub(super) fn new() -> Self {
-        Self { md5: Md5::new() }
+        Self {
+            md5: Some(Md5::new()),
+            digest: None,
+        }
+    }
+
+    /// The checks for `f`: its Digest if one was fetched, plus MD5 when `with_md5` or when
+    /// there is no Digest. A restore verifies a `Data.db` by its Digest alone (it proves the
+    /// bytes equal what Cassandra wrote, and CRC-32 is far faster than MD5); `--verify`
+    /// runs both.
+    pub(super) fn for_file(f: &PlannedFile, host: &str, digests: &Digests, with_md5: bool) -> Self {
+        let digest = f.digest.as_ref().and_then(|d| {
+            digests.get(&d.key).map(|want| DigestCheck {
+                hasher: digest::Hasher::new(d.alg),
+                want: *want,
+                of: d.clone(),
+                host: host.to_string(),
+            })
+        });
+        Self {
+            md5: (with_md5 || digest.is_none()).then(Md5::new),
+            digest,
+        }
+    }
+
+    /// Whether the Digest (not MD5) is what proves these bytes.
+    pub(super) fn by_digest(&self) -> bool {
+        self.digest.is_some()
     }
 
     pub(super) fn update(&mut self, b: &[u8]) {
-        self.md5.update(b);
+        if let Some(h) = &mut self.md5 {
+            h.update(b);
+        }
+        if let Some(d) = &mut self.digest {
+            d.hasher.update(b);
+        }
     }
 
-    /// Checks `n` bytes against the size and checksum the store gave in `info`.
+    /// Checks `n` bytes against the size and checksums the store gave in `info`.
     /// `strict`: an object with no checksum at all is an error (`--verify`), else a warning.
     pub(super) fn finish(
         self,
@@ -82,40 +129,128 @@ impl Hashing {
                 actual: n,
             });
         }
-        let md5 = hex::encode(self.md5.finalize());
-        match info.expected_md5() {
-            Some(want) if want != md5 => Err(RestoreError::Md5 {
-                key: key.to_string(),
-                expected: want,
-                actual: md5,
-            }),
-            Some(_) => Ok(()),
-            None if strict => Err(RestoreError::NoChecksum {
-                key: key.to_string(),
-            }),
-            None => {
+        let md5 = self.md5.map(|h| hex::encode(h.finalize()));
+        // MD5 first: a mismatch there is a transfer (or bucket) problem, retried.
+        match (md5, info.expected_md5()) {
+            (Some(got), Some(want)) if got != want => {
+                return Err(RestoreError::Md5 {
+                    key: key.to_string(),
+                    expected: want,
+                    actual: got,
+                });
+            }
+            (Some(_), None) if self.digest.is_none() => {
+                if strict {
+                    return Err(RestoreError::NoChecksum {
+                        key: key.to_string(),
+                    });
+                }
                 tracing::warn!(
                     key = %escape(key),
                     "no md5sum metadata and no single-part ETag: verified the size only"
                 );
-                Ok(())
+            }
+            _ => {}
+        }
+        if let Some(d) = self.digest {
+            let got = d.hasher.finish();
+            if got != d.want {
+                return Err(RestoreError::Digest(Box::new(super::DigestMismatch {
+                    host: d.host,
+                    dir: d.of.dir,
+                    sstable: d.of.sstable,
+                    index: d.of.index,
+                    key: key.to_string(),
+                    digest_key: d.of.key,
+                    expected: d.want.to_string(),
+                    actual: got.to_string(),
+                })));
             }
         }
+        Ok(())
     }
 }
 
-/// Checks every file of the plan (exists, size, streaming MD5) without writing anything.
+/// The most a Digest object may weigh (a real one is under 100 bytes).
+const MAX_DIGEST_BYTES: u64 = 4096;
+
+/// Fetches and parses every Digest the plan's `Data.db` files refer to, each checked by
+/// MD5 first. One that cannot be used leaves its `Data.db` to MD5, with a warning.
+pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) -> Digests {
+    let wanted: BTreeMap<&str, digest::Algorithm> = plan
+        .files()
+        .filter_map(|f| f.digest.as_ref())
+        .map(|d| (d.key.as_str(), d.alg))
+        .collect();
+    let got: Vec<(&str, Result<digest::Value, String>)> =
+        futures::stream::iter(wanted.into_iter().map(|(k, alg)| async move {
+            let r = async {
+                let (info, mut s) = store.get_with_info(k).await.map_err(|e| e.to_string())?;
+                if info.size > MAX_DIGEST_BYTES {
+                    return Err(format!("{} bytes, too large for a Digest", info.size));
+                }
+                let mut body = Vec::new();
+                let mut h = Hashing::new();
+                while let Some(c) =
+                    next_chunk(&mut s, k, body.len() as u64, Duration::from_secs(60))
+                        .await
+                        .map_err(|e| e.to_string())?
+                {
+                    if body.len() as u64 + c.len() as u64 > MAX_DIGEST_BYTES {
+                        return Err("too large for a Digest".to_string());
+                    }
+                    h.update(&c);
+                    body.extend_from_slice(&c);
+                }
+                h.finish(k, &info, body.len() as u64, false)
+                    .map_err(|e| e.to_string())?;
+                digest::parse(alg, &body).map_err(|e| e.to_string())
+            }
+            .await;
+            (k, r)
+        }))
+        .buffer_unordered(threads.max(1))
+        .collect()
+        .await;
+    let mut out = Digests::new();
+    for (k, r) in got {
+        match r {
+            Ok(v) => {
+                out.insert(k.to_string(), v);
+            }
+            Err(e) => tracing::warn!(
+                "{}: not a usable Digest ({}); its Data.db is verified by MD5 instead",
+                escape(k),
+                escape(&e)
+            ),
+        }
+    }
+    out
+}
+
+/// Checks every file of the plan (exists, size, streaming MD5, and each `Data.db` against its
+/// Digest) without writing anything.
 pub async fn verify(
     store: &Store,
     plan: &Plan,
     opts: &ExecOptions,
     observer: &dyn Observer,
 ) -> Report {
+    let digests = &fetch_digests(store, plan, opts.threads).await;
+    let host = plan.host.as_str();
     let results = futures::stream::iter(plan.files().map(|f| async move {
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match verify_one(store, f, opts, observer).await {
+            match verify_one(
+                store,
+                f,
+                opts,
+                observer,
+                Hashing::for_file(f, host, digests, true),
+            )
+            .await
+            {
                 Ok(()) => break Outcome::Verified,
                 Err(e @ RestoreError::Stalled { .. }) if attempt < opts.attempts => {
                     tracing::warn!("{}; retrying", escape(&e.to_string()));
@@ -145,6 +280,7 @@ async fn verify_one(
     f: &PlannedFile,
     opts: &ExecOptions,
     observer: &dyn Observer,
+    mut h: Hashing,
 ) -> Result<(), RestoreError> {
     // One GET: the metadata comes with the bytes.
     let (info, mut s) = store
@@ -161,7 +297,6 @@ async fn verify_one(
             actual: info.size,
         });
     }
-    let mut h = Hashing::new();
     let mut n = 0u64;
     while let Some(chunk) = next_chunk(&mut s, &f.key, n, opts.idle_timeout).await? {
         h.update(&chunk);
