@@ -29,6 +29,7 @@ fn setup(target: &std::path::Path) -> (Cleanup, Store, RestoreOptions, Vec<u8>) 
         as_of: None,
         commitlogs: None,
         commitlog_target: None,
+        mapping: Default::default(),
     };
     (c, store, ro, body)
 }
@@ -165,6 +166,7 @@ fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
             as_of: None,
             commitlogs: None,
             commitlog_target: None,
+            mapping: Default::default(),
         };
         let obj = object_file(&c, &key);
         let shrunk = Arc::new(AtomicU32::new(0));

@@ -90,6 +90,18 @@ pub struct Args {
     /// ORIGIN is a data root: restore every KS/TABLE directory under it into TARGET/KS/TABLE
     #[arg(short = 'r', long, env = "TABLESLURP_RECURSIVE")]
     pub recursive: bool,
+    /// With -r: restore backup table directory OLD (KS/TABLE-ID) into TARGET's KS/TABLE-ID
+    /// NEW, e.g. after the table was re-created under another id; repeatable
+    #[arg(long = "map-table", value_name = "OLD=NEW", value_parser = parse_map, requires = "recursive")]
+    pub map_table: Vec<(String, String)>,
+    /// With -r: do not restore a table into an existing directory of the same keyspace and
+    /// table under another id (by default, a table re-created in TARGET receives its backup)
+    #[arg(
+        long = "no-id-mapping",
+        requires = "recursive",
+        env = "TABLESLURP_NO_ID_MAPPING"
+    )]
+    pub no_id_mapping: bool,
     /// Also restore the commit logs archived in PATH (on the backed-up host) that are newer
     /// than the oldest restored index
     #[arg(long, value_name = "PATH", env = "TABLESLURP_COMMITLOGS")]
@@ -126,6 +138,21 @@ pub struct Args {
     /// Local directory to restore into
     #[arg(required_unless_present_any = ["list", "verify"])]
     pub target: Option<PathBuf>,
+}
+
+/// `KS/TABLE-ID=KS/TABLE-ID`.
+pub fn parse_map(s: &str) -> Result<(String, String), String> {
+    let ok = |side: &str| {
+        let mut it = side.split('/');
+        matches!((it.next(), it.next(), it.next()), (Some(a), Some(b), None)
+            if crate::layout::is_plain_name(a) && crate::layout::is_plain_name(b))
+    };
+    match s.split_once('=') {
+        Some((a, b)) if ok(a) && ok(b) => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!(
+            "{s}: expected OLD=NEW, each KEYSPACE/TABLE-ID, e.g. ks/events-1a2b...=ks/events-9f8e..."
+        )),
+    }
 }
 
 /// RFC 3339 or epoch seconds.
@@ -206,6 +233,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         as_of: a.as_of,
         commitlogs: a.commitlogs.clone(),
         commitlog_target: a.commitlog_target.clone(),
+        mapping: restore::TableMapping {
+            auto: a.recursive && !a.no_id_mapping,
+            explicit: a.map_table.clone(),
+            existing: if a.recursive && !a.no_id_mapping {
+                restore::existing_table_dirs(&target)
+            } else {
+                Vec::new()
+            },
+        },
     };
     let threads = usize::from(a.threads);
     let plan = match restore::prepare(&store, &opts, threads).await {
@@ -215,6 +251,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     for p in &plan.problems {
         tracing::error!("{}", escape(&p.to_string()));
+    }
+    for t in &plan.tables {
+        if let Some(to) = &t.mapped_to {
+            tracing::info!(
+                "{} -> {}: restored into the existing directory of the re-created table",
+                escape(&t.dir),
+                escape(to)
+            );
+        }
     }
     let problems = !plan.problems.is_empty();
     if a.dry_run {

@@ -47,7 +47,7 @@ pub use fetch::{execute, gid_of, uid_of};
 pub use inventory::{DirSummary, inventory};
 pub use plan::{
     Choice, CommitlogPlan, DigestRef, IndexCheck, Plan, PlanError, PlannedFile, RestoreOptions,
-    Selection, TablePlan, TableProblem, choose, newness, plan,
+    Selection, TableMapping, TablePlan, TableProblem, choose, existing_table_dirs, newness, plan,
 };
 pub use verify::verify;
 

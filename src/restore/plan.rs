@@ -35,6 +35,108 @@ pub struct RestoreOptions {
     pub commitlogs: Option<String>,
     /// Where commit logs go (default `TARGET/commitlogs`).
     pub commitlog_target: Option<PathBuf>,
+    /// With `-r`: restoring into table directories that exist under another id.
+    pub mapping: TableMapping,
+}
+
+/// Restore into a re-created schema (`-r` only). A re-created table gets a new id, so its
+/// directory is `KS/TABLE-<new id>` while the backup has `KS/TABLE-<old id>`; Cassandra
+/// ignores a directory with the old id. With `auto`, a backup table directory whose exact
+/// name is not in TARGET but whose keyspace and table name match exactly one directory
+/// there is restored into that one. `explicit` pairs (`--map-table OLD=NEW`) win over it.
+#[derive(Debug, Clone, Default)]
+pub struct TableMapping {
+    pub auto: bool,
+    /// `KS/TABLE-ID` in the backup → `KS/TABLE-ID` in TARGET.
+    pub explicit: Vec<(String, String)>,
+    /// `KS/DIR` directories that exist in TARGET (see [`existing_table_dirs`]).
+    pub existing: Vec<String>,
+}
+
+/// `KS/DIR` for every real (not symlinked) directory two levels under `target`.
+pub fn existing_table_dirs(target: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let real_dirs = |p: &Path| -> Vec<String> {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect()
+    };
+    for ks in real_dirs(target) {
+        for t in real_dirs(&target.join(&ks)) {
+            out.push(format!("{ks}/{t}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `TABLE-<32 hex id>` → (`TABLE`, `id`).
+fn table_and_id(dir_name: &str) -> Option<(&str, &str)> {
+    let (t, id) = dir_name.rsplit_once('-')?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !t.is_empty())
+        .then_some((t, id))
+}
+
+/// The `KS/DIR` prefix (first two components) of a relative directory.
+fn table_prefix(rel: &str) -> Option<&str> {
+    let mut it = rel.splitn(3, '/');
+    let ks = it.next()?;
+    let t = it.next()?;
+    Some(&rel[..ks.len() + 1 + t.len()])
+}
+
+/// Which backup table directories (`KS/DIR`) go into which existing ones.
+fn table_map<'a>(
+    rels: impl Iterator<Item = &'a str>,
+    m: &'a TableMapping,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = m.explicit.iter().cloned().collect();
+    if !m.auto {
+        return out;
+    }
+    let existing: std::collections::HashSet<&str> = m.existing.iter().map(String::as_str).collect();
+    let key = |d: &'a str| -> Option<(&'a str, &'a str)> {
+        let (ks, name) = d.split_once('/')?;
+        Some((ks, table_and_id(name)?.0))
+    };
+    let mut there: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for d in &m.existing {
+        if let Some(k) = key(d.as_str()) {
+            there.entry(k).or_default().push(d.as_str());
+        }
+    }
+    let mut wanted: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for rel in rels.filter_map(table_prefix) {
+        if out.contains_key(rel) || existing.contains(rel) {
+            continue;
+        }
+        if let Some(k) = key(rel) {
+            let v = wanted.entry(k).or_default();
+            if !v.contains(&rel) {
+                v.push(rel);
+            }
+        }
+    }
+    for (k, from) in wanted {
+        let Some(to) = there.get(&k) else { continue };
+        match (&from[..], &to[..]) {
+            ([from], [to]) => {
+                out.insert(from.to_string(), to.to_string());
+            }
+            _ => tracing::warn!(
+                "{}/{}: backup directories {:?} and TARGET directories {:?}: ambiguous, not mapped (use --map-table OLD=NEW)",
+                crate::restore::escape(k.0),
+                crate::restore::escape(k.1),
+                from,
+                to
+            ),
+        }
+    }
+    out
 }
 
 impl RestoreOptions {
@@ -134,6 +236,8 @@ pub struct TablePlan {
     pub complete: bool,
     /// The candidates examined, newest first, ending with the chosen one.
     pub checks: Vec<IndexCheck>,
+    /// Restored into this existing `KS/TABLE-ID` (a re-created table), not its own.
+    pub mapped_to: Option<String>,
     pub files: Vec<PlannedFile>,
 }
 
@@ -214,6 +318,13 @@ impl Plan {
                 t.indexes_total,
                 if t.complete { "complete" } else { "INCOMPLETE" },
             );
+            if let Some(to) = &t.mapped_to {
+                let _ = writeln!(
+                    out,
+                    "  mapped: re-created table, restored into the existing {}",
+                    esc(to)
+                );
+            }
             for ch in t.checks.iter().filter(|ch| ch.key != t.index_key) {
                 let _ = writeln!(
                     out,
@@ -281,6 +392,9 @@ pub struct Choice {
     /// `-f`/`--as-of`: the first candidate or nothing (no stepping back to an older one).
     pub strict: bool,
     pub indexes_total: usize,
+    /// `KS/TABLE-ID` in TARGET this directory is restored into, when that differs from
+    /// the backup's ([`TableMapping`]).
+    pub mapped_to: Option<String>,
 }
 
 impl Choice {
@@ -343,7 +457,10 @@ fn newest_first<'a>(it: impl Iterator<Item = &'a ObjectInfo>) -> Vec<ObjectInfo>
 }
 
 /// Picks the index per directory from one listing of the origin.
-pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choice>, PlanError> {
+pub fn choose<'a>(
+    listing: &'a [ObjectInfo],
+    opts: &'a RestoreOptions,
+) -> Result<Vec<Choice>, PlanError> {
     let origin = opts.origin.as_str();
     if !origin.starts_with('/') {
         return Err(PlanError::RelativeOrigin(origin.to_string()));
@@ -386,6 +503,7 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
                 candidates: vec![o.clone()],
                 strict: true,
                 indexes_total: by_dir.get(origin).map_or(1, Vec::len),
+                mapped_to: None,
             }])
         }
         Selection::Newest => {
@@ -398,6 +516,7 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
                     candidates,
                     strict: opts.as_of.is_some(),
                     indexes_total: all.len(),
+                    mapped_to: None,
                 }]),
                 true => Err(PlanError::NothingToRestore {
                     prefix: opts.origin_key(),
@@ -406,6 +525,9 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
             }
         }
         Selection::Recursive => {
+            let rel_of =
+                |d: &'a str| -> Option<&'a str> { d.strip_prefix(origin)?.strip_prefix('/') };
+            let map = table_map(by_dir.keys().filter_map(|d| rel_of(d)), &opts.mapping);
             let mut out = Vec::new();
             for (dir, all) in &by_dir {
                 let candidates = newest_first(all.iter().filter(eligible).copied());
@@ -413,13 +535,25 @@ pub fn choose(listing: &[ObjectInfo], opts: &RestoreOptions) -> Result<Vec<Choic
                     continue;
                 }
                 // Directories that cannot be mapped are reported by plan().
-                let target = target_for(origin, dir, &opts.target).unwrap_or_default();
+                let mut target = target_for(origin, dir, &opts.target).unwrap_or_default();
+                let mut mapped_to = None;
+                if let Some((prefix, to)) = rel_of(dir)
+                    .and_then(|r| table_prefix(r).map(|p| (r, p)))
+                    .and_then(|(r, p)| map.get(p).map(|to| (r, to)))
+                {
+                    let rest = &prefix[table_prefix(prefix).unwrap_or("").len()..];
+                    if let Some(t) = target_for("", &format!("/{to}{rest}"), &opts.target) {
+                        mapped_to = Some(to.clone());
+                        target = t;
+                    }
+                }
                 out.push(Choice {
                     dir: dir.to_string(),
                     target,
                     candidates,
                     strict: opts.as_of.is_some(),
                     indexes_total: all.len(),
+                    mapped_to,
                 });
             }
             if out.is_empty() {
@@ -747,6 +881,7 @@ pub fn plan(
             indexes_total: c.indexes_total,
             complete: chosen.is_some(),
             checks,
+            mapped_to: c.mapped_to.clone(),
             files,
         });
     }

@@ -22,6 +22,7 @@ fn opts(sel: Selection) -> RestoreOptions {
         as_of: None,
         commitlogs: None,
         commitlog_target: None,
+        mapping: Default::default(),
     }
 }
 
@@ -339,4 +340,61 @@ fn as_of_and_file_never_step_back_and_name_what_is_missing() {
     let (p, _) = plan_fetching(&l, &b, &opts(Selection::File("nb-2-big-Data.db".into())));
     assert!(p.tables.is_empty());
     assert!(matches!(&p.problems[..], [TableProblem::Incomplete { .. }]));
+}
+
+#[test]
+fn recreated_tables_map_into_the_existing_directory() {
+    let id = |c: char| c.to_string().repeat(32);
+    let mut l = Vec::new();
+    let mut b = HashMap::new();
+    for dir in [
+        format!("/d/ks/t1-{}", id('a')),
+        format!("/d/ks/t1-{}/.idx", id('a')),
+        format!("/d/ks/t2-{}", id('b')),
+        format!("/d/ks/t3-{}", id('c')),
+    ] {
+        let (l2, b2) = table(&dir, &[(1, 100)]);
+        l.extend(l2);
+        b.extend(b2);
+    }
+    let mut o = opts(Selection::Recursive);
+    o.mapping = TableMapping {
+        auto: true,
+        explicit: vec![(format!("ks/t3-{}", id('c')), format!("ks/x-{}", id('f')))],
+        existing: vec![
+            format!("ks/t1-{}", id('1')),
+            format!("ks/t2-{}", id('b')),
+            format!("ks/t2-{}", id('2')),
+        ],
+    };
+    let p = plan(&l, &b, None, &o).unwrap();
+    let got: Vec<(String, Option<String>)> = p
+        .tables
+        .iter()
+        .map(|t| (t.target.display().to_string(), t.mapped_to.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                format!("/restore/ks/t1-{}", id('1')),
+                Some(format!("ks/t1-{}", id('1')))
+            ),
+            (
+                format!("/restore/ks/t1-{}/.idx", id('1')),
+                Some(format!("ks/t1-{}", id('1')))
+            ),
+            // Its own id exists in TARGET: no mapping.
+            (format!("/restore/ks/t2-{}", id('b')), None),
+            (
+                format!("/restore/ks/x-{}", id('f')),
+                Some(format!("ks/x-{}", id('f')))
+            ),
+        ]
+    );
+    assert!(p.render().contains("restored into the existing ks/t1-"));
+    o.mapping.auto = false;
+    o.mapping.explicit.clear();
+    let p = plan(&l, &b, None, &o).unwrap();
+    assert!(p.tables.iter().all(|t| t.mapped_to.is_none()));
 }
