@@ -403,3 +403,57 @@ fn a_data_db_corrupt_at_the_source_fails_its_digest() {
     a.push(dir.clone());
     assert_eq!(run(SLURP, &a).status.code(), Some(0));
 }
+
+/// Room before bytes: a restore that cannot fit in TARGET's filesystem (a 256 KiB tmpfs
+/// here) is refused before any download, with one line naming both figures; --dry-run
+/// shows them.
+#[test]
+fn a_restore_that_cannot_fit_is_refused_before_downloading() {
+    let Some(corpus) = corpus() else { return };
+    if !is_root() {
+        eprintln!("SKIPPED: not root, cannot mount a small tmpfs");
+        return;
+    }
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let rel = "legacy_tables/legacy_ka_clust-6ebbf34ef1e23e64adf72278c7ef0246";
+    let names = corpus_tables(&corpus)[rel].clone();
+    w.put_table(&corpus, rel, &names);
+    let dir = format!("{DATA}/{rel}");
+    let t = tempfile::tempdir().unwrap();
+    let mnt = t.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot mount tmpfs");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Unmount(&mnt);
+    let target = mnt.join("r");
+    let o = slurp(&opts, &c, &["--dry-run"], &dir, &target);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("room: ") && l.contains("to fetch") && l.contains("NOT ENOUGH")),
+        "{out}"
+    );
+    let o = slurp(&opts, &c, &[], &dir, &target);
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("not enough room"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("to fetch") && line.contains("free"), "{line}");
+    assert!(tree(&mnt).is_empty(), "nothing downloaded");
+}

@@ -262,8 +262,19 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let problems = !plan.problems.is_empty();
+    let rooms = if a.verify {
+        Vec::new()
+    } else {
+        restore::space::room(&plan, a.force)
+    };
     if a.dry_run {
         print!("{}", plan.render());
+        for r in &rooms {
+            println!(
+                "room: {r}{}",
+                if r.fits() { "" } else { "  NOT ENOUGH ROOM" }
+            );
+        }
         return Ok(code(!problems));
     }
     let ownership = if a.preserve {
@@ -316,6 +327,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             started.elapsed()
         );
         return Ok(code(r.ok() && !problems));
+    }
+    for r in &rooms {
+        if r.fits() {
+            tracing::info!("room: {r}");
+        } else if a.force {
+            tracing::warn!("not enough room: {r}; going on (--force)");
+        } else {
+            bail!("not enough room: {r}; free some space or use --force to try anyway");
+        }
     }
     check_writable(&target)?;
     tracing::info!(

@@ -41,6 +41,7 @@ pub mod dirs;
 pub mod fetch;
 pub mod inventory;
 pub mod plan;
+pub mod space;
 pub mod verify;
 
 pub use fetch::{execute, gid_of, uid_of};
