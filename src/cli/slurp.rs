@@ -130,6 +130,10 @@ pub struct Args {
     /// write nothing
     #[arg(long, env = "TABLESLURP_VERIFY")]
     pub verify: bool,
+    /// With --list, --dry-run or --verify: one JSON object per line on stdout (fields in
+    /// README.md)
+    #[arg(long, env = "TABLESLURP_JSON")]
+    pub json: bool,
     /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
     pub bucket: String,
     /// Directory as it was on the backed-up host, e.g. /var/lib/cassandra/data/ks/tbl-ID
@@ -267,6 +271,12 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         restore::space::room(&plan, a.force)
     };
+    if a.dry_run && a.json {
+        for v in plan_json(&plan, &rooms) {
+            println!("{v}");
+        }
+        return Ok(code(!problems));
+    }
     if a.dry_run {
         print!("{}", plan.render());
         for r in &rooms {
@@ -315,8 +325,29 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             to_fetch.len(),
             bytes
         );
+        for t in &plan.tables {
+            tracing::info!(
+                "{}: index {} ({})",
+                escape(&t.dir),
+                escape(&t.index_key),
+                if t.complete { "complete" } else { "INCOMPLETE" }
+            );
+            for ch in t.checks.iter().filter(|ch| ch.key != t.index_key) {
+                tracing::warn!(
+                    "{}: newer index {} skipped: {}",
+                    escape(&t.dir),
+                    escape(&ch.key),
+                    ch.describe()
+                );
+            }
+        }
         let r = restore::verify(&store, &plan, &exec, &observer).await;
         observer.finish();
+        if a.json {
+            for v in verify_json(&plan, &r) {
+                println!("{v}");
+            }
+        }
         for (_, e) in &r.failures {
             tracing::error!("{}", escape(&e.to_string()));
         }
@@ -363,12 +394,12 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        "restored {} files ({} bytes, {:.1} MB/s), {} already present, {} failed, in {:.1}s",
+        "restored {} files ({}, {}), {} already present, {} failed, in {:.1}s",
         r.restored,
-        r.restored_bytes,
-        r.restored_bytes as f64 / 1e6 / secs.max(1e-3),
+        restore::space::human_bytes(r.restored_bytes),
+        human_rate(r.restored_bytes, secs),
         r.present,
-        r.failures.len(),
+        r.failures.len() + r.incomplete_sstables.len(),
         secs
     );
     Ok(code(r.ok() && !problems))
@@ -420,20 +451,189 @@ async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCo
         t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
     };
-    println!("HOST\tDIRECTORY\tINDEXES\tOLDEST\tNEWEST\tOBJECTS\tBYTES");
+    let now = Utc::now();
+    // The recovery point of each table: how old its newest index is.
+    let age = |d: &restore::DirSummary| d.newest.map(|t| (now - t).num_seconds().max(0));
+    if a.json {
+        for d in &inv {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "type": "dir",
+                    "host": d.host,
+                    "dir": d.dir,
+                    "indexes": d.indexes,
+                    "oldest": d.oldest.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "newest": d.newest.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "newest_age_seconds": age(d),
+                    "objects": d.objects,
+                    "bytes": d.bytes,
+                })
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("HOST\tDIRECTORY\tINDEXES\tOLDEST\tNEWEST\tOBJECTS\tBYTES\tNEWEST_AGE");
     for d in &inv {
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            d.host,
-            d.dir,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            escape(&d.host),
+            escape(&d.dir),
             d.indexes,
             fmt(d.oldest),
             fmt(d.newest),
             d.objects,
-            d.bytes
+            d.bytes,
+            age(d).map_or("-".into(), human_age)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `93784` → `1d2h3m`.
+fn human_age(secs: i64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h{m}m"),
+    }
+}
+
+/// Bytes per second in a unit that shows something: B/s, KiB/s, MiB/s or GiB/s.
+fn human_rate(bytes: u64, secs: f64) -> String {
+    let r = bytes as f64 / secs.max(1e-3);
+    let (v, u) = if r >= (1u64 << 30) as f64 {
+        (r / (1u64 << 30) as f64, "GiB/s")
+    } else if r >= (1 << 20) as f64 {
+        (r / (1 << 20) as f64, "MiB/s")
+    } else if r >= 1024.0 {
+        (r / 1024.0, "KiB/s")
+    } else {
+        (r, "B/s")
+    };
+    format!("{v:.1} {u}")
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// One JSON object per table, file, problem, room and total of a plan (`--dry-run --json`).
+fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    for t in &plan.tables {
+        out.push(json!({
+            "type": "table",
+            "dir": t.dir,
+            "target": t.target,
+            "index": t.index_key,
+            "index_time": time(t.index_time),
+            "complete": t.complete,
+            "indexes_total": t.indexes_total,
+            "skipped_indexes": t.checks.iter().filter(|c| c.key != t.index_key).map(|c| json!({
+                "index": c.key,
+                "time": time(c.time),
+                "missing": c.missing,
+                "unusable": c.unusable,
+            })).collect::<Vec<_>>(),
+            "mapped_to": t.mapped_to,
+            "files": t.files.len(),
+            "bytes": t.bytes(),
+            "present": t.files.iter().filter(|f| f.already_present()).count(),
+        }));
+        for f in &t.files {
+            out.push(json!({
+                "type": "file",
+                "dir": t.dir,
+                "name": f.name,
+                "key": f.key,
+                "dest": f.dest,
+                "size": f.size,
+                "state": match f.local_size {
+                    Some(s) if s == f.size => "present",
+                    Some(_) => "present_different_size",
+                    None => "fetch",
+                },
+                "verified_by": if f.digest.is_some() { "digest" } else { "md5" },
+            }));
+        }
+    }
+    if let Some(c) = &plan.commitlogs {
+        for f in &c.files {
+            out.push(json!({
+                "type": "commitlog",
+                "name": f.name,
+                "key": f.key,
+                "dest": f.dest,
+                "size": f.size,
+            }));
+        }
+    }
+    for d in &plan.skipped_dirs {
+        out.push(json!({"type": "skipped_dir", "dir": d}));
+    }
+    for p in &plan.problems {
+        out.push(json!({"type": "problem", "message": p.to_string()}));
+    }
+    for r in rooms {
+        out.push(json!({
+            "type": "room",
+            "path": r.path,
+            "need_bytes": r.need,
+            "free_bytes": r.free,
+            "fits": r.fits(),
+        }));
+    }
+    out.push(json!({
+        "type": "total",
+        "tables": plan.tables.len(),
+        "files": plan.files().count(),
+        "bytes": plan.total_bytes(),
+        "ok": plan.problems.is_empty() && rooms.iter().all(|r| r.fits()),
+    }));
+    out
+}
+
+/// The tables (with index completeness), one object per file checked, then a summary
+/// (`--verify --json`).
+fn verify_json(plan: &restore::Plan, r: &restore::Report) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let failed: std::collections::HashMap<&str, String> = r
+        .failures
+        .iter()
+        .map(|(k, e)| (k.as_str(), e.to_string()))
+        .collect();
+    let mut out: Vec<serde_json::Value> = plan_json(plan, &[])
+        .into_iter()
+        .filter(|v| v["type"] == "table" || v["type"] == "problem")
+        .collect();
+    for f in plan.files() {
+        let err = failed.get(f.key.as_str());
+        out.push(json!({
+            "type": "verified",
+            "key": f.key,
+            "size": f.size,
+            "ok": err.is_none(),
+            "error": err,
+            "verified_by": if f.digest.is_some() { "digest+md5" } else { "md5" },
+        }));
+    }
+    out.push(json!({
+        "type": "summary",
+        "verified": r.verified,
+        "failed": r.failures.len(),
+        "problems": plan.problems.len(),
+        "ok": r.ok() && plan.problems.is_empty(),
+    }));
+    out
 }
 
 /// A progress bar on a terminal, plain log lines otherwise.
