@@ -24,10 +24,11 @@ use crate::store::{Store, StoreOptions};
 const EXIT_CODES: &str = "\
 Exit status:
   0  success (or nothing needed doing)
-  1  some files could not be restored or verified (each is named in the log)
+  1  some files could not be restored or verified, or a table's file set is incomplete
+     or corrupt at the source (each is named in the log)
   2  bad usage
   3  configuration or destination error: bucket missing, access denied, endpoint
-     unreachable, target not writable, nothing to restore found";
+     unreachable, target not writable, nothing to restore found, not enough room";
 
 /// Restore Cassandra SSTables backed up by tablesnap.
 #[derive(Debug, Parser)]
@@ -36,9 +37,11 @@ Exit status:
     version,
     about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap",
     long_about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap.\n\n\
-        ORIGIN is the directory as it was on the backed-up host; the newest file set \
-        (-listdir.json index) found directly in it is downloaded into TARGET, every file \
-        verified against its stored MD5 before it appears under its final name.",
+        ORIGIN is the directory as it was on the backed-up host; the newest complete file set \
+        (-listdir.json index whose every object is in the bucket) found directly in it is \
+        downloaded into TARGET, every Data.db verified against its SSTable's Digest and every \
+        other file against its stored MD5 before it appears under its final name. Nothing is \
+        written through a symlink under TARGET; modes are masked to 0777.",
     after_help = EXIT_CODES
 )]
 pub struct Args {
@@ -117,7 +120,7 @@ pub struct Args {
     /// For each table, the newest file set at or before TIME (RFC 3339 or epoch seconds)
     #[arg(long, value_name = "TIME", value_parser = parse_time, env = "TABLESLURP_AS_OF")]
     pub as_of: Option<DateTime<Utc>>,
-    /// Download even when the file exists with the same size (replacing it)
+    /// Download even when the file exists (replacing it), and even without room for it
     #[arg(long, env = "TABLESLURP_FORCE")]
     pub force: bool,
     /// Print the plan (index per table, files, bytes, already present); download nothing
@@ -126,8 +129,8 @@ pub struct Args {
     /// Inventory of the backups: tables, indexes, oldest/newest index, bytes
     #[arg(long, conflicts_with = "verify", env = "TABLESLURP_LIST")]
     pub list: bool,
-    /// Check that every object of the selected file sets exists with the right size and MD5;
-    /// write nothing
+    /// Check that every object of the selected file sets exists with the right size, MD5 and
+    /// (Data.db) Digest, and which indexes are complete; write nothing
     #[arg(long, env = "TABLESLURP_VERIFY")]
     pub verify: bool,
     /// With --list, --dry-run or --verify: one JSON object per line on stdout (fields in
