@@ -384,7 +384,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     observer.finish();
     if let Ownership::Ids { uid, gid } = ownership {
         for t in &plan.tables {
-            if let Err(e) = std::os::unix::fs::chown(&t.target, uid, gid) {
+            if let Err(e) = std::os::unix::fs::lchown(&t.target, uid, gid) {
                 tracing::warn!("chown {}: {e}", t.target.display());
             }
         }

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::commit::{GroupCommit, sync_batch};
 use super::dirs::{self, Dir};
-use super::verify::{Digests, Hashing, fetch_digests, next_chunk};
+use super::verify::{Digests, Hashing, check_tocs, fetch_digests, next_chunk};
 use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError, escape};
 use crate::layout::{self, StatMeta};
 use crate::restore::plan::{Plan, PlannedFile};
@@ -174,43 +174,6 @@ pub async fn execute(
         }
     }
     report
-}
-
-/// After a restore: every SSTable of the plan whose `TOC.txt` is in TARGET must have each
-/// component the TOC lists; one line per SSTable that does not.
-fn check_tocs(plan: &Plan, dirs: &HashMap<PathBuf, Result<Arc<Dir>, String>>) -> Vec<String> {
-    const TOC: &str = "TOC.txt";
-    let mut out = Vec::new();
-    for t in &plan.tables {
-        let Some(Ok(dir)) = dirs.get(&t.target) else {
-            continue;
-        };
-        for f in t.files.iter().filter(|f| f.name.ends_with(TOC)) {
-            let stem = &f.name[..f.name.len() - TOC.len()];
-            let Ok(file) = dir.open_read(OsStr::new(&f.name)) else {
-                continue; // Not restored: already reported.
-            };
-            let mut body = vec![0u8; 64 << 10];
-            let n = file.read_at(&mut body, 0).unwrap_or(0);
-            let text = String::from_utf8_lossy(&body[..n]);
-            let missing: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(|c| format!("{stem}{c}"))
-                .filter(|name| !matches!(dir.stat(OsStr::new(name)), Ok(Some(e)) if e.is_file()))
-                .collect();
-            if !missing.is_empty() {
-                out.push(format!(
-                    "SSTable {} in {} is incomplete: its TOC.txt lists {}, not in TARGET",
-                    escape(stem),
-                    t.target.display(),
-                    escape(&missing.join(", "))
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// What every download of one [`execute`] shares.

@@ -22,9 +22,12 @@
 //! every file finished meanwhile, then a per-file `fsync` that has nothing left to write but
 //! still reports that file's write-back errors) instead of one journal commit per file.
 //!
-//! The code is split by stage: [`plan`](mod@plan) (pure choice of file sets), [`fetch`]
-//! (downloads, written and verified), [`verify`](mod@verify) (the same checks without
-//! writing), [`commit`] (the group commit) and [`inventory`](mod@inventory) (`--list`).
+//! The code is split by stage: [`plan`](mod@plan) (pure choice of file sets), `points`
+//! (complete restore points: the newest index whose every object exists), `mapping`
+//! (restore into a re-created schema), `render` (`--dry-run`), [`space`] (room before
+//! bytes), [`dirs`] (directories under TARGET without following symlinks), [`fetch`]
+//! (downloads, written and verified), [`verify`](mod@verify) (MD5 and Cassandra digests;
+//! `--verify`), [`commit`] (the group commit) and [`inventory`](mod@inventory) (`--list`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +43,10 @@ mod commit;
 pub mod dirs;
 pub mod fetch;
 pub mod inventory;
+mod mapping;
 pub mod plan;
+mod points;
+mod render;
 pub mod space;
 pub mod verify;
 

@@ -4,12 +4,17 @@
 //! checks without writing anything.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
+use super::dirs::Dir;
 use super::{ExecOptions, Observer, Outcome, Report, RestoreError, escape};
 use crate::digest;
 use crate::restore::plan::{DigestRef, Plan, PlannedFile};
@@ -307,4 +312,44 @@ async fn verify_one(
         observer.bytes(chunk.len() as u64);
     }
     h.finish(&f.key, &info, n, true)
+}
+
+/// After a restore: every SSTable of the plan whose `TOC.txt` is in TARGET must have each
+/// component the TOC lists; one line per SSTable that does not.
+pub(super) fn check_tocs(
+    plan: &Plan,
+    dirs: &HashMap<PathBuf, Result<Arc<Dir>, String>>,
+) -> Vec<String> {
+    const TOC: &str = "TOC.txt";
+    let mut out = Vec::new();
+    for t in &plan.tables {
+        let Some(Ok(dir)) = dirs.get(&t.target) else {
+            continue;
+        };
+        for f in t.files.iter().filter(|f| f.name.ends_with(TOC)) {
+            let stem = &f.name[..f.name.len() - TOC.len()];
+            let Ok(file) = dir.open_read(OsStr::new(&f.name)) else {
+                continue; // Not restored: already reported.
+            };
+            let mut body = vec![0u8; 64 << 10];
+            let n = file.read_at(&mut body, 0).unwrap_or(0);
+            let text = String::from_utf8_lossy(&body[..n]);
+            let missing: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| format!("{stem}{c}"))
+                .filter(|name| !matches!(dir.stat(OsStr::new(name)), Ok(Some(e)) if e.is_file()))
+                .collect();
+            if !missing.is_empty() {
+                out.push(format!(
+                    "SSTable {} in {} is incomplete: its TOC.txt lists {}, not in TARGET",
+                    escape(stem),
+                    t.target.display(),
+                    escape(&missing.join(", "))
+                ));
+            }
+        }
+    }
+    out
 }
