@@ -457,3 +457,37 @@ fn a_restore_that_cannot_fit_is_refused_before_downloading() {
     assert!(line.contains("to fetch") && line.contains("free"), "{line}");
     assert!(tree(&mnt).is_empty(), "nothing downloaded");
 }
+
+/// --no-fsync still verifies every file and restores the same bytes (only the durability
+/// wait is skipped).
+#[test]
+fn no_fsync_restores_the_same_verified_bytes() {
+    let Some(corpus) = corpus() else { return };
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let g1 = names(&corpus, "md-1-");
+    let dir = format!("{DATA}/{HELLO_FOO}");
+    for n in &g1 {
+        let mut body = std::fs::read(corpus.join(HELLO_FOO).join(n)).unwrap();
+        if n == "md-1-big-Data.db" {
+            body[7] ^= 1;
+        }
+        w.put_data(&format!("{dir}/{n}"), &body, 0o100644);
+    }
+    w.put_index(&dir, "md-1-big-Data.db", &g1);
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &["--no-fsync"], &dir, t.path());
+    assert_eq!(o.status.code(), Some(1), "the Digest is still checked");
+    assert!(!t.path().join("md-1-big-Data.db").exists());
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    w.put_table(&corpus, HELLO_FOO, &g1);
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &["--no-fsync"], &dir, t.path());
+    assert_eq!(o.status.code(), Some(0));
+    let want: std::collections::BTreeMap<String, String> = g1
+        .iter()
+        .map(|n| (n.clone(), sha256_file(&corpus.join(HELLO_FOO).join(n))))
+        .collect();
+    assert_eq!(tree(t.path()), want);
+}

@@ -123,6 +123,11 @@ pub struct Args {
     /// Download even when the file exists (replacing it), and even without room for it
     #[arg(long, env = "TABLESLURP_FORCE")]
     pub force: bool,
+    /// Do not fsync restored files: they are still verified before their rename, but left to
+    /// the kernel's write-back (a crash soon after can leave them torn; a re-run then finds
+    /// them by checksum). Faster when the disk, not the network, is the limit
+    #[arg(long = "no-fsync", env = "TABLESLURP_NO_FSYNC")]
+    pub no_fsync: bool,
     /// Print the plan (index per table, files, bytes, already present); download nothing
     #[arg(long, conflicts_with_all = ["list", "verify"], env = "TABLESLURP_DRY_RUN")]
     pub dry_run: bool,
@@ -308,6 +313,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let exec = ExecOptions {
         threads,
         force: a.force,
+        durable: !a.no_fsync,
         ownership: ownership.clone(),
         throttle: a
             .max_bandwidth

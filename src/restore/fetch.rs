@@ -144,7 +144,7 @@ pub async fn execute(
         .filter_map(|(f, _)| f.dest.parent().map(Path::to_path_buf))
         .collect();
     let mut opened = Vec::new();
-    for d in used {
+    for d in used.into_iter().filter(|_| opts.durable) {
         if let Some(Ok(dir)) = dirs.get(&d) {
             match dir.to_file() {
                 Ok(f) => opened.push((d, Arc::new(f))),
@@ -359,10 +359,12 @@ async fn fetch_once(
         });
     }
     set_owner_and_mode(ctx, &file, &info).map_err(RestoreError::io("chown/chmod", &tmp_path))?;
-    ctx.commit
-        .durable(file)
-        .await
-        .map_err(RestoreError::io("fsync", &tmp_path))?;
+    if opts.durable {
+        ctx.commit
+            .durable(file)
+            .await
+            .map_err(RestoreError::io("fsync", &tmp_path))?;
+    }
     // The directory entry is made durable once per directory, at the end of execute().
     dir.rename(tmp, file_name(f))
         .map_err(RestoreError::io("rename into place", &f.dest))?;

@@ -103,6 +103,10 @@ pub struct ExecOptions {
     pub fault: Option<FaultHook>,
     /// Shared download bandwidth limit (`--max-bandwidth`).
     pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// Make each file durable (group commit: syncfs + fsync) before its rename, and each
+    /// directory at the end. Off (`--no-fsync`), restored files are verified but left to
+    /// the kernel's write-back, as s5cmd/rclone/aws-cli leave them.
+    pub durable: bool,
     /// A download that delivers no byte for this long is abandoned (and retried).
     pub idle_timeout: Duration,
     /// Test hook: called with (key, bytes received so far) after each chunk of a download.
@@ -124,6 +128,7 @@ impl Default for ExecOptions {
             retry_pause: Duration::from_millis(200),
             fault: None,
             throttle: None,
+            durable: true,
             idle_timeout: Duration::from_secs(120),
             chunk_hook: None,
         }
