@@ -360,6 +360,23 @@ mod tests {
         }
     }
 
+    /// `cargo test --release --lib digest::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check: run it in release"]
+    fn throughput() {
+        let buf: Vec<u8> = (0..(256usize << 20)).map(|i| (i * 31 + 7) as u8).collect();
+        for alg in [Algorithm::Crc32, Algorithm::Adler32, Algorithm::Sha1] {
+            let t = std::time::Instant::now();
+            let mut h = Hasher::new(alg);
+            for c in buf.chunks(1 << 20) {
+                h.update(c);
+            }
+            let v = h.finish();
+            let gbs = buf.len() as f64 / 1e9 / t.elapsed().as_secs_f64();
+            eprintln!("{alg:?}: {gbs:.2} GB/s ({v})");
+        }
+    }
+
     fn corpus() -> Option<PathBuf> {
         let dir = std::env::var_os("TABLESNAP_SSTABLES")
             .map(PathBuf::from)

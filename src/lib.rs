@@ -15,6 +15,9 @@
 //! ```
 //!
 //! * [`layout`]: keys, index bodies and metadata, byte-compatible with the original.
+//! * [`cassandra`]: what a data directory is made of: SSTable names of every format,
+//!   components and `TOC.txt`, transaction logs, snapshots and backups; which SSTables are
+//!   complete (the only ones an index names).
 //! * [`store`]: destinations and the object-store operations, with typed errors.
 //! * [`credentials`]: the credential files the original's boto read (`~/.aws/credentials`,
 //!   `~/.boto`), for hosts that keep their keys there.
@@ -29,6 +32,7 @@
 //! * [`throttle`]: the shared bandwidth limit (`--max-bandwidth`).
 //! * [`cli`]: the three command lines (clap), shared by binaries and man pages.
 
+pub mod cassandra;
 pub mod cli;
 pub mod credentials;
 pub mod daemon;
@@ -42,3 +46,29 @@ pub mod store;
 pub mod throttle;
 pub mod upload;
 pub mod watch;
+
+/// The real SSTables for unit tests: `$TABLESNAP_SSTABLES`, else `../shared/sstables`.
+/// `None` (saying so) when missing, a panic when `TABLESNAP_REQUIRE_SSTABLES` is set (CI).
+#[cfg(test)]
+pub(crate) fn test_corpus() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TABLESNAP_SSTABLES")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sstables")
+        });
+    if dir.join("MANIFEST.tsv").is_file() {
+        return Some(dir);
+    }
+    if std::env::var_os("TABLESNAP_REQUIRE_SSTABLES").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "TABLESNAP_REQUIRE_SSTABLES is set but {} has no MANIFEST.tsv",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: {} not found (set TABLESNAP_SSTABLES)",
+        dir.display()
+    );
+    None
+}

@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use crate::upload::Stats;
 
 /// Failure kinds, as label values.
-pub const FAILURE_KINDS: [&str; 6] = [
+pub const FAILURE_KINDS: [&str; 8] = [
     "transient",
     "denied",
     "not_found",
     "local",
     "changed",
+    "unstorable",
+    "collision",
     "other",
 ];
 /// Rescan reasons, as label values.
@@ -31,7 +33,7 @@ pub const RESCAN_REASONS: [&str; 4] = ["startup", "overflow", "interval", "watch
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub files_present: AtomicU64,
-    pub failures: [AtomicU64; 6],
+    pub failures: [AtomicU64; 8],
     pub retries: AtomicU64,
     pub rescans: [AtomicU64; 4],
     pub queue_depth: AtomicU64,
@@ -53,7 +55,10 @@ pub fn now_ms() -> u64 {
 
 impl Metrics {
     pub fn failure(&self, kind: &str) {
-        let i = FAILURE_KINDS.iter().position(|k| *k == kind).unwrap_or(5);
+        let i = FAILURE_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(FAILURE_KINDS.len() - 1);
         self.failures[i].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -105,6 +110,12 @@ impl Metrics {
             "counter",
             "Multipart uploads aborted after a failure or shutdown.",
             l(&up.multipart_aborted),
+        );
+        one(
+            "tablesnap_corrupt_sstables_total",
+            "counter",
+            "Data.db files whose bytes on this disk do not match their SSTable's own Digest (corrupt here; uploaded anyway).",
+            l(&up.corrupt_sstables),
         );
         one(
             "tablesnap_retries_total",
@@ -182,6 +193,14 @@ impl Metrics {
     }
 }
 
+/// The pause after a failed accept: 50 ms, doubling, at most 2 s.
+fn accept_backoff(prev: std::time::Duration) -> std::time::Duration {
+    (prev * 2).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(2),
+    )
+}
+
 /// Binds `addr` now (so a bad address fails at startup) and serves until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
@@ -192,9 +211,25 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
+        // accept() fails again at once while the cause lasts (EMFILE: out of descriptors):
+        // back off instead of spinning a core, and say so once per streak.
+        let mut pause = std::time::Duration::ZERO;
         loop {
             let (mut sock, _) = tokio::select! {
-                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                r = listener.accept() => match r {
+                    Ok(s) => { pause = std::time::Duration::ZERO; s }
+                    Err(e) => {
+                        if pause.is_zero() {
+                            tracing::warn!("metrics endpoint cannot accept connections: {e}; backing off");
+                        }
+                        pause = accept_backoff(pause);
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = cancel.cancelled() => return,
+                        }
+                        continue;
+                    }
+                },
                 _ = cancel.cancelled() => return,
             };
             let metrics = metrics.clone();
@@ -239,4 +274,25 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::accept_backoff;
+    use std::time::Duration;
+
+    /// Regression (issue #10, defect 10): accept errors (EMFILE) spun a core at 100 %.
+    #[test]
+    fn accept_errors_back_off_up_to_two_seconds() {
+        let mut p = Duration::ZERO;
+        let mut total = Duration::ZERO;
+        for _ in 0..20 {
+            p = accept_backoff(p);
+            total += p;
+        }
+        assert_eq!(accept_backoff(Duration::ZERO), Duration::from_millis(50));
+        assert_eq!(p, Duration::from_secs(2));
+        // Twenty failures in a row take seconds, not microseconds.
+        assert!(total > Duration::from_secs(20), "{total:?}");
+    }
 }

@@ -13,13 +13,20 @@
 //! 6. a kept index that cannot be read keeps everything under its directory.
 //!
 //! Everything else under the prefix, old indexes included, is deleted.
+//!
+//! Memory is bounded by the listing, not by the index bodies: the listing is folded into
+//! [`Tables`] (per directory: name, size, date of each object), the kept indexes of each
+//! table are chosen from it ([`Tables::kept_indexes`]), their bodies are read one at a time
+//! and their names folded into one set per directory ([`Kept`]), then each table is decided
+//! on its own ([`Tables::decide`]) and every decision handed to the caller as it is made.
+//! [`kept_indexes`] and [`decide`] are the same rules on a plain listing, for tests and small
+//! callers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::layout::{self, INDEX_SUFFIX, Layout, Listing};
-use crate::restore::newness;
 use crate::store::ObjectInfo;
 
 /// What to keep and what to delete, keys sorted.
@@ -63,39 +70,312 @@ impl Scope {
     }
 }
 
-fn young(o: &ObjectInfo, now: DateTime<Utc>, age: Duration) -> bool {
-    now.signed_duration_since(o.last_modified) < age
+/// Why an object is kept or deleted (the `reason` of `tablechop --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The newest index of its directory, kept whatever its age.
+    NewestIndex,
+    /// An index younger than AGE_DAYS.
+    YoungIndex,
+    /// Named by a kept index.
+    Named,
+    /// Under the directory of a kept index that could not be read.
+    UnreadableIndex,
+    /// Younger than AGE_DAYS (it may belong to an index not written yet).
+    Young,
+    /// Older than AGE_DAYS and named by no kept index.
+    Old,
 }
 
-/// The indexes to keep (rules 1 and 2): the bodies of these are needed by [`decide`].
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NewestIndex => "newest index of its directory",
+            Reason::YoungIndex => "index younger than AGE_DAYS",
+            Reason::Named => "named by a kept index",
+            Reason::UnreadableIndex => "in the directory of a kept index that could not be read",
+            Reason::Young => "younger than AGE_DAYS",
+            Reason::Old => "older than AGE_DAYS and named by no kept index",
+        }
+    }
+}
+
+/// One decision about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    pub key: &'a str,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+    pub delete: bool,
+    pub reason: Reason,
+}
+
+/// One object of a directory, in as little memory as its listing entry allows.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Box<str>,
+    size: u64,
+    modified: DateTime<Utc>,
+}
+
+/// The listing of a scope, folded per directory on the host (`/data/ks/t-1` → its objects).
+#[derive(Debug)]
+pub struct Tables {
+    scope: Scope,
+    dirs: BTreeMap<Box<str>, Vec<Entry>>,
+    objects: u64,
+}
+
+/// The names kept indexes list, one set per directory, plus the directories whose kept
+/// index could not be read (kept whole, subdirectories included).
+#[derive(Debug, Default)]
+pub struct Kept {
+    names: HashMap<Box<str>, HashSet<Box<str>>>,
+    whole: HashSet<Box<str>>,
+}
+
+impl Kept {
+    /// Records that a kept index of `index_dir`, whose body describes `body_dir`, names `name`.
+    /// The original keeps `body_dir/name`; the index's own directory is the same in every
+    /// sane bucket, and keeping both is the safe side when they differ.
+    pub fn add(&mut self, index_dir: &str, body_dir: &str, name: &str) {
+        let body_dir = body_dir.trim_end_matches('/');
+        self.insert(index_dir, name);
+        if body_dir != index_dir {
+            self.insert(if body_dir.is_empty() { "/" } else { body_dir }, name);
+        }
+    }
+
+    fn insert(&mut self, dir: &str, name: &str) {
+        match self.names.get_mut(dir) {
+            Some(set) => {
+                if !set.contains(name) {
+                    set.insert(name.into());
+                }
+            }
+            None => {
+                self.names
+                    .entry(dir.into())
+                    .or_default()
+                    .insert(name.into());
+            }
+        }
+    }
+
+    /// A kept index of `dir` could not be read: keep everything under `dir`.
+    pub fn keep_whole(&mut self, dir: &str) {
+        self.whole.insert(dir.into());
+    }
+
+    fn named(&self, dir: &str, name: &str) -> bool {
+        self.names.get(dir).is_some_and(|s| s.contains(name))
+    }
+
+    fn whole(&self, mut dir: &str) -> bool {
+        loop {
+            if self.whole.contains(dir) {
+                return true;
+            }
+            match dir.rfind('/') {
+                Some(0) if dir.len() > 1 => dir = "/",
+                Some(i) if i > 0 => dir = &dir[..i],
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// A kept index: its key, its directory on the host, and why it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptIndex {
+    pub key: String,
+    pub dir: String,
+    pub reason: Reason,
+}
+
+fn young(t: DateTime<Utc>, now: DateTime<Utc>, age: Duration) -> bool {
+    now.signed_duration_since(t) < age
+}
+
+/// "Newer" among the indexes of one directory: LastModified at one-second resolution (what
+/// S3 listings give), then the SSTable generation of the data file (written later), then the
+/// name. The same order tableslurp uses to pick the index it restores.
+fn newness(e: &Entry) -> (i64, Option<layout::Generation>, &str) {
+    let data = e.name.strip_suffix(INDEX_SUFFIX).unwrap_or("");
+    (
+        e.modified.timestamp(),
+        layout::sstable_generation(data),
+        &e.name,
+    )
+}
+
+impl Tables {
+    pub fn new(scope: Scope) -> Self {
+        Self {
+            scope,
+            dirs: BTreeMap::new(),
+            objects: 0,
+        }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Objects folded in so far.
+    pub fn len(&self) -> u64 {
+        self.objects
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects == 0
+    }
+
+    /// Folds one listed object in; objects outside the scope are ignored (rule 5).
+    pub fn add(&mut self, o: &ObjectInfo) {
+        self.add_parts(&o.key, o.size, o.last_modified);
+    }
+
+    pub fn add_parts(&mut self, key: &str, size: u64, modified: DateTime<Utc>) {
+        if !self.scope.contains(key) {
+            return;
+        }
+        let Some(path) = self.scope.layout.path_of(key) else {
+            return;
+        };
+        let (dir, name) = layout::split_dir(path);
+        let e = Entry {
+            name: name.into(),
+            size,
+            modified,
+        };
+        match self.dirs.get_mut(dir) {
+            Some(v) => v.push(e),
+            None => {
+                self.dirs.insert(dir.into(), vec![e]);
+            }
+        }
+        self.objects += 1;
+    }
+
+    /// The indexes to keep (rules 1 and 2), in key order: their bodies feed [`Kept`].
+    pub fn kept_indexes(&self, now: DateTime<Utc>, age: Duration) -> Vec<KeptIndex> {
+        let mut out = Vec::new();
+        for (dir, entries) in &self.dirs {
+            for (e, reason) in kept_in_dir(entries, now, age) {
+                out.push(KeptIndex {
+                    key: self.key(dir, &e.name),
+                    dir: dir.to_string(),
+                    reason,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    fn key(&self, dir: &str, name: &str) -> String {
+        let d = if dir == "/" { "" } else { dir };
+        self.scope.layout.data_key(&format!("{d}/{name}"))
+    }
+
+    /// The directories (on the host) that hold objects, in order: decide them one by one
+    /// with [`Tables::decide_dir`].
+    pub fn dirs(&self) -> impl Iterator<Item = &str> {
+        self.dirs.keys().map(|d| &**d)
+    }
+
+    /// Decides every object, table by table, handing each decision to `on` as it is made
+    /// (rules 1-6; `kept` must hold the names of every [`Tables::kept_indexes`] body, or mark
+    /// its directory whole).
+    pub fn decide(
+        &self,
+        kept: &Kept,
+        now: DateTime<Utc>,
+        age: Duration,
+        mut on: impl FnMut(&Verdict<'_>),
+    ) {
+        for dir in self.dirs.keys() {
+            self.decide_dir(dir, kept, now, age, &mut on);
+        }
+    }
+
+    /// Decides the objects directly in `dir`, in name order.
+    pub fn decide_dir(
+        &self,
+        dir: &str,
+        kept: &Kept,
+        now: DateTime<Utc>,
+        age: Duration,
+        mut on: impl FnMut(&Verdict<'_>),
+    ) {
+        let Some(entries) = self.dirs.get(dir) else {
+            return;
+        };
+        let kept_idx: HashMap<&str, Reason> = kept_in_dir(entries, now, age)
+            .into_iter()
+            .map(|(e, r)| (&*e.name, r))
+            .collect();
+        let whole = kept.whole(dir);
+        let mut order: Vec<&Entry> = entries.iter().collect();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in order {
+            let reason = if let Some(r) = kept_idx.get(&*e.name) {
+                *r
+            } else if kept.named(dir, &e.name) {
+                Reason::Named
+            } else if whole {
+                Reason::UnreadableIndex
+            } else if young(e.modified, now, age) {
+                Reason::Young
+            } else {
+                Reason::Old
+            };
+            on(&Verdict {
+                key: &self.key(dir, &e.name),
+                size: e.size,
+                last_modified: e.modified,
+                delete: reason == Reason::Old,
+                reason,
+            });
+        }
+    }
+}
+
+/// Rules 1 and 2 in one directory: its newest index, and every index younger than AGE.
+fn kept_in_dir(entries: &[Entry], now: DateTime<Utc>, age: Duration) -> Vec<(&Entry, Reason)> {
+    let idx = entries.iter().filter(|e| e.name.ends_with(INDEX_SUFFIX));
+    let Some(newest) = idx.clone().max_by(|a, b| newness(a).cmp(&newness(b))) else {
+        return Vec::new();
+    };
+    idx.filter_map(|e| {
+        if std::ptr::eq(e, newest) {
+            Some((e, Reason::NewestIndex))
+        } else if young(e.modified, now, age) {
+            Some((e, Reason::YoungIndex))
+        } else {
+            None
+        }
+    })
+    .collect()
+}
+
+/// The indexes to keep (rules 1 and 2) of a plain listing: the bodies of these are needed by
+/// [`decide`].
 pub fn kept_indexes(
     objects: &[ObjectInfo],
     scope: &Scope,
     now: DateTime<Utc>,
     age: Duration,
 ) -> Vec<String> {
-    let mut by_dir: BTreeMap<&str, Vec<&ObjectInfo>> = BTreeMap::new();
+    let mut t = Tables::new(scope.clone());
     for o in objects {
-        if !o.key.ends_with(INDEX_SUFFIX) || !scope.contains(&o.key) {
-            continue;
-        }
-        let Some(path) = scope.layout.path_of(&o.key) else {
-            continue;
-        };
-        by_dir.entry(layout::split_dir(path).0).or_default().push(o);
+        t.add(o);
     }
-    let mut keep = Vec::new();
-    for idx in by_dir.values() {
-        let newest = idx.iter().max_by(|a, b| newness(a).cmp(&newness(b)));
-        for o in idx {
-            let is_newest = newest.is_some_and(|n| n.key == o.key);
-            if is_newest || young(o, now, age) {
-                keep.push(o.key.clone());
-            }
-        }
-    }
-    keep.sort();
-    keep
+    t.kept_indexes(now, age)
+        .into_iter()
+        .map(|k| k.key)
+        .collect()
 }
 
 /// Decides what to delete. `objects` is the listing of the scope (anything outside it is
@@ -108,51 +388,34 @@ pub fn decide(
     now: DateTime<Utc>,
     age: Duration,
 ) -> Decision {
-    let mut keep: HashSet<String> = HashSet::new();
-    let mut keep_dirs: Vec<String> = Vec::new();
-    let mut unreadable = Vec::new();
-    for ik in kept_indexes(objects, scope, now, age) {
-        let Some(path) = scope.layout.path_of(&ik) else {
-            continue;
-        };
-        let (dir, _) = layout::split_dir(path);
-        match indexes.get(&ik) {
+    let mut t = Tables::new(scope.clone());
+    for o in objects {
+        t.add(o);
+    }
+    let mut kept = Kept::default();
+    let mut d = Decision::default();
+    for k in t.kept_indexes(now, age) {
+        match indexes.get(&k.key) {
             Some(l) => {
                 for n in &l.names {
-                    // The original keeps NAME:DIR/FILE with DIR from the body; the body's DIR
-                    // and the index's own directory are the same in every sane bucket, and
-                    // keeping both is the safe side when they differ.
-                    for d in [l.dir.trim_end_matches('/'), dir] {
-                        keep.insert(scope.layout.data_key(&format!("{d}/{n}")));
-                    }
+                    kept.add(&k.dir, &l.dir, n);
                 }
             }
             None => {
-                unreadable.push(ik.clone());
-                keep_dirs.push(format!("{}/", scope.layout.data_key(dir)));
+                kept.keep_whole(&k.dir);
+                d.unreadable.push(k.key);
             }
         }
-        keep.insert(ik);
     }
-    let mut d = Decision {
-        unreadable,
-        ..Default::default()
-    };
-    for o in objects {
-        if !scope.contains(&o.key) {
-            continue;
-        }
-        let kept = keep.contains(&o.key)
-            || young(o, now, age)
-            || keep_dirs.iter().any(|p| o.key.starts_with(p.as_str()));
-        if kept {
-            d.keep.push(o.key.clone());
-            d.kept_bytes += o.size;
+    t.decide(&kept, now, age, |v| {
+        if v.delete {
+            d.delete.push(v.key.to_string());
+            d.deleted_bytes += v.size;
         } else {
-            d.delete.push(o.key.clone());
-            d.deleted_bytes += o.size;
+            d.keep.push(v.key.to_string());
+            d.kept_bytes += v.size;
         }
-    }
+    });
     d.keep.sort();
     d.keep.dedup();
     d.delete.sort();
@@ -358,6 +621,80 @@ mod tests {
             assert_eq!(d.keep.len() + d.delete.len(), in_scope, "{}", c.name);
             assert_eq!(d.deleted_bytes, 10 * d.delete.len() as u64, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn folded_tables_give_one_reason_per_object() {
+        let scope = Scope::new(Layout::new("", "h", ":"), "/d");
+        let mut t = Tables::new(scope);
+        for (k, a) in [
+            ("h:/d/t/n-1-Data.db-listdir.json", 40.0),
+            ("h:/d/t/n-2-Data.db-listdir.json", 3.0),
+            ("h:/d/t/n-3-Data.db-listdir.json", 1.0),
+            ("h:/d/t/f2", 30.0),
+            ("h:/d/t/f3", 30.0),
+            ("h:/d/t/f-young", 1.0),
+            ("h:/d/t/f-old", 30.0),
+            ("h:/d/u/z-1-Data.db-listdir.json", 30.0),
+            ("h:/d/u/sub/deep", 30.0),
+            ("h:/d/v/named-elsewhere", 30.0),
+            ("h:/other/x", 30.0),
+        ] {
+            t.add(&obj(k, a));
+        }
+        assert_eq!(t.len(), 10, "the key outside the scope is not folded in");
+        let now = Utc.timestamp_opt(NOW, 0).unwrap();
+        let age = Duration::days(7);
+        let kept = t.kept_indexes(now, age);
+        assert_eq!(
+            kept.iter()
+                .map(|k| (k.key.as_str(), k.dir.as_str(), k.reason))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "h:/d/t/n-2-Data.db-listdir.json",
+                    "/d/t",
+                    Reason::YoungIndex
+                ),
+                (
+                    "h:/d/t/n-3-Data.db-listdir.json",
+                    "/d/t",
+                    Reason::NewestIndex
+                ),
+                (
+                    "h:/d/u/z-1-Data.db-listdir.json",
+                    "/d/u",
+                    Reason::NewestIndex
+                ),
+            ]
+        );
+        let mut k = Kept::default();
+        k.add("/d/t", "/d/t", "f2");
+        // A body describing another directory keeps the name in both.
+        k.add("/d/t", "/d/v/", "f3");
+        k.add("/d/t", "/d/v", "named-elsewhere");
+        k.keep_whole("/d/u");
+        let mut got = Vec::new();
+        t.decide(&k, now, age, |v| {
+            assert_eq!(v.delete, v.reason == Reason::Old);
+            got.push((v.key.to_string(), v.reason));
+        });
+        let got: Vec<(&str, Reason)> = got.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+        assert_eq!(
+            got,
+            [
+                ("h:/d/t/f-old", Reason::Old),
+                ("h:/d/t/f-young", Reason::Young),
+                ("h:/d/t/f2", Reason::Named),
+                ("h:/d/t/f3", Reason::Named),
+                ("h:/d/t/n-1-Data.db-listdir.json", Reason::Old),
+                ("h:/d/t/n-2-Data.db-listdir.json", Reason::YoungIndex),
+                ("h:/d/t/n-3-Data.db-listdir.json", Reason::NewestIndex),
+                ("h:/d/u/z-1-Data.db-listdir.json", Reason::NewestIndex),
+                ("h:/d/u/sub/deep", Reason::UnreadableIndex),
+                ("h:/d/v/named-elsewhere", Reason::Named),
+            ]
+        );
     }
 
     #[test]

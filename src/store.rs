@@ -6,6 +6,16 @@
 //! destinations the `stat`/`md5sum` metadata is kept in extended attributes
 //! (`user.tablesnap.*`) of the stored file: the tree under the root is exactly the bucket
 //! layout, and restores can still verify MD5s.
+//!
+//! Reading a `file://` bucket (listing, GET, HEAD, delete) is done here rather than by
+//! `object_store`, which follows symlinks: a symlink in the bucket tree could make tablechop
+//! delete, or tableslurp restore, files outside the bucket. Symlinks are reported once and
+//! skipped; every path is resolved component by component with `O_NOFOLLOW`.
+//!
+//! One object with a key `object_store` cannot represent (a tab or newline in it, an empty
+//! segment) used to fail the whole listing: such keys are reported once and skipped, and the
+//! listing goes on (S3 is listed page by page to step over them; GCS and Azure still stop,
+//! with an error naming the key, as object_store cannot list past it there).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -19,6 +29,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -163,6 +174,15 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("bucket missing: {dest} does not exist (check the path, or create the directory)")]
+    BucketMissing { dest: String },
+    #[error(
+        "{op} {}: a symlink in the file:// bucket, not followed (only plain files and directories are objects)",
+        crate::layout::printable(.key)
+    )]
+    Symlink { op: &'static str, key: String },
+    #[error("{key}: larger than {limit} bytes, not read")]
+    TooLarge { key: String, limit: u64 },
 }
 
 /// How an error should be treated by a long-running process.
@@ -179,6 +199,31 @@ pub enum ErrorKind {
 }
 
 impl StoreError {
+    /// The key itself cannot be stored (object_store would rewrite it, or a local
+    /// destination refuses the name as too long): retrying will never help.
+    pub fn is_unstorable_name(&self) -> bool {
+        match self {
+            StoreError::BadKey { .. } => true,
+            StoreError::Local { source, .. } => source.raw_os_error() == Some(libc::ENAMETOOLONG),
+            StoreError::Op { source, .. } => {
+                let mut e: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(x) = e {
+                    if let Some(io) = x.downcast_ref::<std::io::Error>() {
+                        if io.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                            return true;
+                        }
+                    }
+                    if x.to_string().contains("File name too long") {
+                        return true;
+                    }
+                    e = x.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Op { source, .. } => match source {
@@ -190,10 +235,14 @@ impl StoreError {
                 _ => ErrorKind::Other,
             },
             StoreError::Local { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                // A file where a directory of the key should be: no such object either.
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+                    ErrorKind::NotFound
+                }
                 std::io::ErrorKind::PermissionDenied => ErrorKind::Denied,
                 _ => ErrorKind::Transient,
             },
+            StoreError::BucketMissing { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Other,
         }
     }
@@ -267,6 +316,10 @@ pub struct PutMeta {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     local: Option<Arc<LocalFileSystem>>,
+    /// The canonical root of a `file://` bucket, read without following symlinks below it.
+    local_root: Option<PathBuf>,
+    /// S3: listed page by page so that an unusable key can be stepped over.
+    paged: Option<Arc<dyn PaginatedListStore>>,
     dest: Destination,
     storage_class: Option<String>,
 }
@@ -278,7 +331,22 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Opens the destination; a missing `file://` root is created (tablesnap writing its
+    /// first backup).
     pub fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_with(opts, false)
+    }
+
+    /// Opens a destination that must already exist: a missing `file://` root is
+    /// [`StoreError::BucketMissing`] (exit 3, like a missing S3 bucket) instead of being
+    /// created, for the tools that only read or delete (tableslurp, tablechop), where a
+    /// mistyped path must not look like an empty backup. Remote buckets are not probed here:
+    /// their first request says whether they exist (or call [`Store::check_exists`]).
+    pub fn open_existing(opts: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_with(opts, true)
+    }
+
+    fn open_with(opts: &StoreOptions, must_exist: bool) -> Result<Self, StoreError> {
         let dest = Destination::parse(&opts.destination)?;
         let retry = RetryConfig {
             max_retries: opts.max_retries.unwrap_or(10),
@@ -293,6 +361,8 @@ impl Store {
             dest: dest.to_string(),
             source,
         };
+        let mut paged: Option<Arc<dyn PaginatedListStore>> = None;
+        let mut local_root = None;
         let (inner, local): (Arc<dyn ObjectStore>, _) = match &dest {
             Destination::S3 { bucket } => {
                 let mut b = AmazonS3Builder::from_env()
@@ -364,8 +434,9 @@ impl Store {
                         "aws_server_side_encryption".parse().map_err(build_err)?;
                     b = b.with_config(sse_key, "AES256");
                 }
-                let s3 = b.with_client_options(client).build().map_err(build_err)?;
-                (Arc::new(s3), None)
+                let s3 = Arc::new(b.with_client_options(client).build().map_err(build_err)?);
+                paged = Some(s3.clone());
+                (s3, None)
             }
             Destination::Gcs { bucket } => {
                 let g = GoogleCloudStorageBuilder::from_env()
@@ -386,11 +457,26 @@ impl Store {
                 (Arc::new(a), None)
             }
             Destination::Local { root } => {
-                std::fs::create_dir_all(root).map_err(|source| StoreError::Local {
-                    op: "create destination directory",
-                    key: root.display().to_string(),
-                    source,
-                })?;
+                if must_exist {
+                    if !root.is_dir() {
+                        return Err(StoreError::BucketMissing {
+                            dest: dest.to_string(),
+                        });
+                    }
+                } else {
+                    std::fs::create_dir_all(root).map_err(|source| StoreError::Local {
+                        op: "create destination directory",
+                        key: root.display().to_string(),
+                        source,
+                    })?;
+                }
+                let canonical =
+                    std::fs::canonicalize(root).map_err(|source| StoreError::Local {
+                        op: "resolve destination directory",
+                        key: root.display().to_string(),
+                        source,
+                    })?;
+                local_root = Some(canonical);
                 let l = Arc::new(LocalFileSystem::new_with_prefix(root).map_err(build_err)?);
                 (l.clone() as Arc<dyn ObjectStore>, Some(l))
             }
@@ -398,6 +484,8 @@ impl Store {
         Ok(Self {
             inner,
             local,
+            local_root,
+            paged,
             dest,
             storage_class: opts.storage_class.clone(),
         })
@@ -428,27 +516,53 @@ impl Store {
         move |source| StoreError::Op { op, key, source }
     }
 
-    /// Every object whose key starts with `dir + "/"`.
+    /// Every object whose key starts with `dir + "/"`. Keys that cannot be used (control
+    /// characters, empty segments) and, in a `file://` bucket, symlinks are reported once each
+    /// (a warning) and skipped; the listing goes on (S3 and `file://`; on GCS and Azure such a
+    /// key is an error naming it, since their listing cannot continue past it).
     pub fn list_dir(&self, dir: &str) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
         let dir = dir.trim_end_matches('/');
-        let path = match Self::path(dir) {
-            Ok(p) => p,
-            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
-        };
+        if let Err(e) = Self::path(dir) {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        if let Some(root) = &self.local_root {
+            return local::list(root.clone(), dir.to_string());
+        }
+        if let Some(paged) = &self.paged {
+            return paged_list(paged.clone(), dir.to_string());
+        }
+        let path = Self::path(dir).expect("checked above");
         let dir_s = dir.to_string();
         self.inner
             .list(Some(&path))
-            .map_ok(|m| ObjectInfo {
-                key: m.location.to_string(),
-                size: m.size,
-                last_modified: m.last_modified,
-                e_tag: m.e_tag,
-                metadata: HashMap::new(),
-            })
-            .map_err(move |source| StoreError::Op {
-                op: "list",
-                key: format!("{dir_s}/"),
-                source,
+            .filter_map(move |r| {
+                let out = match r {
+                    Ok(m) => Some(Ok(ObjectInfo {
+                        key: m.location.to_string(),
+                        size: m.size,
+                        last_modified: m.last_modified,
+                        e_tag: m.e_tag,
+                        metadata: HashMap::new(),
+                    })),
+                    // GCS and Azure: object_store ends the listing at a page it cannot
+                    // convert, so skipping would silently truncate it (and tablechop would
+                    // decide on half a listing). Fail, naming the key (escaped).
+                    Err(object_store::Error::InvalidPath { source }) => {
+                        Some(Err(StoreError::BadKey {
+                            key: bad_key_of(&source).unwrap_or_default(),
+                            reason: format!(
+                                "{}; this backend cannot list past it: rename or delete that object",
+                                crate::layout::printable(&path_error_reason(&source))
+                            ),
+                        }))
+                    }
+                    Err(source) => Some(Err(StoreError::Op {
+                        op: "list",
+                        key: format!("{dir_s}/"),
+                        source,
+                    })),
+                };
+                futures::future::ready(out)
             })
             .boxed()
     }
@@ -456,6 +570,33 @@ impl Store {
     /// Collects `list_dir` into a vector.
     pub async fn list_all(&self, dir: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         self.list_dir(dir).try_collect().await
+    }
+
+    /// Whether the bucket (or `file://` root) exists and can be listed: `BucketMissing` if it
+    /// does not. For tools that must not act on a mistyped destination.
+    pub async fn check_exists(&self) -> Result<(), StoreError> {
+        if let Some(root) = &self.local_root {
+            return if root.is_dir() {
+                Ok(())
+            } else {
+                Err(StoreError::BucketMissing {
+                    dest: self.dest.to_string(),
+                })
+            };
+        }
+        match self.inner.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = Self::op_err("list", "/")(e);
+                Err(if e.kind() == ErrorKind::NotFound {
+                    StoreError::BucketMissing {
+                        dest: self.dest.to_string(),
+                    }
+                } else {
+                    e
+                })
+            }
+        }
     }
 
     /// A cheap request that proves the destination exists and the credentials work.
@@ -472,6 +613,13 @@ impl Store {
     /// Size, dates and user metadata of one object; `Ok(None)` if it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = Self::path(key)?;
+        if let Some(root) = &self.local_root {
+            return match local::open(root, key, "head").await {
+                Ok((_, info)) => Ok(Some(info)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
         let opts = GetOptions {
             head: true,
             ..Default::default()
@@ -533,7 +681,8 @@ impl Store {
             .put_opts(&path, PutPayload::from_bytes(body), opts)
             .await
             .map_err(Self::op_err("put", key))?;
-        self.set_local_meta(key, meta)
+        self.set_local_meta(key, meta)?;
+        self.sync_local(key)
     }
 
     /// Starts a multipart upload; the caller uploads parts, then `complete` or `abort`s, then
@@ -557,7 +706,41 @@ impl Store {
     /// After a completed multipart upload: stores the metadata where the backend could not
     /// take it at initiation (local destinations).
     pub fn finish_multipart(&self, key: &str, meta: &PutMeta) -> Result<(), StoreError> {
-        self.set_local_meta(key, meta)
+        self.set_local_meta(key, meta)?;
+        self.sync_local(key)
+    }
+
+    /// Local destinations: "durable" means on disk. The file (data and xattrs), then every
+    /// directory from its own up to the destination root (new ones were just created), are
+    /// fsynced before the upload counts as done.
+    fn sync_local(&self, key: &str) -> Result<(), StoreError> {
+        let (Some(file), Some(l)) = (self.local_file(key), self.local.as_ref()) else {
+            return Ok(());
+        };
+        let root = l
+            .path_to_filesystem(&Path::from("x"))
+            .ok()
+            .and_then(|p| p.parent().map(|p| p.to_path_buf()));
+        let err = |source| StoreError::Local {
+            op: "fsync",
+            key: key.to_string(),
+            source,
+        };
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
+        LOCAL_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(err)?;
+            if root.as_deref().is_none_or(|r| d == r || !d.starts_with(r)) {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     /// A streaming read of an object (or a byte range of it).
@@ -567,6 +750,10 @@ impl Store {
         range: Option<Range<u64>>,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let path = Self::path(key)?;
+        if let Some(root) = &self.local_root {
+            let (file, _) = local::open(root, key, "get").await?;
+            return local::read_stream(file, key, range).await;
+        }
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
@@ -593,6 +780,10 @@ impl Store {
         key: &str,
     ) -> Result<(ObjectInfo, BoxStream<'static, Result<Bytes, StoreError>>), StoreError> {
         let path = Self::path(key)?;
+        if let Some(root) = &self.local_root {
+            let (file, info) = local::open(root, key, "get").await?;
+            return Ok((info, local::read_stream(file, key, None).await?));
+        }
         let r = self
             .inner
             .get_opts(&path, GetOptions::default())
@@ -614,6 +805,9 @@ impl Store {
     /// Reads a whole (small) object.
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = Self::path(key)?;
+        if self.local_root.is_some() {
+            return self.get_bytes_capped(key, u64::MAX).await;
+        }
         let r = self
             .inner
             .get_opts(&path, GetOptions::default())
@@ -622,8 +816,34 @@ impl Store {
         r.bytes().await.map_err(Self::op_err("read", key))
     }
 
+    /// Reads a whole object of at most `limit` bytes; a bigger one is
+    /// [`StoreError::TooLarge`] after reading no more than `limit` bytes of it (index bodies:
+    /// [`crate::layout::MAX_INDEX_BYTES`]).
+    pub async fn get_bytes_capped(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
+        let too_large = || StoreError::TooLarge {
+            key: key.to_string(),
+            limit,
+        };
+        let (info, mut stream) = self.get_with_info(key).await?;
+        if info.size > limit {
+            return Err(too_large());
+        }
+        let mut buf = bytes::BytesMut::with_capacity(info.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = Self::path(key)?;
+        if let Some(root) = &self.local_root {
+            return local::delete(root, key).await;
+        }
         match self.inner.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Self::op_err("delete", key)(e)),
@@ -633,6 +853,14 @@ impl Store {
     /// Deletes many keys with the backend's bulk delete (S3 DeleteObjects, 1000 a request).
     /// Returns the keys deleted; stops at the first error.
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<usize, StoreError> {
+        if self.local_root.is_some() {
+            let mut n = 0;
+            for k in &keys {
+                self.delete(k).await?;
+                n += 1;
+            }
+            return Ok(n);
+        }
         let mut paths = Vec::with_capacity(keys.len());
         for k in &keys {
             paths.push(Ok(Self::path(k)?));
@@ -693,6 +921,661 @@ impl Store {
     }
 }
 
+/// Files fsynced by local destinations (tests check that durability is real).
+pub static LOCAL_SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The key an `object_store` path error is about, if it names one.
+fn bad_key_of(e: &object_store::path::Error) -> Option<String> {
+    match e {
+        object_store::path::Error::EmptySegment { path }
+        | object_store::path::Error::BadSegment { path, .. } => Some(path.clone()),
+        _ => None,
+    }
+}
+
+/// Why object_store refuses a key, without repeating the key.
+fn path_error_reason(e: &object_store::path::Error) -> String {
+    match e {
+        object_store::path::Error::EmptySegment { .. } => "empty path segment".into(),
+        object_store::path::Error::BadSegment { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
+fn report_bad_key(key: &str, why: &str) {
+    tracing::warn!(
+        key = %crate::layout::printable(key),
+        "skipping an object whose key cannot be used ({}); the rest of the listing goes on",
+        crate::layout::printable(why)
+    );
+}
+
+/// Largest page S3 returns.
+const PAGE: usize = 1000;
+
+/// Lists `dir/` page by page. `object_store` refuses a whole page when one key in it cannot
+/// be a `Path`; then the same range is listed again with smaller and smaller pages until that
+/// key is alone in its page: it is reported, skipped (`start-after` takes the raw key) and the
+/// listing goes on with full pages. About 20 extra requests per unusable key.
+fn paged_list(
+    store: Arc<dyn PaginatedListStore>,
+    dir: String,
+) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
+    struct St {
+        store: Arc<dyn PaginatedListStore>,
+        prefix: String,
+        /// The last key handed out (or skipped): the next page starts after it.
+        after: Option<String>,
+        token: Option<String>,
+        max: usize,
+        done: bool,
+    }
+    let st = St {
+        store,
+        prefix: if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        },
+        after: None,
+        token: None,
+        max: PAGE,
+        done: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let opts = PaginatedListOptions {
+            offset: if st.token.is_none() {
+                st.after.clone()
+            } else {
+                None
+            },
+            page_token: st.token.clone(),
+            max_keys: (st.max < PAGE).then_some(st.max),
+            ..Default::default()
+        };
+        let batch: Vec<Result<ObjectInfo, StoreError>> = match st
+            .store
+            .list_paginated(
+                Some(&st.prefix)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.as_str()),
+                opts,
+            )
+            .await
+        {
+            Ok(page) => {
+                let objs = page.result.objects;
+                if let Some(last) = objs.last() {
+                    st.after = Some(last.location.to_string());
+                }
+                if page.page_token.is_none() {
+                    st.done = true;
+                }
+                // Full pages continue with the server's token; after a split, start-after.
+                st.token = if st.max == PAGE {
+                    page.page_token
+                } else {
+                    None
+                };
+                st.max = (st.max * 2).min(PAGE);
+                objs.into_iter()
+                    .map(|m| {
+                        Ok(ObjectInfo {
+                            key: m.location.to_string(),
+                            size: m.size,
+                            last_modified: m.last_modified,
+                            e_tag: m.e_tag,
+                            metadata: HashMap::new(),
+                        })
+                    })
+                    .collect()
+            }
+            Err(object_store::Error::InvalidPath { source }) => {
+                st.token = None;
+                match bad_key_of(&source) {
+                    // Already stepped over it: the server ignores start-after. Stop rather
+                    // than loop.
+                    Some(bad) if st.after.as_deref() == Some(bad.as_str()) => {
+                        st.done = true;
+                        return Some((
+                            vec![Err(StoreError::BadKey {
+                                key: bad,
+                                reason: "the server lists it again after start-after; cannot list past it: rename or delete that object".into(),
+                            })],
+                            st,
+                        ));
+                    }
+                    Some(bad) if st.max == 1 => {
+                        report_bad_key(&bad, &path_error_reason(&source));
+                        st.after = Some(bad);
+                        st.max = PAGE;
+                    }
+                    Some(_) => st.max /= 2,
+                    None => {
+                        st.done = true;
+                        return Some((
+                            vec![Err(StoreError::Op {
+                                op: "list",
+                                key: st.prefix.clone(),
+                                source: source.into(),
+                            })],
+                            st,
+                        ));
+                    }
+                }
+                Vec::new()
+            }
+            Err(source) => {
+                st.done = true;
+                vec![Err(StoreError::Op {
+                    op: "list",
+                    key: st.prefix.clone(),
+                    source,
+                })]
+            }
+        };
+        Some((batch, st))
+    })
+    .flat_map(futures::stream::iter)
+    .boxed()
+}
+
+/// `file://` buckets read without following symlinks.
+mod local {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::ops::Range;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+
+    use bytes::Bytes;
+    use chrono::{DateTime, Utc};
+    use futures::stream::{BoxStream, StreamExt};
+    use std::collections::HashMap;
+
+    use super::{ObjectInfo, StoreError, report_bad_key};
+    use crate::layout::printable;
+
+    fn cstr(s: &[u8]) -> std::io::Result<CString> {
+        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    }
+
+    fn openat(dir: Option<&OwnedFd>, name: &[u8], flags: libc::c_int) -> std::io::Result<OwnedFd> {
+        let c = cstr(name)?;
+        let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+        // SAFETY: a valid NUL-terminated name and a valid (or AT_FDCWD) directory fd.
+        let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+
+    /// Opens the directory holding `key` under `root`, refusing symlinks on the way; returns
+    /// it with the key's last segment.
+    fn parent_of<'k>(
+        root: &Path,
+        key: &'k str,
+        op: &'static str,
+    ) -> Result<(OwnedFd, &'k str), StoreError> {
+        let err = |source: std::io::Error| match source.raw_os_error() {
+            Some(libc::ELOOP) => StoreError::Symlink {
+                op,
+                key: key.to_string(),
+            },
+            _ => StoreError::Local {
+                op,
+                key: key.to_string(),
+                source,
+            },
+        };
+        let mut dir = openat(
+            None,
+            root.as_os_str().as_bytes(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+        .map_err(err)?;
+        let (parents, last) = key.rsplit_once('/').unwrap_or(("", key));
+        for seg in parents.split('/').filter(|s| !s.is_empty()) {
+            dir = match openat(Some(&dir), seg.as_bytes(), DIR_FLAGS) {
+                Ok(d) => d,
+                // O_DIRECTORY|O_NOFOLLOW on a symlink is ENOTDIR on Linux: say which it is.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) && is_symlink_at(&dir, seg) => {
+                    return Err(StoreError::Symlink {
+                        op,
+                        key: key.to_string(),
+                    });
+                }
+                Err(e) => return Err(err(e)),
+            };
+        }
+        Ok((dir, last))
+    }
+
+    fn is_symlink_at(dir: &OwnedFd, name: &str) -> bool {
+        let Ok(c) = cstr(name.as_bytes()) else {
+            return false;
+        };
+        // SAFETY: zeroed stat is a valid out buffer; valid fd and NUL-terminated name.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    fn mtime(m: &std::fs::Metadata) -> DateTime<Utc> {
+        DateTime::from_timestamp(m.mtime(), m.mtime_nsec() as u32).unwrap_or_default()
+    }
+
+    /// The ETag object_store's local store gives (inode, mtime in µs, size), for parity.
+    fn etag(m: &std::fs::Metadata) -> String {
+        let micros = (m.mtime() as i128 * 1_000_000 + m.mtime_nsec() as i128 / 1000).max(0);
+        format!("\"{:x}-{:x}-{:x}\"", m.ino(), micros, m.size())
+    }
+
+    fn info(key: &str, m: &std::fs::Metadata) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_string(),
+            size: m.size(),
+            last_modified: mtime(m),
+            e_tag: Some(etag(m)),
+            metadata: HashMap::new(),
+        }
+    }
+
+    /// Opens `key` for reading, never through a symlink; with what a HEAD says about it
+    /// (including the `user.tablesnap.*` metadata, read from the open file).
+    pub(super) async fn open(
+        root: &Path,
+        key: &str,
+        op: &'static str,
+    ) -> Result<(File, ObjectInfo), StoreError> {
+        let (root, key_s) = (root.to_path_buf(), key.to_string());
+        tokio::task::spawn_blocking(move || open_blocking(&root, &key_s, op))
+            .await
+            .map_err(|e| StoreError::Local {
+                op,
+                key: key.to_string(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    fn open_blocking(
+        root: &Path,
+        key: &str,
+        op: &'static str,
+    ) -> Result<(File, ObjectInfo), StoreError> {
+        let (dir, last) = parent_of(root, key, op)?;
+        let local_err = |source: std::io::Error| match source.raw_os_error() {
+            Some(libc::ELOOP) => StoreError::Symlink {
+                op,
+                key: key.to_string(),
+            },
+            _ => StoreError::Local {
+                op,
+                key: key.to_string(),
+                source,
+            },
+        };
+        // O_NONBLOCK: a FIFO planted in the bucket must not block the open.
+        let fd = openat(
+            Some(&dir),
+            last.as_bytes(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )
+        .map_err(local_err)?;
+        let file = File::from(fd);
+        let m = file.metadata().map_err(local_err)?;
+        if !m.is_file() {
+            return Err(local_err(std::io::Error::new(
+                if m.is_dir() {
+                    std::io::ErrorKind::NotFound
+                } else {
+                    std::io::ErrorKind::InvalidInput
+                },
+                "not a regular file",
+            )));
+        }
+        let mut i = info(key, &m);
+        for name in [crate::layout::META_MD5, crate::layout::META_STAT] {
+            if let Some(v) = super::xattr::fget(&file, name) {
+                i.metadata
+                    .insert(name.to_string(), String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        Ok((file, i))
+    }
+
+    const CHUNK: usize = 256 * 1024;
+
+    /// The bytes of an open file (or a range of them) as a stream of chunks.
+    pub(super) async fn read_stream(
+        mut file: File,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let key = key.to_string();
+        let (start, left) = match &range {
+            Some(r) => (r.start, r.end.saturating_sub(r.start)),
+            None => (0, u64::MAX),
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .map_err(|source| StoreError::Local {
+                    op: "get",
+                    key: key.clone(),
+                    source,
+                })?;
+        }
+        let state = Some((file, left));
+        Ok(futures::stream::unfold(state, move |state| {
+            let key = key.clone();
+            async move {
+                let (mut file, left) = state?;
+                if left == 0 {
+                    return None;
+                }
+                let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+                let r = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let n = loop {
+                        match file.read(&mut buf) {
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            r => break r,
+                        }
+                    };
+                    n.map(|n| {
+                        buf.truncate(n);
+                        (buf, file)
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match r {
+                    Ok((buf, _)) if buf.is_empty() => None,
+                    Ok((buf, file)) => {
+                        let left = left.saturating_sub(buf.len() as u64);
+                        Some((Ok(Bytes::from(buf)), Some((file, left))))
+                    }
+                    Err(source) => Some((
+                        Err(StoreError::Local {
+                            op: "read",
+                            key,
+                            source,
+                        }),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed())
+    }
+
+    /// Deletes `key`, never through a symlinked directory; a symlink at `key` itself is
+    /// refused too (listings never name one). A missing key is not an error.
+    pub(super) async fn delete(root: &Path, key: &str) -> Result<(), StoreError> {
+        let (root, key_s) = (root.to_path_buf(), key.to_string());
+        tokio::task::spawn_blocking(move || delete_blocking(&root, &key_s))
+            .await
+            .map_err(|e| StoreError::Local {
+                op: "delete",
+                key: key.to_string(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    fn delete_blocking(root: &Path, key: &str) -> Result<(), StoreError> {
+        let (dir, last) = match parent_of(root, key, "delete") {
+            Err(e @ StoreError::Local { .. }) if e.kind() == super::ErrorKind::NotFound => {
+                return Ok(());
+            }
+            r => r?,
+        };
+        let c = cstr(last.as_bytes()).map_err(|source| StoreError::Local {
+            op: "delete",
+            key: key.to_string(),
+            source,
+        })?;
+        // SAFETY: zeroed stat is a valid out buffer; valid fd and NUL-terminated name.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.kind() == std::io::ErrorKind::NotFound {
+                return Ok(());
+            }
+            return Err(StoreError::Local {
+                op: "delete",
+                key: key.to_string(),
+                source,
+            });
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(StoreError::Symlink {
+                op: "delete",
+                key: key.to_string(),
+            });
+        }
+        // SAFETY: valid fd and NUL-terminated name.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.kind() != std::io::ErrorKind::NotFound {
+                return Err(StoreError::Local {
+                    op: "delete",
+                    key: key.to_string(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// object_store's local store stages uploads as `NAME#<digits>`: not objects.
+    fn is_staged_upload(name: &str) -> bool {
+        name.split_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
+    type Tx = tokio::sync::mpsc::Sender<Result<Vec<ObjectInfo>, StoreError>>;
+    const BATCH: usize = 1000;
+
+    /// Lists every object under `dir/` of the bucket at `root`, streamed in batches (a
+    /// million objects are never held here), sorted by name within each directory.
+    pub(super) fn list(
+        root: PathBuf,
+        dir: String,
+    ) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The walk starts when the stream is first polled (inside the caller's runtime).
+        let walk = move || {
+            let mut w = Walker {
+                tx,
+                batch: Vec::with_capacity(BATCH),
+            };
+            let r = w.start(&root, &dir);
+            match r {
+                Ok(()) => {
+                    let b = std::mem::take(&mut w.batch);
+                    if !b.is_empty() {
+                        let _ = w.tx.blocking_send(Ok(b));
+                    }
+                }
+                Err(e) => {
+                    let _ = w.tx.blocking_send(Err(e));
+                }
+            }
+        };
+        futures::stream::unfold((Some(walk), rx), |(walk, mut rx)| async move {
+            if let Some(walk) = walk {
+                tokio::task::spawn_blocking(walk);
+            }
+            let b = rx.recv().await?;
+            Some((b, (None, rx)))
+        })
+        .flat_map(|b| match b {
+            Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .boxed()
+    }
+
+    struct Walker {
+        tx: Tx,
+        batch: Vec<ObjectInfo>,
+    }
+
+    /// The receiver went away: stop walking.
+    struct Closed;
+
+    impl Walker {
+        fn start(&mut self, root: &Path, dir: &str) -> Result<(), StoreError> {
+            // The directories of the prefix itself: none may be a symlink.
+            let mut path = root.to_path_buf();
+            for seg in dir.split('/').filter(|s| !s.is_empty()) {
+                path.push(seg);
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        report_symlink(&path_key(root, &path));
+                        return Ok(());
+                    }
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(source) => {
+                        return Err(StoreError::Local {
+                            op: "list",
+                            key: format!("{dir}/"),
+                            source,
+                        });
+                    }
+                }
+            }
+            let _ = self.walk(&path, dir);
+            Ok(())
+        }
+
+        fn push(&mut self, o: ObjectInfo) -> Result<(), Closed> {
+            self.batch.push(o);
+            if self.batch.len() >= BATCH {
+                let b = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+                self.tx.blocking_send(Ok(b)).map_err(|_| Closed)?;
+            }
+            Ok(())
+        }
+
+        fn fail(&mut self, e: StoreError) -> Closed {
+            let b = std::mem::take(&mut self.batch);
+            let _ = self.tx.blocking_send(Ok(b));
+            let _ = self.tx.blocking_send(Err(e));
+            Closed
+        }
+
+        fn walk(&mut self, path: &Path, key_dir: &str) -> Result<(), Closed> {
+            let err = |source| StoreError::Local {
+                op: "list",
+                key: format!("{key_dir}/"),
+                source,
+            };
+            let rd = match std::fs::read_dir(path) {
+                Ok(rd) => rd,
+                Err(e) => return Err(self.fail(err(e))),
+            };
+            let mut entries = Vec::new();
+            for e in rd {
+                match e {
+                    Ok(e) => entries.push(e),
+                    Err(e) => return Err(self.fail(err(e))),
+                }
+            }
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else {
+                    let shown = format!("{key_dir}/{}", name.to_string_lossy())
+                        .trim_start_matches('/')
+                        .to_string();
+                    report_bad_key(&shown, "not UTF-8");
+                    continue;
+                };
+                let key = if key_dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key_dir}/{name}")
+                };
+                let ft = match e.file_type() {
+                    Ok(ft) => ft,
+                    Err(source) => return Err(self.fail(err(source))),
+                };
+                if ft.is_symlink() {
+                    report_symlink(&key);
+                } else if ft.is_dir() {
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&format!("{key}/"), &super::path_error_reason(&why));
+                        continue;
+                    }
+                    self.walk(&e.path(), &key)?;
+                } else if ft.is_file() {
+                    if is_staged_upload(name) {
+                        continue;
+                    }
+                    if let Err(why) = object_store::path::Path::parse(&key) {
+                        report_bad_key(&key, &super::path_error_reason(&why));
+                        continue;
+                    }
+                    match e.metadata() {
+                        Ok(m) => self.push(info(&key, &m))?,
+                        // Deleted since read_dir: not an object any more.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(self.fail(err(source))),
+                    }
+                } else {
+                    tracing::warn!(
+                        key = %printable(&key),
+                        "skipping a special file (not a regular file) in the file:// bucket"
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn path_key(root: &Path, p: &Path) -> String {
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn report_symlink(key: &str) {
+        tracing::warn!(
+            key = %printable(key),
+            "skipping a symlink in the file:// bucket: symlinks are never followed"
+        );
+    }
+}
+
 /// Minimal `user.tablesnap.*` extended attributes through libc.
 mod xattr {
     use std::ffi::CString;
@@ -724,6 +1607,27 @@ mod xattr {
         } else {
             Err(std::io::Error::last_os_error())
         }
+    }
+
+    /// Reads an attribute of an open file (no path lookup, so no symlink to follow).
+    pub fn fget(file: &std::fs::File, name: &str) -> Option<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let n = CString::new(format!("user.tablesnap.{name}")).ok()?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: valid fd, NUL-terminated name and a writable buffer of the given length.
+        let r = unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if r < 0 {
+            return None;
+        }
+        buf.truncate(r as usize);
+        Some(buf)
     }
 
     pub fn get(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -107,6 +107,16 @@ impl UploadError {
     pub fn is_local(&self) -> bool {
         matches!(self, UploadError::Read { .. } | UploadError::NotUtf8 { .. })
     }
+    /// The file's name can never be a key (object_store would rewrite it, or a local
+    /// destination refuses it as too long): report once, leave it out, never retry.
+    pub fn is_unstorable(&self) -> bool {
+        match self {
+            UploadError::NotUtf8 { .. } => true,
+            UploadError::Store { source, .. } => source.is_unstorable_name(),
+            _ => false,
+        }
+    }
+
     pub fn store_kind(&self) -> Option<ErrorKind> {
         match self {
             UploadError::Store { source, .. } => Some(source.kind()),
@@ -123,6 +133,8 @@ pub struct Stats {
     pub files_vanished: AtomicU64,
     pub indexes_written: AtomicU64,
     pub multipart_aborted: AtomicU64,
+    /// Data.db files that did not match their own Digest when read for upload.
+    pub corrupt_sstables: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +145,9 @@ struct Known {
     /// (inode, mtime s, mtime ns) of the local file the object was checked against during
     /// this run: a file renamed over another with the same size is still noticed.
     file: Option<(u64, i64, i64)>,
+    /// When it was recorded ([`Uploader::seq`]): a LIST that started earlier cannot tell
+    /// that it is gone.
+    seq: u64,
 }
 
 fn fingerprint(m: &std::fs::Metadata) -> (u64, i64, i64) {
@@ -144,6 +159,8 @@ pub struct Uploader {
     layout: Layout,
     cfg: UploadConfig,
     known: Mutex<HashMap<String, Known>>,
+    /// Orders records of [`Known`] against LISTs.
+    seq: AtomicU64,
     /// Key prefixes (`DIRKEY/`) whose full content was LISTed: absence there means absent.
     listed: Mutex<Vec<String>>,
     locks: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
@@ -162,6 +179,11 @@ pub struct Uploader {
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
+    /// Files whose names no key can hold, reported once each.
+    unstorable: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Digest values of Data.db files read for upload, until their SSTable's Digest
+    /// component can be compared (it is written after Data.db).
+    digests: Mutex<HashMap<PathBuf, crate::digest::Value>>,
     pub stats: Stats,
 }
 
@@ -181,6 +203,7 @@ impl Uploader {
             layout,
             cfg,
             known: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
             listed: Mutex::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
             mem: Arc::new(Semaphore::new(mem_units as usize)),
@@ -194,8 +217,68 @@ impl Uploader {
                 keep: (mem_units * MEM_UNIT / part).max(1) as usize,
                 part: part as usize,
             }),
+            unstorable: Mutex::new(Default::default()),
+            digests: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
+    }
+
+    /// Compares the Digest value computed when `data` (a Data.db) was read with its
+    /// SSTable's Digest component, if that exists by now (else later, when it is stored).
+    /// A mismatch means the file is corrupt on this disk: it is still stored (it is the
+    /// node's real state), and reported.
+    fn check_digest(&self, data: &Path) {
+        let Some(name) = data.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let Some((digest_name, alg)) = crate::digest::digest_for_data(name) else {
+            return;
+        };
+        let Some(got) = self.digests.lock().unwrap().get(data).copied() else {
+            return;
+        };
+        let digest_path = data.with_file_name(&digest_name);
+        let Ok(mut f) = open_regular(&digest_path) else {
+            return;
+        };
+        let mut body = Vec::new();
+        if f.by_ref().take(4096).read_to_end(&mut body).is_err() {
+            return;
+        }
+        self.digests.lock().unwrap().remove(data);
+        match crate::digest::parse(alg, &body) {
+            Ok(want) if want == got => {
+                tracing::debug!(path = %data.display(), "Data.db matches its Digest")
+            }
+            Ok(want) => {
+                self.stats.corrupt_sstables.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    path = %crate::layout::printable(&data.to_string_lossy()),
+                    digest = %want, computed = %got,
+                    "Data.db does not match its SSTable's Digest: it is corrupt on this disk (stored anyway, as the node's real state); check it with nodetool verify and repair it"
+                );
+            }
+            Err(e) => tracing::warn!(path = %digest_path.display(), "unreadable Digest: {e}"),
+        }
+    }
+
+    /// A Digest component was stored: compare it with its Data.db if that was read.
+    fn digest_component_stored(&self, path: &Path) {
+        let Some(f) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::cassandra::parse_name)
+        else {
+            return;
+        };
+        if f.component.starts_with("Digest.") {
+            self.check_digest(&path.with_file_name(format!("{}-Data.db", f.sstable)));
+        }
+    }
+
+    /// Records that `path`'s name cannot be stored; true the first time (report it then).
+    pub fn report_unstorable(&self, path: &Path) -> bool {
+        self.unstorable.lock().unwrap().insert(path.to_path_buf())
     }
 
     pub fn layout(&self) -> &Layout {
@@ -217,6 +300,9 @@ impl Uploader {
         // Replaces what was known under `dir` (objects deleted since, e.g. by tablechop,
         // are forgotten), keeping MD5 verifications of unchanged objects.
         let dir_key = key_of(&self.layout, dir)?;
+        // Uploads go on while the LIST runs: what they record meanwhile is newer than the
+        // listing and must survive it.
+        let started = self.seq.load(Ordering::Relaxed);
         let objects = self
             .store
             .list_all(&dir_key)
@@ -243,10 +329,12 @@ impl Uploader {
                         size: o.size,
                         verified,
                         file,
+                        seq: started,
                     },
                 );
             }
-            known.retain(|k, _| !k.starts_with(&under));
+            known.retain(|k, v| !k.starts_with(&under) || v.seq > started);
+            fresh.retain(|k, _| !known.contains_key(k));
             known.extend(fresh);
         }
         let mut listed = self.listed.lock().unwrap();
@@ -269,12 +357,14 @@ impl Uploader {
     }
 
     fn mark(&self, key: &str, size: u64, verified: bool, file: Option<(u64, i64, i64)>) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.known.lock().unwrap().insert(
             key.to_string(),
             Known {
                 size,
                 verified,
                 file,
+                seq,
             },
         );
     }
@@ -325,6 +415,18 @@ impl Uploader {
     /// Makes sure the file at `path` is durable in the store, uploading it if needed.
     /// Never writes an index (see [`Uploader::write_index`]).
     pub async fn ensure_durable(
+        &self,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let r = self.ensure_durable_locked(path, cancel).await;
+        if let Ok(Outcome::Uploaded { .. } | Outcome::Present) = r {
+            self.digest_component_stored(path);
+        }
+        r
+    }
+
+    async fn ensure_durable_locked(
         &self,
         path: &Path,
         cancel: &CancellationToken,
@@ -442,7 +544,7 @@ impl Uploader {
         };
         let p = path.to_path_buf();
         let got = tokio::task::spawn_blocking(move || {
-            let mut f = File::open(&p)?;
+            let mut f = open_regular(&p)?;
             md5_of_reader(&mut f)
         })
         .await
@@ -505,7 +607,7 @@ impl Uploader {
             path: path.to_path_buf(),
             source,
         };
-        let file = match File::open(path) {
+        let file = match open_regular(path) {
             Ok(f) => f,
             Err(e) => return Err(read_err(e)),
         };
@@ -515,21 +617,34 @@ impl Uploader {
         let file = Arc::new(file);
         let part = self.part_size_for(size);
         let single = size <= self.cfg.max_upload_size && size <= part;
+        // Cassandra's own checksum of a Data.db, computed in the same read as the MD5.
+        let alg = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::digest::digest_for_data)
+            .map(|(_, a)| a);
+        let digest_value;
         tracing::debug!(path = %path.display(), size, single, "uploading");
         let uploaded = if single {
             let permit = self.acquire(self.pool.budget_for(size)).await;
             let f = file.clone();
             let pool = self.pool.clone();
-            let (body, md5) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let (body, md5, dv) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
                 let mut buf = pool.take(size as usize, permit);
                 let n = read_full(&f, &mut buf.buf)?;
                 buf.buf.truncate(n);
                 let md5 = hex::encode(Md5::digest(&buf.buf));
-                Ok((buf.into_bytes(), md5))
+                let dv = alg.map(|a| {
+                    let mut h = crate::digest::Hasher::new(a);
+                    h.update(&buf.buf);
+                    h.finish()
+                });
+                Ok((buf.into_bytes(), md5, dv))
             })
             .await
             .expect("read task panicked")
             .map_err(read_err)?;
+            digest_value = dv;
             if body.len() as u64 != size {
                 return Err(UploadError::Changed {
                     path: path.to_path_buf(),
@@ -549,10 +664,19 @@ impl Uploader {
             size
         } else {
             let f = file.clone();
-            let md5 = tokio::task::spawn_blocking(move || md5_of_file(&f))
-                .await
-                .expect("hash task panicked")
-                .map_err(read_err)?;
+            let (md5, dv) = tokio::task::spawn_blocking(move || {
+                let mut h = alg.map(crate::digest::Hasher::new);
+                let md5 = md5_and(&f, &mut |b| {
+                    if let Some(h) = h.as_mut() {
+                        h.update(b)
+                    }
+                })?;
+                Ok::<_, std::io::Error>((md5, h.map(|h| h.finish())))
+            })
+            .await
+            .expect("hash task panicked")
+            .map_err(read_err)?;
+            digest_value = dv;
             let meta = self.data_meta(stat, md5);
             self.put_multipart(path, key, &file, size, part, &meta, cancel)
                 .await?;
@@ -566,6 +690,10 @@ impl Uploader {
                     && after.mtime() == before.mtime()
                     && after.mtime_nsec() == before.mtime_nsec() =>
             {
+                if let Some(v) = digest_value {
+                    self.digests.lock().unwrap().insert(path.to_path_buf(), v);
+                    self.check_digest(path);
+                }
                 Ok(uploaded)
             }
             // Deleted after we read it completely: what we stored is the whole file.
@@ -720,25 +848,26 @@ impl Uploader {
     }
 
     /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
-    /// lists the directory now, makes every listed file durable first (uploading what is
-    /// missing; a file that vanished is left out), then PUTs the index. Returns the names.
+    /// classifies the directory now ([`crate::cassandra::DirView`]), makes every file of
+    /// every complete SSTable and every settled other file durable first (uploading what is
+    /// missing; a file that vanished is left out), then PUTs the index under the keys of
+    /// the Data.db files it names. Files of unfinished SSTables are neither read nor named.
     pub async fn write_index(
         &self,
         dir: &Path,
         data_files: &[PathBuf],
         cancel: &CancellationToken,
-    ) -> Result<Vec<String>, UploadError> {
+    ) -> Result<IndexWritten, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
             path: dir.to_path_buf(),
         })?;
-        let mut names: Vec<String> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .flatten()
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| self.cfg.filter.accepts(n))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        // Only what makes a restore point: complete SSTables (never a file of one still
+        // being written: it is not even read here) and other regular files that are closed.
+        let view = match crate::cassandra::view_dir(dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(IndexWritten::default());
+            }
             Err(source) => {
                 return Err(UploadError::Read {
                     path: dir.to_path_buf(),
@@ -746,10 +875,19 @@ impl Uploader {
                 });
             }
         };
-        names.sort();
-        let mut listed = Vec::with_capacity(names.len());
-        for n in names {
-            match self.ensure_durable(&dir.join(&n), cancel).await {
+        let nameable = view.nameable();
+        let mut listed = Vec::with_capacity(nameable.len());
+        for n in nameable {
+            if !self.cfg.filter.accepts(&n) {
+                continue;
+            }
+            let path = dir.join(&n);
+            if view.others.contains(&n) && !self.settled(&path) {
+                // Written within the last moments (and perhaps still open): named by a
+                // later index, once its own event or upload made it durable.
+                continue;
+            }
+            match self.ensure_durable(&path, cancel).await {
                 Ok(Outcome::Uploaded { .. } | Outcome::Present) => listed.push(n),
                 Ok(Outcome::Vanished | Outcome::Ignored) => {}
                 // An unreadable sibling must not hold back the index of everything else:
@@ -760,34 +898,120 @@ impl Uploader {
                 }
                 // Changed: being rewritten now; it gets its own upload and a later index.
                 Err(UploadError::Changed { .. }) => {}
+                // A name no key can hold must not make the whole table unrestorable.
+                Err(e) if e.is_unstorable() => {
+                    if self.unstorable.lock().unwrap().insert(path.clone()) {
+                        tracing::error!(
+                            "{e}; this file cannot be backed up under its name and is left out of the index of {}",
+                            dir.display()
+                        );
+                    }
+                }
                 Err(e) => return Err(e),
             }
+        }
+        let unfinished: Vec<String> = view
+            .unfinished()
+            .map(|(s, why)| format!("{s} ({why})"))
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
         }
         if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
             listed.extend(gone.iter().filter(|n| self.cfg.filter.accepts(n)).cloned());
             listed.sort();
             listed.dedup();
         }
+        // An index goes under the key of each pending Data.db it names; a Data.db of an
+        // SSTable that is not complete yet waits for a later index (never an index that
+        // does not name it, and never an older restore point overwritten).
+        let (named, deferred): (Vec<PathBuf>, Vec<PathBuf>) =
+            data_files.iter().cloned().partition(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| listed.iter().any(|l| l == n))
+            });
+        let deferred: Vec<PathBuf> = deferred
+            .into_iter()
+            .filter(|d| {
+                d.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    view.is_unfinished(n) || (d.exists() && !listed.iter().any(|l| l == n))
+                })
+            })
+            .collect();
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let meta = PutMeta {
             content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
             user: vec![],
         };
-        for data in data_files {
+        for data in &named {
             let key = layout::index_key(&key_of(&self.layout, data)?);
-            self.store
-                .put(&key, body.clone(), &meta)
-                .await
-                .map_err(|source| UploadError::Store {
+            tokio::select! {
+                r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
                     path: data.clone(),
                     source: Box::new(source),
-                })?;
+                })?,
+                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.clone() }),
+            }
             self.mark(&key, body.len() as u64, true, None);
             self.unindexed.lock().unwrap().remove(data);
             self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(listed)
+        Ok(IndexWritten {
+            names: listed,
+            indexed: named,
+            deferred,
+        })
     }
+
+    /// A file not modified for [`SETTLE`]: closed, as far as a scan can tell (an event
+    /// says so for sure; a scan only sees the mtime).
+    pub fn settled(&self, path: &Path) -> bool {
+        settled(path)
+    }
+}
+
+/// How long a file that is not part of an SSTable must be left unmodified before a scan
+/// takes it as closed. SSTable components need no such guess: the TOC and the transaction
+/// logs say when an SSTable is complete.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// See [`SETTLE`].
+pub fn settled(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= SETTLE))
+}
+
+/// Opens a file for reading the safe way for a directory others write to: never blocking
+/// (a FIFO renamed over an SSTable would hang `open` until a writer came, wedging a
+/// runtime thread and shutdown with it), never through a symlink, and only if what was
+/// opened is a regular file (checked on the descriptor, so a rename in between cannot
+/// swap it).
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or socket where a data file should be)",
+        ));
+    }
+    Ok(f)
+}
+
+/// What [`Uploader::write_index`] did.
+#[derive(Debug, Default)]
+pub struct IndexWritten {
+    /// The names the index holds.
+    pub names: Vec<String>,
+    /// The Data.db files whose index was written.
+    pub indexed: Vec<PathBuf>,
+    /// Data.db files of SSTables not complete yet: they need a later index.
+    pub deferred: Vec<PathBuf>,
 }
 
 /// Buffers for file data; one goes back to the pool when the request that sent it drops it,
@@ -894,6 +1118,12 @@ fn read_full(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// two cores instead of taking turns on one (bench/: one 4 GiB file, the pass took 12.5 s,
 /// of which MD5 itself is about 6).
 pub fn md5_of_file(file: &File) -> std::io::Result<String> {
+    md5_and(file, &mut |_| {})
+}
+
+/// [`md5_of_file`], showing every chunk to `also` too (Cassandra's Digest of a Data.db is
+/// computed in the same read).
+pub fn md5_and(file: &File, also: &mut dyn FnMut(&[u8])) -> std::io::Result<String> {
     use std::os::unix::io::AsRawFd;
     let size = file.metadata()?.len();
     let hashed = AtomicU64::new(0);
@@ -915,8 +1145,9 @@ pub fn md5_of_file(file: &File) -> std::io::Result<String> {
                 ahead += n;
             }
         });
-        let r = md5_counting(&mut &*file, |n| {
-            hashed.fetch_add(n as u64, Ordering::Relaxed);
+        let r = md5_counting(&mut &*file, |b| {
+            also(b);
+            hashed.fetch_add(b.len() as u64, Ordering::Relaxed);
         });
         stop.store(true, Ordering::Relaxed);
         r
@@ -932,7 +1163,7 @@ pub fn md5_of_reader(r: &mut impl Read) -> std::io::Result<String> {
 }
 
 /// [`md5_of_reader`], telling `hashed` how many bytes each step hashed.
-fn md5_counting(r: &mut impl Read, mut hashed: impl FnMut(usize)) -> std::io::Result<String> {
+fn md5_counting(r: &mut impl Read, mut hashed: impl FnMut(&[u8])) -> std::io::Result<String> {
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -943,7 +1174,7 @@ fn md5_counting(r: &mut impl Read, mut hashed: impl FnMut(usize)) -> std::io::Re
             Err(e) => return Err(e),
         };
         h.update(&buf[..n]);
-        hashed(n);
+        hashed(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
 }

@@ -116,6 +116,12 @@ pub struct Watcher {
     stream: EventStream<Vec<u8>>,
     watches: Watches,
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Inode of each watched directory: tells a renamed directory (watch renewed under its
+    /// new name) from one moved away.
+    inodes: HashMap<WatchDescriptor, u64>,
+    /// The roots as given: a symlink there is followed (a data directory on a mounted
+    /// volume), below them never.
+    roots: std::collections::HashSet<PathBuf>,
     events: Events,
     mask: WatchMask,
     recursive: bool,
@@ -136,6 +142,8 @@ impl Watcher {
             stream,
             watches,
             dirs: HashMap::new(),
+            inodes: HashMap::new(),
+            roots: Default::default(),
             events,
             mask: events.mask(auto_add),
             recursive,
@@ -194,6 +202,7 @@ impl Watcher {
     /// Watches `root` (and, with `-r`, every directory below it). Returns the directories
     /// now watched.
     pub fn add_root(&mut self, root: &Path) -> Result<Vec<PathBuf>, WatchError> {
+        self.roots.insert(root.to_path_buf());
         self.add_tree(root, self.recursive)
     }
 
@@ -226,8 +235,16 @@ impl Watcher {
     }
 
     fn add_one(&mut self, dir: &Path) -> Result<(), WatchError> {
-        match self.watches.add(dir, self.mask | WatchMask::ONLYDIR) {
+        let mut mask = self.mask | WatchMask::ONLYDIR;
+        if self.roots.contains(dir) {
+            mask.remove(WatchMask::DONT_FOLLOW);
+        }
+        match self.watches.add(dir, mask) {
             Ok(wd) => {
+                use std::os::unix::fs::MetadataExt;
+                if let Ok(m) = std::fs::metadata(dir) {
+                    self.inodes.insert(wd.clone(), m.ino());
+                }
                 self.dirs.insert(wd, dir.to_path_buf());
                 Ok(())
             }
@@ -242,6 +259,15 @@ impl Watcher {
                 source,
             }),
         }
+    }
+
+    /// Whether the path recorded for `wd` is still that directory (same inode).
+    fn renewed(&self, wd: &WatchDescriptor) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(p), Some(ino)) = (self.dirs.get(wd), self.inodes.get(wd)) else {
+            return false;
+        };
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.ino() == *ino)
     }
 
     pub fn watched_dirs(&self) -> usize {
@@ -279,10 +305,14 @@ impl Watcher {
             .mask
             .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
         {
-            // The kernel drops the watch (IN_IGNORED follows); a moved directory's path is stale.
-            if ev.mask.contains(EventMask::MOVE_SELF) {
+            // The kernel drops the watch on delete (IN_IGNORED follows). A moved directory's
+            // path is stale, unless its new name is watched already: a rename inside the
+            // tree reaches us as IN_MOVED_TO first, which renewed this very watch under the
+            // new path (same descriptor), and dropping it would lose the directory.
+            if ev.mask.contains(EventMask::MOVE_SELF) && !self.renewed(&ev.wd) {
                 let _ = self.watches.remove(ev.wd.clone());
                 self.dirs.remove(&ev.wd);
+                self.inodes.remove(&ev.wd);
             }
             return Ok(());
         }
@@ -346,6 +376,109 @@ impl Watcher {
 fn being_written(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
+}
+
+/// What a scan found that may be uploaded now, and what must wait.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Closed files: of complete SSTables, or others not modified for [`crate::upload::SETTLE`].
+    pub ready: Vec<PathBuf>,
+    /// Other files modified moments ago (perhaps still open), and files of SSTables not
+    /// complete yet: look again later (their closing events may predate the watch).
+    pub unsettled: Vec<PathBuf>,
+    /// Directories that could not be read (each named once, with the reason).
+    pub unreadable: Vec<(PathBuf, std::io::Error)>,
+    /// Names that are not UTF-8 (they cannot be named in a key).
+    pub not_utf8: Vec<PathBuf>,
+}
+
+/// The files a scan (startup `-B`, a new directory, an overflow, a rescan) may upload.
+/// Unlike an event, a scan cannot tell whether a file is still being written, so it asks
+/// the data directory: files of complete SSTables only (never one still growing under a
+/// transaction log), transaction logs and temporary names never, other files once settled.
+/// `snapshots/` and `backups/` (hard links of live SSTables) are skipped unless `hardlinks`
+/// (IN_CREATE listened to, the way the original was told to follow them).
+pub fn scan_closed(dir: &Path, recursive: bool, hardlinks: bool) -> Scan {
+    use crate::cassandra::{self, DirKind};
+    let mut out = Scan::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if !hardlinks && cassandra::dir_kind(&d) != DirKind::Live {
+            continue;
+        }
+        let view = match cassandra::view_dir(&d) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.unreadable.push((d, e));
+                continue;
+            }
+        };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                if recursive {
+                    stack.push(e.path());
+                }
+                continue;
+            }
+            if !t.is_file() {
+                continue;
+            }
+            let name = e.file_name();
+            let Some(n) = name.to_str() else {
+                out.not_utf8.push(e.path());
+                continue;
+            };
+            if cassandra::is_txn_log(n) || cassandra::is_temporary(n) {
+                continue;
+            }
+            if view.is_unfinished(n)
+                || (view.others.contains(n) && !crate::upload::settled(&e.path()))
+            {
+                out.unsettled.push(e.path());
+                continue;
+            }
+            out.ready.push(e.path());
+        }
+    }
+    out
+}
+
+/// Whether a file a scan left waiting may be uploaded now: it still exists, and it is not
+/// part of an unfinished SSTable and (if not an SSTable's) settled. `None`: gone.
+pub fn ready_now(path: &Path) -> Option<bool> {
+    let n = path.file_name().and_then(|n| n.to_str())?;
+    if !path.exists() {
+        return None;
+    }
+    if crate::cassandra::parse_name(n).is_some() {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let v = crate::cassandra::view_dir(dir).ok()?;
+        Some(!v.is_unfinished(n))
+    } else {
+        Some(crate::upload::settled(path))
+    }
+}
+
+/// Whether an event for this file should upload it: never a transaction log (bookkeeping
+/// that is rewritten record by record and that no restore may contain) nor a temporary
+/// name; in `snapshots/` and `backups/` only when hard links are followed.
+pub fn event_wanted(path: &Path, hardlinks: bool) -> bool {
+    use crate::cassandra::{self, DirKind};
+    let Some(n) = path.file_name().and_then(|n| n.to_str()) else {
+        return true; // reported as not UTF-8 by the daemon
+    };
+    if cassandra::is_txn_log(n) || cassandra::is_temporary(n) {
+        return false;
+    }
+    hardlinks
+        || path
+            .parent()
+            .is_none_or(|d| cassandra::dir_kind(d) == DirKind::Live)
 }
 
 /// Every regular file in `dir` (and below, with `recursive`). Symlinks and special files

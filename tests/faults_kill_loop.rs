@@ -211,6 +211,10 @@ async fn kill_9_at_random_moments_loses_nothing() {
                 .sizes
                 .insert(f.clone(), body.len() as u64);
             h::write_file(&f, &body);
+            // As Cassandra finishes an SSTable: its TOC after the data.
+            let toc = dir.join(format!("nb-{i}-big-TOC.txt"));
+            written.lock().unwrap().sizes.insert(toc.clone(), 16);
+            h::write_file(&toc, b"Data.db\nTOC.txt\n");
             let t1 = Instant::now();
             while proxy.counts().parts == parts && t1.elapsed() < Duration::from_secs(10) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -249,6 +253,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let started_before = proxy.counts().multipart_started;
     let parts_before = proxy.counts().parts;
     h::write_file(&sig_dir.join("nb-1-big-Data.db"), &h::bytes(99, 21 << 20));
+    h::write_file(&sig_dir.join("nb-1-big-TOC.txt"), b"Data.db\nTOC.txt\n");
     common::wait_until_async(
         Duration::from_secs(60),
         "a multipart part in flight",

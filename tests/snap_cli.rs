@@ -175,7 +175,7 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
         log.push_str(&l);
         log.push('\n');
     }
-    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"TOC").unwrap();
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"Data.db\nTOC.txt\n").unwrap();
     std::fs::write(d.path().join("nb-1-big-Data.db"), b"DATA").unwrap();
     let key = format!("{prefix}node1:{}/nb-1-big-Data.db", d.path().display());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -192,7 +192,7 @@ fn sigterm_stops_the_daemon_cleanly_with_a_summary() {
     }
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(
-        log.contains("tablesnap stopped: 2 files (7 bytes) uploaded"),
+        log.contains("tablesnap stopped: 2 files (20 bytes) uploaded"),
         "{log}"
     );
     // The index was still in its (10 minute) quiet period: shutdown writes it.
@@ -217,7 +217,7 @@ fn tablesnap_syslog_sends_daemon_facility_lines_tagged_tablesnap() {
         .unwrap();
     let data = d.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("nb-1-big-TOC.txt"), b"x").unwrap();
+    std::fs::write(data.join("nb-1-big-TOC.txt"), b"TOC.txt\n").unwrap();
     let dest = format!("file://{}", d.path().join("dest").display());
     let env = vec![
         ("TABLESNAP_SYSLOG".to_string(), "1".to_string()),
@@ -262,7 +262,7 @@ fn every_flag_can_come_from_the_environment_for_containers() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    std::fs::write(data.join("nb-1-big-TOC.txt"), b"Index.db\nTOC.txt\n").unwrap();
     std::fs::write(data.join("nb-1-big-Index.db"), b"index").unwrap();
     let dest = d.path().join("dest");
     let env: Vec<(String, String)> = [
@@ -282,7 +282,7 @@ fn every_flag_can_come_from_the_environment_for_containers() {
     let base = dest.join(format!("pre/envhost:{}", data.display()));
     assert_eq!(
         std::fs::read(base.join("nb-1-big-TOC.txt")).unwrap(),
-        b"toc"
+        b"Index.db\nTOC.txt\n"
     );
     assert!(
         !base.join("nb-1-big-Index.db").exists(),
@@ -294,7 +294,7 @@ fn every_flag_can_come_from_the_environment_for_containers() {
 fn the_standard_aws_variables_are_enough_to_reach_an_http_endpoint() {
     let s3 = common::s3();
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"TOC.txt\n").unwrap();
     let prefix = s3.unique_prefix("awsenv");
     // Only what the AWS CLI would read: no --endpoint-url, no AWS_ALLOW_HTTP.
     let env = vec![
@@ -320,7 +320,7 @@ fn the_standard_aws_variables_are_enough_to_reach_an_http_endpoint() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     assert_eq!(
         rt.block_on(s3.raw_get(&key)).as_deref(),
-        Some(b"toc".as_slice())
+        Some(b"TOC.txt\n".as_slice())
     );
 }
 
@@ -331,7 +331,7 @@ fn credentials_files_boto_read_still_work() {
     let s3 = common::s3();
     let home = tempfile::tempdir().unwrap();
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"toc").unwrap();
+    std::fs::write(d.path().join("nb-1-big-TOC.txt"), b"TOC.txt\n").unwrap();
     std::fs::create_dir(home.path().join(".aws")).unwrap();
     std::fs::write(
         home.path().join(".aws/credentials"),
@@ -378,7 +378,7 @@ fn credentials_files_boto_read_still_work() {
     let key = format!("{prefix}h:{}/nb-1-big-TOC.txt", d.path().display());
     assert_eq!(
         rt.block_on(s3.raw_get(&key)).as_deref(),
-        Some(b"toc".as_slice())
+        Some(b"TOC.txt\n".as_slice())
     );
 
     // A profile that is not there: one line naming it and the file, exit 3, nothing stored.
@@ -409,6 +409,6 @@ fn credentials_files_boto_read_still_work() {
     let key = format!("{prefix}h:{}/nb-1-big-TOC.txt", d.path().display());
     assert_eq!(
         rt.block_on(s3.raw_get(&key)).as_deref(),
-        Some(b"toc".as_slice())
+        Some(b"TOC.txt\n".as_slice())
     );
 }

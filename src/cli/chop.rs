@@ -1,9 +1,10 @@
 //! The `tablechop` command line: the original's flags (`-d`, `-l`, `-j`, `-k/--key`,
 //! `-s/--secret`, `--token`, `-n`) plus `--dry-run`, `--prefix`, `--keyname-separator`,
-//! `--endpoint-url` and URL destinations. One listing, the kept indexes fetched in parallel,
-//! then [`crate::retention::decide`], then batched deletes.
+//! `--endpoint-url` and URL destinations, and `--json`. One listing folded per table
+//! ([`crate::retention::Tables`]), the kept indexes fetched in parallel and their names folded
+//! into one set per table, then table by table: decide, print, delete in batches.
 
-use std::collections::HashMap;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
@@ -11,8 +12,8 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 
-use crate::layout;
-use crate::retention::{self, Scope};
+use crate::layout::{self, printable};
+use crate::retention::{Kept, Scope, Tables};
 use crate::store::Store;
 
 const EXIT_CODES: &str = "\
@@ -45,6 +46,10 @@ pub struct Args {
     /// Log every key deleted
     #[arg(short = 'l', long = "list-deletes", env = "TABLECHOP_LIST_DELETES")]
     pub list_deletes: bool,
+    /// Print one JSON object per line on stdout for every object decided: key, size,
+    /// last_modified (RFC 3339), action (keep or delete; in a dry run, would delete) and reason
+    #[arg(long, env = "TABLECHOP_JSON")]
+    pub json: bool,
     /// Parallel index fetches
     #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), env = "TABLECHOP_PARALLEL")]
     pub parallel: u16,
@@ -107,12 +112,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One line of `tablechop --json`: the decision about one object.
+#[derive(serde::Serialize)]
+struct JsonVerdict<'a> {
+    key: &'a str,
+    size: u64,
+    last_modified: String,
+    /// `keep` or `delete` (in a dry run: would delete).
+    action: &'static str,
+    reason: &'static str,
+}
+
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let opts = a
         .dest
         .store_options(&a.bucket, a.key.clone(), a.secret.clone());
-    let store = Store::open(&opts).map_err(|e| anyhow!("{e}"))?;
+    // A mistyped file:// path must not look like an empty backup (exit 3, as on S3).
+    let store = Store::open_existing(&opts).map_err(|e| anyhow!("{e}"))?;
     if !a.path.starts_with('/') {
         anyhow::bail!(
             "PATH must be an absolute path as on the backed-up host, got {:?}",
@@ -125,71 +142,141 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
     let age = chrono::Duration::days(i64::from(a.age_days));
 
-    let objects = store
-        .list_all(&scope.dir_key())
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    tracing::info!("{} objects under {}/", objects.len(), scope.dir_key());
-    let wanted = retention::kept_indexes(&objects, &scope, now, age);
-    let fetched: Vec<_> = futures::stream::iter(wanted.iter().map(|k| {
+    // One listing, folded per table as it arrives (never a list of full ObjectInfos).
+    let mut tables = Tables::new(scope.clone());
+    let mut listing = store.list_dir(&scope.dir_key());
+    while let Some(o) = listing.next().await {
+        tables.add(&o.map_err(|e| anyhow!("{e}"))?);
+    }
+    drop(listing);
+    tracing::info!(
+        "{} objects under {}/",
+        tables.len(),
+        printable(&scope.dir_key())
+    );
+
+    // The kept indexes' names, folded into one set per table as each body is read.
+    let wanted = tables.kept_indexes(now, age);
+    let mut kept = Kept::default();
+    let mut unreadable = 0usize;
+    let mut fetched = futures::stream::iter(wanted.iter().map(|k| {
         let store = &store;
-        async move { (k.clone(), store.get_bytes(k).await) }
+        async move {
+            let r = store
+                .get_bytes_capped(&k.key, layout::MAX_INDEX_BYTES)
+                .await;
+            (k, r)
+        }
     }))
-    .buffer_unordered(usize::from(a.parallel))
-    .collect()
-    .await;
-    let mut indexes = HashMap::new();
-    for (k, r) in fetched {
-        match r
-            .map_err(|e| e.to_string())
-            .and_then(|b| layout::parse_listing(&b).map_err(|e| format!("{k}: {e}")))
-        {
-            Ok(l) => {
-                indexes.insert(k, l);
-            }
-            Err(e) => tracing::warn!(
-                "cannot read index ({e}); keeping it and everything in its directory"
-            ),
+    .buffer_unordered(usize::from(a.parallel));
+    while let Some((k, r)) = fetched.next().await {
+        let parsed = r.map_err(|e| e.to_string()).and_then(|body| {
+            layout::parse_index(&body, |body_dir, n| kept.add(&k.dir, body_dir, n))
+                .map_err(|e| e.to_string())
+        });
+        let problem = match parsed {
+            Ok(summary) => summary.bad_names_error().map(|e| e.to_string()),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = problem {
+            // One line per index, however many bad names it holds.
+            tracing::warn!(
+                index = %printable(&k.key),
+                "cannot read index ({}); keeping it and everything in its directory",
+                printable(&e)
+            );
+            kept.keep_whole(&k.dir);
+            unreadable += 1;
         }
     }
-    let d = retention::decide(&objects, &indexes, &scope, now, age);
-    // Defence in depth: decide() never leaves the scope; refuse to act if it ever did.
-    if let Some(k) = d.delete.iter().find(|k| !scope.contains(k)) {
-        anyhow::bail!(
-            "internal error: refusing to delete {k}, outside {}/",
-            scope.dir_key()
-        );
+    drop(fetched);
+
+    // Decide table by table; deletes go out in batches of 1000 between tables, so the keys to
+    // delete are never all in memory.
+    let mut json_out = a.json.then(|| std::io::BufWriter::new(std::io::stdout()));
+    let (mut keep_n, mut keep_b, mut del_n, mut del_b) = (0u64, 0u64, 0u64, 0u64);
+    let mut batch: Vec<String> = Vec::new();
+    let (mut deleted, mut failed) = (0usize, false);
+    let mut outside = None;
+    let mut json_err = None;
+    let dirs: Vec<&str> = tables.dirs().collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        tables.decide_dir(dir, &kept, now, age, |v| {
+            if let Some(out) = json_out.as_mut() {
+                let line = JsonVerdict {
+                    key: v.key,
+                    size: v.size,
+                    last_modified: v.last_modified.to_rfc3339(),
+                    action: if v.delete { "delete" } else { "keep" },
+                    reason: v.reason.as_str(),
+                };
+                let r = serde_json::to_writer(&mut *out, &line)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+                if let Err(e) = r {
+                    json_err.get_or_insert(e);
+                }
+            }
+            if !v.delete {
+                keep_n += 1;
+                keep_b += v.size;
+                return;
+            }
+            // Defence in depth: decide() never leaves the scope; refuse to act if it ever did.
+            if !scope.contains(v.key) {
+                outside.get_or_insert_with(|| v.key.to_string());
+                return;
+            }
+            del_n += 1;
+            del_b += v.size;
+            if a.list_deletes {
+                tracing::info!(
+                    "{} {}",
+                    if dry_run { "would delete" } else { "delete" },
+                    printable(v.key)
+                );
+            }
+            if !dry_run {
+                batch.push(v.key.to_string());
+            }
+        });
+        if let Some(e) = json_err.take() {
+            anyhow::bail!("cannot write the --json output: {e}");
+        }
+        if let Some(k) = outside.take() {
+            anyhow::bail!(
+                "internal error: refusing to delete {}, outside {}/",
+                printable(&k),
+                printable(&scope.dir_key())
+            );
+        }
+        let last = i + 1 == dirs.len();
+        while batch.len() >= 1000 || (last && !batch.is_empty()) {
+            let rest = batch.split_off(batch.len().min(1000));
+            let now_batch = std::mem::replace(&mut batch, rest);
+            match store.delete_many(now_batch).await {
+                Ok(n) => deleted += n,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    failed = true;
+                }
+            }
+        }
     }
-    if a.list_deletes {
-        for k in &d.delete {
-            tracing::info!("{} {k}", if dry_run { "would delete" } else { "delete" });
+    if let Some(mut out) = json_out.take() {
+        if let Err(e) = out.flush() {
+            anyhow::bail!("cannot write the --json output: {e}");
         }
     }
     tracing::info!(
-        "{} indexes kept ({} unreadable); keep {} objects ({} bytes), delete {} objects ({} bytes)",
+        "{} indexes kept ({unreadable} unreadable); keep {keep_n} objects ({keep_b} bytes), delete {del_n} objects ({del_b} bytes)",
         wanted.len(),
-        d.unreadable.len(),
-        d.keep.len(),
-        d.kept_bytes,
-        d.delete.len(),
-        d.deleted_bytes
     );
     if dry_run {
         tracing::info!("dry run: nothing deleted");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut deleted = 0usize;
-    let mut failed = false;
-    for batch in d.delete.chunks(1000) {
-        match store.delete_many(batch.to_vec()).await {
-            Ok(n) => deleted += n,
-            Err(e) => {
-                tracing::error!("{e}");
-                failed = true;
-            }
-        }
-    }
-    tracing::info!("deleted {deleted} of {} objects", d.delete.len());
+    tracing::info!("deleted {deleted} of {del_n} objects");
     Ok(if failed {
         ExitCode::from(1)
     } else {

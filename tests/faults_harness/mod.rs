@@ -91,6 +91,12 @@ pub fn flush(dir: &Path, generation: u32, data_len: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for (i, c) in COMPONENTS.iter().enumerate() {
         let p = dir.join(format!("nb-{generation}-big-{c}"));
+        if *c == "TOC.txt" {
+            // As Cassandra writes it: the list of this SSTable's components.
+            write_file(&p, (COMPONENTS.join("\n") + "\n").as_bytes());
+            out.push(p);
+            continue;
+        }
         let len = if *c == "Data.db" {
             data_len
         } else {
