@@ -491,3 +491,73 @@ fn no_fsync_restores_the_same_verified_bytes() {
         .collect();
     assert_eq!(tree(t.path()), want);
 }
+
+/// Bad input 6: an index body over the 64 MiB cap is never fetched; the table steps back
+/// to the older complete index (with the warning), and alone it is one clear error.
+#[test]
+fn an_index_over_the_cap_is_not_read_and_the_previous_one_is_used() {
+    let Some(corpus) = corpus() else { return };
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let g1 = names(&corpus, "md-1-");
+    let dir = format!("{DATA}/{HELLO_FOO}");
+    for n in &g1 {
+        w.put_file(&format!("{dir}/{n}"), &corpus.join(HELLO_FOO).join(n));
+    }
+    let i1 = w.put_index(&dir, "md-1-big-Data.db", &g1);
+    assert!(backdate(&c, &i1, 3600));
+    // A 65 MiB index (sparse: the listing size is what counts).
+    let big = w.put_index(&dir, "md-2-big-Data.db", &g1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(object_file(&c, &big))
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &[], &dir, t.path());
+    assert_eq!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&big) && l.contains(&i1) && l.contains("limit")),
+        "{err}"
+    );
+    assert_eq!(tree(t.path()).len(), g1.len());
+    // -f of the big one: one error naming it.
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &["-f", "md-2-big-Data.db"], &dir, t.path());
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains(&big) && err.contains("limit"), "{err}");
+}
+
+/// Bad input 7: one object key with a tab or newline under the prefix does not block the
+/// restore of everything else.
+#[test]
+fn an_odd_key_under_the_prefix_does_not_block_the_restore() {
+    let Some(corpus) = corpus() else { return };
+    let (opts, c) = file_dest();
+    let w = Writer::new(&opts, &c);
+    let g1 = names(&corpus, "md-1-");
+    w.put_table(&corpus, HELLO_FOO, &g1);
+    let dir = format!("{DATA}/{HELLO_FOO}");
+    for odd in ["bad\tname", "bad\nname"] {
+        let f = object_file(&c, &w.layout.data_key(&format!("{dir}/{odd}")));
+        std::fs::write(f, b"x").unwrap();
+    }
+    let t = tempfile::tempdir().unwrap();
+    let o = slurp(&opts, &c, &[], &dir, t.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(tree(t.path()).len(), g1.len());
+    let mut a = s(&["-n", HOST, "--list"]);
+    a.extend(bucket_args(&opts, &c));
+    let o = run(SLURP, &a);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("bad\nname"));
+}
