@@ -463,7 +463,11 @@ async fn fetch_ranges(
     // How far from the start every byte is written: the hasher may read up to here.
     let (written_tx, mut written) = watch::channel(0u64);
     let complete = Mutex::new(InOrder::new(ranges.len()));
-    let (ranges, complete) = (&ranges, &complete);
+    // A Data.db checked by CRC-32 alone: each range is hashed as it streams in, and the
+    // range CRCs are combined in order at the end (no read-back).
+    let per_range = h.crc32_only();
+    let crcs: Mutex<Vec<Option<crc32fast::Hasher>>> = Mutex::new(vec![None; ranges.len()]);
+    let (ranges, complete, crcs_ref) = (&ranges, &complete, &crcs);
     // Owns the sender, so the hasher learns when the download has ended.
     let download = async move {
         let written_tx = &written_tx;
@@ -472,6 +476,7 @@ async fn fetch_ranges(
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let mut s = store.get_stream(key, Some(r.clone())).await?;
             let mut off = r.start;
+            let mut crc = per_range.then(crc32fast::Hasher::new);
             while let Some(chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
                 if off + chunk.len() as u64 > r.end {
                     return Err(RestoreError::Size {
@@ -485,6 +490,9 @@ async fn fetch_ranges(
                 }
                 file.write_all_at(&chunk, off)
                     .map_err(RestoreError::io("write", path))?;
+                if let Some(c) = &mut crc {
+                    c.update(&chunk);
+                }
                 off += chunk.len() as u64;
                 observer.bytes(chunk.len() as u64);
                 if let Some(hook) = &opts.chunk_hook {
@@ -498,6 +506,9 @@ async fn fetch_ranges(
                     actual: off - r.start,
                 });
             }
+            if let Some(c) = crc {
+                crcs_ref.lock().expect("poisoned")[i] = Some(c);
+            }
             let prefix = complete.lock().expect("poisoned").done(i);
             let upto = ranges.get(prefix).map_or(size, |r| r.start);
             written_tx.send_if_modified(|w| std::mem::replace(w, upto) != upto);
@@ -508,6 +519,9 @@ async fn fetch_ranges(
         .await
     };
     let hash = async {
+        if per_range {
+            return Ok::<_, RestoreError>((size, h));
+        }
         let mut at = 0u64;
         while at < size {
             if written.changed().await.is_err() && *written.borrow() <= at {
@@ -526,8 +540,16 @@ async fn fetch_ranges(
         }
         Ok::<_, RestoreError>((at, h))
     };
-    let (_, h) = tokio::try_join!(download, hash)?;
-    Ok(h)
+    let (_, (at, mut h)) = tokio::try_join!(download, hash)?;
+    if per_range {
+        let mut total = crc32fast::Hasher::new();
+        for c in crcs.into_inner().expect("poisoned") {
+            // Every range completed: the download returned Ok.
+            total.combine(&c.unwrap_or_default());
+        }
+        h.set_digest(crate::digest::Value::Crc32(total.finalize()));
+    }
+    Ok((at, h))
 }
 
 /// Which of `n` ranges are complete, and how many from the first are, without a gap.

@@ -71,6 +71,9 @@ pub(super) struct Hashing {
 
 struct DigestCheck {
     hasher: digest::Hasher,
+    /// Set when the value was computed elsewhere (per range, combined): see
+    /// [`Hashing::set_digest`].
+    computed: Option<digest::Value>,
     want: digest::Value,
     of: DigestRef,
     host: String,
@@ -93,6 +96,7 @@ impl Hashing {
         let digest = f.digest.as_ref().and_then(|d| {
             digests.get(&d.key).map(|want| DigestCheck {
                 hasher: digest::Hasher::new(d.alg),
+                computed: None,
                 want: *want,
                 of: d.clone(),
                 host: host.to_string(),
@@ -101,6 +105,23 @@ impl Hashing {
         Self {
             md5: (with_md5 || digest.is_none()).then(Md5::new),
             digest,
+        }
+    }
+
+    /// Whether a CRC-32 Digest is the only check: then ranges can be hashed as they arrive
+    /// and combined in order, with no read-back.
+    pub(super) fn crc32_only(&self) -> bool {
+        self.md5.is_none()
+            && matches!(
+                self.digest.as_ref().map(|d| d.want),
+                Some(digest::Value::Crc32(_))
+            )
+    }
+
+    /// The Digest value of the bytes, computed by the caller instead of [`Hashing::update`].
+    pub(super) fn set_digest(&mut self, v: digest::Value) {
+        if let Some(d) = &mut self.digest {
+            d.computed = Some(v);
         }
     }
 
@@ -158,7 +179,7 @@ impl Hashing {
             _ => {}
         }
         if let Some(d) = self.digest {
-            let got = d.hasher.finish();
+            let got = d.computed.unwrap_or_else(|| d.hasher.finish());
             if got != d.want {
                 return Err(RestoreError::Digest(Box::new(super::DigestMismatch {
                     host: d.host,
