@@ -226,13 +226,25 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     }
     let tmp = temp_name(name);
     let mut attempt = 0;
+    // A Digest mismatch is confirmed once with MD5 as well: if the MD5 of the stored bytes
+    // matches too, the bytes are what was uploaded and the source was bad; if not, it was
+    // the transfer, retried like any MD5 mismatch.
+    let mut confirm = false;
     loop {
         attempt += 1;
-        let r = fetch_once(ctx, f, dir, &tmp, attempt).await;
+        let r = fetch_once(ctx, f, dir, &tmp, attempt, confirm).await;
         match r {
             Ok(()) => return Outcome::Restored { attempts: attempt },
             Err(e) => {
                 let _ = dir.remove(&tmp);
+                if matches!(e, RestoreError::Digest(_)) && !confirm {
+                    confirm = true;
+                    tracing::warn!(
+                        "{}; checking again with MD5 as well",
+                        escape(&e.to_string())
+                    );
+                    continue;
+                }
                 if !e.retriable() {
                     return Outcome::Failed(e);
                 }
@@ -307,6 +319,7 @@ async fn fetch_once(
     dir: &Dir,
     tmp: &OsStr,
     attempt: u32,
+    with_md5: bool,
 ) -> Result<(), RestoreError> {
     let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     let tmp_path = dir.path.join(tmp);
@@ -332,14 +345,14 @@ async fn fetch_once(
                     .await?
                     .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
             };
-            let h = Hashing::for_file(f, ctx.host, ctx.digests, false);
+            let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
             let h = fetch_ranges(ctx, &f.key, info.size, &file, &tmp_path, h).await?;
             (info, h)
         } else {
             // Small: one GET gives the metadata and the bytes, hashed as they stream in.
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
-            let h = Hashing::for_file(f, ctx.host, ctx.digests, false);
+            let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
             let h = fetch_stream(
                 stream, &f.key, info.size, &file, &tmp_path, limit, opts, observer, h,
             )
