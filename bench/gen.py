@@ -4,7 +4,7 @@
     gen.py tree ROOT GIB [SEED]     a Cassandra-like data root: ROOT/ks<N>/<table>-<32 hex>/
                                     with SSTable generations of 8 components each
                                     (Data.db + Index, Filter, Summary, Statistics,
-                                    CompressionInfo, Digest.crc32, TOC.txt); a few Data.db of
+                                    CompressionInfo, and a real Digest.crc32 and TOC.txt); a few Data.db of
                                     256 MiB+ when GIB allows (>= 1). Prints "files bytes".
     gen.py tiny ROOT COUNT [SEED]   COUNT tiny files (100-2000 bytes) in 100-file table dirs
     gen.py big PATH GIB [random]    one big file: sparse (zeros, instant) unless "random"
@@ -18,6 +18,7 @@ import os
 import random
 import struct
 import sys
+import zlib
 
 MiB = 1 << 20
 CHUNK = 64 * 1024
@@ -98,12 +99,28 @@ def tree(root, gib, seed=1):
                 "Digest.crc32": 10,
                 "TOC.txt": 92,
             }
-            # Small components first, Data.db last: the order Cassandra finishes a flush.
+            # Small components first, Data.db, then Digest.crc32 and TOC.txt with their real
+            # content: CRC-32 (decimal) of Data.db, as Cassandra 3.0+ writes it, and the
+            # component list, so a restore can verify Data.db by its Digest.
             for comp in sorted(comps, key=lambda c: c == "Data.db"):
+                if comp in ("Digest.crc32", "TOC.txt"):
+                    continue
                 file_id += 1
                 write_file(os.path.join(d, f"nb-{g}-big-{comp}"), comps[comp], file_id)
                 files += 1
                 nbytes += comps[comp]
+            crc = 0
+            with open(os.path.join(d, f"nb-{g}-big-Data.db"), "rb") as f:
+                for block in iter(lambda: f.read(4 * MiB), b""):
+                    crc = zlib.crc32(block, crc)
+            for comp, body in (
+                ("Digest.crc32", str(crc).encode()),
+                ("TOC.txt", "".join(c + "\n" for c in sorted(comps)).encode()),
+            ):
+                with open(os.path.join(d, f"nb-{g}-big-{comp}"), "wb") as f:
+                    f.write(body)
+                files += 1
+                nbytes += len(body)
     print(files, nbytes)
 
 

@@ -261,7 +261,7 @@ fn corrupted_object_fails_with_exit_1_and_no_file() {
     let dir = format!("{DATA}/{HELLO_FOO}");
     for n in &names {
         let body = std::fs::read(corpus.join(HELLO_FOO).join(n)).unwrap();
-        if n == "md-1-big-Data.db" {
+        if n == "md-1-big-Filter.db" {
             // md5sum metadata of other bytes: what a corrupted object looks like.
             w.put_raw(
                 &format!("{dir}/{n}"),
@@ -277,12 +277,14 @@ fn corrupted_object_fails_with_exit_1_and_no_file() {
     let o = slurp(&opts, &c, &[], &dir, t.path());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("md-1-big-Data.db") && e.contains("MD5"), "{e}");
+    assert!(e.contains("md-1-big-Filter.db") && e.contains("MD5"), "{e}");
     assert!(e.contains("gave up after 5 attempts"), "{e}");
     let got = tree(t.path());
     // Every other file is restored; the corrupt one is not there, nor any temp file.
     let mut want = expected(&corpus, HELLO_FOO, &names);
-    want.remove("md-1-big-Data.db");
+    want.remove("md-1-big-Filter.db");
+    // And the SSTable is reported as missing a component its TOC lists.
+    assert!(e.contains("TOC.txt lists md-1-big-Filter.db"), "{e}");
     assert_eq!(got, want);
 
     // --verify names the bad key and exits 1, writing nothing.
@@ -291,7 +293,7 @@ fn corrupted_object_fails_with_exit_1_and_no_file() {
     a.push(dir.clone());
     let o = run(SLURP, &a);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(&w.layout.data_key(&format!("{dir}/md-1-big-Data.db"))));
+    assert!(stderr(&o).contains(&w.layout.data_key(&format!("{dir}/md-1-big-Filter.db"))));
 }
 
 #[test]

@@ -17,17 +17,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::layout::Layout;
 use crate::restore::{
     self, ExecOptions, Observer, Outcome, Ownership, PlannedFile, PrepareError, RestoreOptions,
-    Selection,
+    Selection, escape,
 };
 use crate::store::{Store, StoreOptions};
 
 const EXIT_CODES: &str = "\
 Exit status:
   0  success (or nothing needed doing)
-  1  some files could not be restored or verified (each is named in the log)
+  1  some files could not be restored or verified, or a table's file set is incomplete
+     or corrupt at the source (each is named in the log)
   2  bad usage
   3  configuration or destination error: bucket missing, access denied, endpoint
-     unreachable, target not writable, nothing to restore found";
+     unreachable, target not writable, nothing to restore found, not enough room";
 
 /// Restore Cassandra SSTables backed up by tablesnap.
 #[derive(Debug, Parser)]
@@ -36,9 +37,11 @@ Exit status:
     version,
     about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap",
     long_about = "Restore a Cassandra table (or a whole data root) backed up by tablesnap.\n\n\
-        ORIGIN is the directory as it was on the backed-up host; the newest file set \
-        (-listdir.json index) found directly in it is downloaded into TARGET, every file \
-        verified against its stored MD5 before it appears under its final name.",
+        ORIGIN is the directory as it was on the backed-up host; the newest complete file set \
+        (-listdir.json index whose every object is in the bucket) found directly in it is \
+        downloaded into TARGET, every Data.db verified against its SSTable's Digest and every \
+        other file against its stored MD5 before it appears under its final name. Nothing is \
+        written through a symlink under TARGET; modes are masked to 0777.",
     after_help = EXIT_CODES
 )]
 pub struct Args {
@@ -90,6 +93,18 @@ pub struct Args {
     /// ORIGIN is a data root: restore every KS/TABLE directory under it into TARGET/KS/TABLE
     #[arg(short = 'r', long, env = "TABLESLURP_RECURSIVE")]
     pub recursive: bool,
+    /// With -r: restore backup table directory OLD (KS/TABLE-ID) into TARGET's KS/TABLE-ID
+    /// NEW, e.g. after the table was re-created under another id; repeatable
+    #[arg(long = "map-table", value_name = "OLD=NEW", value_parser = parse_map, requires = "recursive")]
+    pub map_table: Vec<(String, String)>,
+    /// With -r: do not restore a table into an existing directory of the same keyspace and
+    /// table under another id (by default, a table re-created in TARGET receives its backup)
+    #[arg(
+        long = "no-id-mapping",
+        requires = "recursive",
+        env = "TABLESLURP_NO_ID_MAPPING"
+    )]
+    pub no_id_mapping: bool,
     /// Also restore the commit logs archived in PATH (on the backed-up host) that are newer
     /// than the oldest restored index
     #[arg(long, value_name = "PATH", env = "TABLESLURP_COMMITLOGS")]
@@ -105,19 +120,28 @@ pub struct Args {
     /// For each table, the newest file set at or before TIME (RFC 3339 or epoch seconds)
     #[arg(long, value_name = "TIME", value_parser = parse_time, env = "TABLESLURP_AS_OF")]
     pub as_of: Option<DateTime<Utc>>,
-    /// Download even when the file exists with the same size (replacing it)
+    /// Download even when the file exists (replacing it), and even without room for it
     #[arg(long, env = "TABLESLURP_FORCE")]
     pub force: bool,
+    /// Do not fsync restored files: they are still verified before their rename, but left to
+    /// the kernel's write-back (a crash soon after can leave them torn; a re-run then finds
+    /// them by checksum). Faster when the disk, not the network, is the limit
+    #[arg(long = "no-fsync", env = "TABLESLURP_NO_FSYNC")]
+    pub no_fsync: bool,
     /// Print the plan (index per table, files, bytes, already present); download nothing
     #[arg(long, conflicts_with_all = ["list", "verify"], env = "TABLESLURP_DRY_RUN")]
     pub dry_run: bool,
     /// Inventory of the backups: tables, indexes, oldest/newest index, bytes
     #[arg(long, conflicts_with = "verify", env = "TABLESLURP_LIST")]
     pub list: bool,
-    /// Check that every object of the selected file sets exists with the right size and MD5;
-    /// write nothing
+    /// Check that every object of the selected file sets exists with the right size, MD5 and
+    /// (Data.db) Digest, and which indexes are complete; write nothing
     #[arg(long, env = "TABLESLURP_VERIFY")]
     pub verify: bool,
+    /// With --list, --dry-run or --verify: one JSON object per line on stdout (fields in
+    /// README.md)
+    #[arg(long, env = "TABLESLURP_JSON")]
+    pub json: bool,
     /// Bucket name, or s3://BUCKET, gs://BUCKET, az://CONTAINER, file:///DIR
     pub bucket: String,
     /// Directory as it was on the backed-up host, e.g. /var/lib/cassandra/data/ks/tbl-ID
@@ -126,6 +150,21 @@ pub struct Args {
     /// Local directory to restore into
     #[arg(required_unless_present_any = ["list", "verify"])]
     pub target: Option<PathBuf>,
+}
+
+/// `KS/TABLE-ID=KS/TABLE-ID`.
+pub fn parse_map(s: &str) -> Result<(String, String), String> {
+    let ok = |side: &str| {
+        let mut it = side.split('/');
+        matches!((it.next(), it.next(), it.next()), (Some(a), Some(b), None)
+            if crate::layout::is_plain_name(a) && crate::layout::is_plain_name(b))
+    };
+    match s.split_once('=') {
+        Some((a, b)) if ok(a) && ok(b) => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!(
+            "{s}: expected OLD=NEW, each KEYSPACE/TABLE-ID, e.g. ks/events-1a2b...=ks/events-9f8e..."
+        )),
+    }
 }
 
 /// RFC 3339 or epoch seconds.
@@ -160,7 +199,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", escape(&format!("{e:#}")));
             ExitCode::from(3)
         }
     }
@@ -206,6 +245,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         as_of: a.as_of,
         commitlogs: a.commitlogs.clone(),
         commitlog_target: a.commitlog_target.clone(),
+        mapping: restore::TableMapping {
+            auto: a.recursive && !a.no_id_mapping,
+            explicit: a.map_table.clone(),
+            existing: if a.recursive && !a.no_id_mapping {
+                restore::existing_table_dirs(&target)
+            } else {
+                Vec::new()
+            },
+        },
     };
     let threads = usize::from(a.threads);
     let plan = match restore::prepare(&store, &opts, threads).await {
@@ -214,11 +262,37 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => bail!("{e}"),
     };
     for p in &plan.problems {
-        tracing::error!("{p}");
+        tracing::error!("{}", escape(&p.to_string()));
+    }
+    for t in &plan.tables {
+        if let Some(to) = &t.mapped_to {
+            tracing::info!(
+                "{} -> {}: restored into the existing directory of the re-created table",
+                escape(&t.dir),
+                escape(to)
+            );
+        }
     }
     let problems = !plan.problems.is_empty();
+    let rooms = if a.verify {
+        Vec::new()
+    } else {
+        restore::space::room(&plan, a.force)
+    };
+    if a.dry_run && a.json {
+        for v in plan_json(&plan, &rooms) {
+            println!("{v}");
+        }
+        return Ok(code(!problems));
+    }
     if a.dry_run {
         print!("{}", plan.render());
+        for r in &rooms {
+            println!(
+                "room: {r}{}",
+                if r.fits() { "" } else { "  NOT ENOUGH ROOM" }
+            );
+        }
         return Ok(code(!problems));
     }
     let ownership = if a.preserve {
@@ -239,6 +313,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let exec = ExecOptions {
         threads,
         force: a.force,
+        durable: !a.no_fsync,
         ownership: ownership.clone(),
         throttle: a
             .max_bandwidth
@@ -259,10 +334,31 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             to_fetch.len(),
             bytes
         );
+        for t in &plan.tables {
+            tracing::info!(
+                "{}: index {} ({})",
+                escape(&t.dir),
+                escape(&t.index_key),
+                if t.complete { "complete" } else { "INCOMPLETE" }
+            );
+            for ch in t.checks.iter().filter(|ch| ch.key != t.index_key) {
+                tracing::warn!(
+                    "{}: newer index {} skipped: {}",
+                    escape(&t.dir),
+                    escape(&ch.key),
+                    ch.describe()
+                );
+            }
+        }
         let r = restore::verify(&store, &plan, &exec, &observer).await;
         observer.finish();
+        if a.json {
+            for v in verify_json(&plan, &r) {
+                println!("{v}");
+            }
+        }
         for (_, e) in &r.failures {
-            tracing::error!("{e}");
+            tracing::error!("{}", escape(&e.to_string()));
         }
         tracing::info!(
             "verified {} files, {} problems, in {:.1?}",
@@ -271,6 +367,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             started.elapsed()
         );
         return Ok(code(r.ok() && !problems));
+    }
+    for r in &rooms {
+        if r.fits() {
+            tracing::info!("room: {r}");
+        } else if a.force {
+            tracing::warn!("not enough room: {r}; going on (--force)");
+        } else {
+            bail!("not enough room: {r}; free some space or use --force to try anyway");
+        }
     }
     check_writable(&target)?;
     tracing::info!(
@@ -285,22 +390,25 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     observer.finish();
     if let Ownership::Ids { uid, gid } = ownership {
         for t in &plan.tables {
-            if let Err(e) = std::os::unix::fs::chown(&t.target, uid, gid) {
+            if let Err(e) = std::os::unix::fs::lchown(&t.target, uid, gid) {
                 tracing::warn!("chown {}: {e}", t.target.display());
             }
         }
     }
     for (_, e) in &r.failures {
-        tracing::error!("{e}");
+        tracing::error!("{}", escape(&e.to_string()));
+    }
+    for m in &r.incomplete_sstables {
+        tracing::error!("{m}");
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        "restored {} files ({} bytes, {:.1} MB/s), {} already present, {} failed, in {:.1}s",
+        "restored {} files ({}, {}), {} already present, {} failed, in {:.1}s",
         r.restored,
-        r.restored_bytes,
-        r.restored_bytes as f64 / 1e6 / secs.max(1e-3),
+        restore::space::human_bytes(r.restored_bytes),
+        human_rate(r.restored_bytes, secs),
         r.present,
-        r.failures.len(),
+        r.failures.len() + r.incomplete_sstables.len(),
         secs
     );
     Ok(code(r.ok() && !problems))
@@ -352,20 +460,189 @@ async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCo
         t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
     };
-    println!("HOST\tDIRECTORY\tINDEXES\tOLDEST\tNEWEST\tOBJECTS\tBYTES");
+    let now = Utc::now();
+    // The recovery point of each table: how old its newest index is.
+    let age = |d: &restore::DirSummary| d.newest.map(|t| (now - t).num_seconds().max(0));
+    if a.json {
+        for d in &inv {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "type": "dir",
+                    "host": d.host,
+                    "dir": d.dir,
+                    "indexes": d.indexes,
+                    "oldest": d.oldest.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "newest": d.newest.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "newest_age_seconds": age(d),
+                    "objects": d.objects,
+                    "bytes": d.bytes,
+                })
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("HOST\tDIRECTORY\tINDEXES\tOLDEST\tNEWEST\tOBJECTS\tBYTES\tNEWEST_AGE");
     for d in &inv {
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            d.host,
-            d.dir,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            escape(&d.host),
+            escape(&d.dir),
             d.indexes,
             fmt(d.oldest),
             fmt(d.newest),
             d.objects,
-            d.bytes
+            d.bytes,
+            age(d).map_or("-".into(), human_age)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `93784` → `1d2h3m`.
+fn human_age(secs: i64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h{m}m"),
+    }
+}
+
+/// Bytes per second in a unit that shows something: B/s, KiB/s, MiB/s or GiB/s.
+fn human_rate(bytes: u64, secs: f64) -> String {
+    let r = bytes as f64 / secs.max(1e-3);
+    let (v, u) = if r >= (1u64 << 30) as f64 {
+        (r / (1u64 << 30) as f64, "GiB/s")
+    } else if r >= (1 << 20) as f64 {
+        (r / (1 << 20) as f64, "MiB/s")
+    } else if r >= 1024.0 {
+        (r / 1024.0, "KiB/s")
+    } else {
+        (r, "B/s")
+    };
+    format!("{v:.1} {u}")
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// One JSON object per table, file, problem, room and total of a plan (`--dry-run --json`).
+fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    for t in &plan.tables {
+        out.push(json!({
+            "type": "table",
+            "dir": t.dir,
+            "target": t.target,
+            "index": t.index_key,
+            "index_time": time(t.index_time),
+            "complete": t.complete,
+            "indexes_total": t.indexes_total,
+            "skipped_indexes": t.checks.iter().filter(|c| c.key != t.index_key).map(|c| json!({
+                "index": c.key,
+                "time": time(c.time),
+                "missing": c.missing,
+                "unusable": c.unusable,
+            })).collect::<Vec<_>>(),
+            "mapped_to": t.mapped_to,
+            "files": t.files.len(),
+            "bytes": t.bytes(),
+            "present": t.files.iter().filter(|f| f.already_present()).count(),
+        }));
+        for f in &t.files {
+            out.push(json!({
+                "type": "file",
+                "dir": t.dir,
+                "name": f.name,
+                "key": f.key,
+                "dest": f.dest,
+                "size": f.size,
+                "state": match f.local_size {
+                    Some(s) if s == f.size => "present",
+                    Some(_) => "present_different_size",
+                    None => "fetch",
+                },
+                "verified_by": if f.digest.is_some() { "digest" } else { "md5" },
+            }));
+        }
+    }
+    if let Some(c) = &plan.commitlogs {
+        for f in &c.files {
+            out.push(json!({
+                "type": "commitlog",
+                "name": f.name,
+                "key": f.key,
+                "dest": f.dest,
+                "size": f.size,
+            }));
+        }
+    }
+    for d in &plan.skipped_dirs {
+        out.push(json!({"type": "skipped_dir", "dir": d}));
+    }
+    for p in &plan.problems {
+        out.push(json!({"type": "problem", "message": p.to_string()}));
+    }
+    for r in rooms {
+        out.push(json!({
+            "type": "room",
+            "path": r.path,
+            "need_bytes": r.need,
+            "free_bytes": r.free,
+            "fits": r.fits(),
+        }));
+    }
+    out.push(json!({
+        "type": "total",
+        "tables": plan.tables.len(),
+        "files": plan.files().count(),
+        "bytes": plan.total_bytes(),
+        "ok": plan.problems.is_empty() && rooms.iter().all(|r| r.fits()),
+    }));
+    out
+}
+
+/// The tables (with index completeness), one object per file checked, then a summary
+/// (`--verify --json`).
+fn verify_json(plan: &restore::Plan, r: &restore::Report) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let failed: std::collections::HashMap<&str, String> = r
+        .failures
+        .iter()
+        .map(|(k, e)| (k.as_str(), e.to_string()))
+        .collect();
+    let mut out: Vec<serde_json::Value> = plan_json(plan, &[])
+        .into_iter()
+        .filter(|v| v["type"] == "table" || v["type"] == "problem")
+        .collect();
+    for f in plan.files() {
+        let err = failed.get(f.key.as_str());
+        out.push(json!({
+            "type": "verified",
+            "key": f.key,
+            "size": f.size,
+            "ok": err.is_none(),
+            "error": err,
+            "verified_by": if f.digest.is_some() { "digest+md5" } else { "md5" },
+        }));
+    }
+    out.push(json!({
+        "type": "summary",
+        "verified": r.verified,
+        "failed": r.failures.len(),
+        "problems": plan.problems.len(),
+        "ok": r.ok() && plan.problems.is_empty(),
+    }));
+    out
 }
 
 /// A progress bar on a terminal, plain log lines otherwise.
@@ -421,12 +698,12 @@ impl Observer for Display {
                     let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
                     b.set_message(format!("{done}/{} files", self.files));
                 }
-                tracing::debug!(key = %f.key, "{outcome:?}");
+                tracing::debug!(key = %escape(&f.key), "{outcome:?}");
             }
             None => match outcome {
                 Outcome::Restored { attempts } => tracing::info!(
                     "{what} {} ({} bytes{})",
-                    f.dest.display(),
+                    escape(&f.dest.display().to_string()),
                     f.size,
                     if *attempts > 1 {
                         format!(", after {attempts} attempts")
@@ -434,10 +711,13 @@ impl Observer for Display {
                         String::new()
                     }
                 ),
-                Outcome::Verified => tracing::info!("{what} {} ({} bytes)", f.key, f.size),
-                Outcome::AlreadyPresent => {
-                    tracing::info!("{} already present, skipped", f.dest.display())
+                Outcome::Verified => {
+                    tracing::info!("{what} {} ({} bytes)", escape(&f.key), f.size)
                 }
+                Outcome::AlreadyPresent => tracing::info!(
+                    "{} already present (checksum matches), skipped",
+                    escape(&f.dest.display().to_string())
+                ),
                 Outcome::Failed(_) => {}
             },
         }
