@@ -107,10 +107,12 @@ impl Progress {
 
     /// Starts tracking the files the startup scan queued (sizes are read now): a bar when
     /// stderr is a terminal, else a log line every [`LOG_INTERVAL`] (needs a tokio runtime).
-    pub fn start<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Self {
+    /// `already_stored`: files the scan found stored as they are (counted done, no bytes).
+    pub fn start<'a>(files: impl IntoIterator<Item = &'a PathBuf>, already_stored: u64) -> Self {
         let tty = std::io::stderr().is_terminal();
         Self::start_with(
             files,
+            already_stored,
             tty,
             LOG_INTERVAL,
             Arc::new(|l| tracing::info!("{l}")),
@@ -121,6 +123,7 @@ impl Progress {
     /// receives a line every `every`.
     pub fn start_with<'a>(
         files: impl IntoIterator<Item = &'a PathBuf>,
+        already_stored: u64,
         tty: bool,
         every: Duration,
         log: Arc<dyn Fn(&str) + Send + Sync>,
@@ -129,11 +132,13 @@ impl Progress {
             .into_iter()
             .map(|p| (p.clone(), std::fs::metadata(p).map_or(0, |m| m.len())))
             .collect();
-        if pending.is_empty() {
+        if pending.is_empty() && already_stored == 0 {
             return Self::none();
         }
+        let nothing_to_send = pending.is_empty();
         let state = State {
-            files_total: pending.len() as u64,
+            files_total: pending.len() as u64 + already_stored,
+            files_done: already_stored,
             bytes_total: pending.values().sum(),
             pending,
             ..Default::default()
@@ -184,7 +189,7 @@ impl Progress {
             }
             _ => None,
         };
-        Self {
+        let mut p = Self {
             inner: Some(Inner {
                 what,
                 started,
@@ -192,7 +197,12 @@ impl Progress {
                 bar,
                 ticker,
             }),
+        };
+        if nothing_to_send {
+            // Everything was found stored: done at once, and said so.
+            p.finish();
         }
+        p
     }
 
     /// One file of the scan is finished (uploaded, found stored, vanished); other paths are
@@ -315,6 +325,7 @@ mod tests {
         let sink = lines.clone();
         let mut p = Progress::start_with(
             &files,
+            0,
             false,
             Duration::from_millis(100),
             Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string())),
@@ -353,6 +364,7 @@ mod tests {
     fn no_files_means_no_progress() {
         let mut p = Progress::start_with(
             &Vec::<PathBuf>::new(),
+            0,
             false,
             Duration::from_millis(10),
             Arc::new(|_: &str| panic!("nothing to log")),

@@ -247,7 +247,7 @@ impl<'a> Daemon<'a> {
             }
         }
         if f.reason == "startup" {
-            self.progress = crate::progress::Progress::start(f.scan.ready.iter());
+            self.progress = crate::progress::Progress::start(f.scan.ready.iter(), f.scan.stored);
         }
         let now = Instant::now();
         for p in f.missing_index {
