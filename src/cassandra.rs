@@ -184,7 +184,33 @@ pub struct Record {
     pub num_files: i32,
 }
 
+impl std::fmt::Display for Record {
+    /// The line exactly as Cassandra writes it (`LogRecord.format`), without the newline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:[{},{},{}][{}]",
+            self.kind.name(),
+            self.path,
+            self.update_time,
+            self.num_files,
+            record_checksum(self.kind, &self.path, self.update_time, self.num_files)
+        )
+    }
+}
+
 impl Record {
+    /// A record of `kind` for the SSTable at `path` (absolute, without its trailing `-`;
+    /// empty for COMMIT/ABORT), as a flush or compaction writes it: 8 files for an SSTable.
+    pub fn new(kind: RecordType, path: &str) -> Self {
+        Record {
+            kind,
+            path: path.to_string(),
+            update_time: 0,
+            num_files: if path.is_empty() { 0 } else { 8 },
+        }
+    }
+
     /// The SSTable name the record is about (last segment of its path).
     pub fn sstable(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or("")
@@ -591,9 +617,13 @@ mod tests {
     }
 
     fn rec(kind: RecordType, path: &str, t: i64, n: i32) -> String {
-        let name = kind.name();
-        let sum = record_checksum(kind, path, t, n);
-        format!("{name}:[{path},{t},{n}][{sum}]\n")
+        let r = Record {
+            kind,
+            path: path.into(),
+            update_time: t,
+            num_files: n,
+        };
+        format!("{r}\n")
     }
 
     #[test]
@@ -635,7 +665,7 @@ mod tests {
         comps.iter().map(|c| format!("{s}-{c}")).collect()
     }
 
-    const BIG: &[&str] = &[
+    pub(super) const BIG: &[&str] = &[
         "Data.db",
         "Index.db",
         "Filter.db",
@@ -756,15 +786,7 @@ mod model_tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    const COMPONENTS: &[&str] = &[
-        "Data.db",
-        "Index.db",
-        "Filter.db",
-        "Summary.db",
-        "Statistics.db",
-        "Digest.crc32",
-        "TOC.txt",
-    ];
+    use super::tests::BIG as COMPONENTS;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -818,12 +840,7 @@ mod model_tests {
     }
 
     fn rec(kind: RecordType, path: &str) -> String {
-        let n = if path.is_empty() { 0 } else { 8 };
-        format!(
-            "{}:[{path},0,{n}][{}]\n",
-            kind.name(),
-            record_checksum(kind, path, 0, n)
-        )
+        format!("{}\n", Record::new(kind, path))
     }
 
     impl World {

@@ -1255,14 +1255,9 @@ mod local {
 
     const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
-    /// Opens the directory holding `key` under `root`, refusing symlinks on the way; returns
-    /// it with the key's last segment.
-    fn parent_of<'k>(
-        root: &Path,
-        key: &'k str,
-        op: &'static str,
-    ) -> Result<(OwnedFd, &'k str), StoreError> {
-        let err = |source: std::io::Error| match source.raw_os_error() {
+    /// A local I/O error on `key`: ELOOP (O_NOFOLLOW met a symlink) is its own error.
+    fn io_err(op: &'static str, key: &str, source: std::io::Error) -> StoreError {
+        match source.raw_os_error() {
             Some(libc::ELOOP) => StoreError::Symlink {
                 op,
                 key: key.to_string(),
@@ -1272,7 +1267,17 @@ mod local {
                 key: key.to_string(),
                 source,
             },
-        };
+        }
+    }
+
+    /// Opens the directory holding `key` under `root`, refusing symlinks on the way; returns
+    /// it with the key's last segment.
+    fn parent_of<'k>(
+        root: &Path,
+        key: &'k str,
+        op: &'static str,
+    ) -> Result<(OwnedFd, &'k str), StoreError> {
+        let err = |source| io_err(op, key, source);
         let mut dir = openat(
             None,
             root.as_os_str().as_bytes(),
@@ -1356,17 +1361,7 @@ mod local {
         op: &'static str,
     ) -> Result<(File, ObjectInfo), StoreError> {
         let (dir, last) = parent_of(root, key, op)?;
-        let local_err = |source: std::io::Error| match source.raw_os_error() {
-            Some(libc::ELOOP) => StoreError::Symlink {
-                op,
-                key: key.to_string(),
-            },
-            _ => StoreError::Local {
-                op,
-                key: key.to_string(),
-                source,
-            },
-        };
+        let local_err = |source| io_err(op, key, source);
         // O_NONBLOCK: a FIFO planted in the bucket must not block the open.
         let fd = openat(
             Some(&dir),

@@ -420,7 +420,7 @@ fn a_restore_that_cannot_fit_is_refused_before_downloading() {
     }
     let (opts, c) = file_dest();
     let w = Writer::new(&opts, &c);
-    let rel = "legacy_tables/legacy_ka_clust-6ebbf34ef1e23e64adf72278c7ef0246";
+    let rel = "baselines/iot-5b608090e03d11ebb4c1d335f841c590"; // ~1.1 MiB: cannot fit
     let names = corpus_tables(&corpus)[rel].clone();
     w.put_table(&corpus, rel, &names);
     let dir = format!("{DATA}/{rel}");

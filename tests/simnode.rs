@@ -40,7 +40,7 @@ use futures::TryStreamExt;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use tablesnap::cassandra::{self, RecordType, record_checksum};
+use tablesnap::cassandra::{self, Record, RecordType};
 use tablesnap::layout::{self, Layout};
 
 const HOST: &str = "simnode.example.com";
@@ -171,16 +171,9 @@ fn sha(b: &[u8]) -> String {
 
 /// A transaction log record line as Cassandra writes it (real CRC).
 fn record(kind: RecordType, path: &str, n: i32) -> String {
-    let name = match kind {
-        RecordType::Add => "ADD",
-        RecordType::Remove => "REMOVE",
-        RecordType::Commit => "COMMIT",
-        RecordType::Abort => "ABORT",
-    };
-    format!(
-        "{name}:[{path},0,{n}][{}]\n",
-        record_checksum(kind, path, 0, n)
-    )
+    let mut r = Record::new(kind, path);
+    r.num_files = n;
+    format!("{r}\n")
 }
 
 fn append(p: &Path, s: &str) {

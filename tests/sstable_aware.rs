@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Running, S3};
-use tablesnap::cassandra::{RecordType, record_checksum};
+use tablesnap::cassandra::{Record, RecordType};
 use tablesnap::daemon::Config;
 use tablesnap::layout::{self, Layout};
 
@@ -30,16 +30,9 @@ fn key(prefix: &str, path: &Path) -> String {
 
 /// A transaction log record line as Cassandra writes it.
 fn record(kind: RecordType, path: &str, n: i32) -> String {
-    let name = match kind {
-        RecordType::Add => "ADD",
-        RecordType::Remove => "REMOVE",
-        RecordType::Commit => "COMMIT",
-        RecordType::Abort => "ABORT",
-    };
-    format!(
-        "{name}:[{path},0,{n}][{}]\n",
-        record_checksum(kind, path, 0, n)
-    )
+    let mut r = Record::new(kind, path);
+    r.num_files = n;
+    format!("{r}\n")
 }
 
 fn append(p: &Path, s: &str) {
