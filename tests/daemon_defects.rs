@@ -415,3 +415,56 @@ async fn a_replaced_node_with_the_same_name_never_mixes_with_the_old_one() {
         Some(vec![0xbb; 2000])
     );
 }
+
+/// Defect 13: `--once` with an unreadable subdirectory exited 0, saying nothing. Root reads
+/// every directory, so the binary runs as `nobody` here.
+#[test]
+fn once_names_an_unreadable_subdirectory_and_exits_1() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to run the binary as nobody");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    for d in [data.path(), bucket.path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ok = data.path().join("ks/ok-1");
+    std::fs::create_dir_all(&ok).unwrap();
+    sstable(&ok, 1, 100, 1);
+    let closed = data.path().join("ks/closed-1");
+    std::fs::create_dir_all(&closed).unwrap();
+    sstable(&closed, 2, 100, 2);
+    for d in [data.path().join("ks"), ok.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for f in std::fs::read_dir(&ok).unwrap().flatten() {
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tablesnap"))
+        .args(["--once", "-r", "-n", "h"])
+        .arg(format!("file://{}", bucket.path().display()))
+        .arg(data.path())
+        .env_clear()
+        .env("HOME", "/tmp")
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("cannot read the directory") && l.contains("closed-1")),
+        "{err}"
+    );
+    // The readable table is backed up all the same.
+    let idx = bucket.path().join(
+        layout::index_key(&format!("h:{}/nb-1-big-Data.db", ok.display())).trim_start_matches('/'),
+    );
+    assert!(idx.exists(), "{err}");
+}

@@ -288,3 +288,72 @@ impl Daemon<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::Config;
+    use crate::layout::Layout;
+    use crate::metrics::Metrics;
+    use crate::store::{Store, StoreOptions};
+    use crate::upload::{Outcome, Uploader};
+
+    /// Regression (issue #10, defect 10): a panicking upload task left its path "running"
+    /// for ever, and its directory got no more indexes. The panic is contained and the work
+    /// retried, for a file and for an index alike.
+    #[tokio::test]
+    async fn a_panicking_task_is_retried_not_leaked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::new(
+            StoreOptions {
+                destination: format!("file://{}", dir.path().join("b").display()),
+                ..Default::default()
+            },
+            Layout::new("", "h", ":"),
+            vec![dir.path().into()],
+        );
+        let up = Arc::new(Uploader::new(
+            Store::open(&cfg.store).unwrap(),
+            cfg.layout.clone(),
+            cfg.upload.clone(),
+        ));
+        let mut d = Daemon::new(
+            &cfg,
+            up,
+            Arc::new(Metrics::default()),
+            vec![dir.path().into()],
+        );
+        let p = dir.path().join("nb-1-big-Data.db");
+        d.enqueue(p.clone());
+        let task = d.next_task().expect("the file");
+        assert!(d.running.contains(&p));
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut owners = HashMap::new();
+        let q = p.clone();
+        let h = tasks.spawn(async move {
+            if q.exists() || !q.exists() {
+                panic!("boom");
+            }
+            Done::File(q, Ok(Outcome::Ignored))
+        });
+        owners.insert(h.id(), task);
+        let r = tasks.join_next_with_id().await.unwrap();
+        assert!(r.is_err(), "the task panicked");
+        d.joined(r, &mut owners);
+        assert!(!d.running.contains(&p), "left running for ever");
+        assert!(d.retrying.contains(&p), "not retried");
+        assert!(owners.is_empty());
+
+        // An index task that panics (another directory: this one still owes the retried
+        // file, so its index rightly waits): its Data.db files are pending again.
+        let p = dir.path().join("t2/nb-1-big-Data.db");
+        d.indexes.schedule(&p, Instant::now(), true);
+        let task = d.next_task().expect("the index");
+        assert!(matches!(task, Task::Index(..)));
+        let h = tasks.spawn(async { panic!("boom") });
+        owners.insert(h.id(), task);
+        let r = tasks.join_next_with_id().await.unwrap();
+        d.joined(r, &mut owners);
+        assert!(d.indexes.has_pending(&p), "the index was dropped");
+    }
+}
