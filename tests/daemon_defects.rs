@@ -468,3 +468,33 @@ fn once_names_an_unreadable_subdirectory_and_exits_1() {
     );
     assert!(idx.exists(), "{err}");
 }
+
+/// Shutdown with an SSTable that is not complete (its Data.db stored, no TOC yet): the
+/// drain leaves its index to the next run instead of retrying it until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_spin_on_an_sstable_that_is_not_complete() {
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("drainunfinished");
+    let data = tempfile::tempdir().unwrap();
+    let d = Running::start({
+        let mut c = config(&s3, &prefix, vec![data.path().into()]);
+        c.shutdown_timeout = Duration::from_secs(20);
+        c
+    })
+    .await;
+    let f = data.path().join("nb-1-big-Data.db");
+    std::fs::write(&f, vec![1u8; 100]).unwrap();
+    assert!(wait_key(&s3, &key(&prefix, &f), WAIT).await);
+    let t0 = std::time::Instant::now();
+    let s = d.stop().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the drain spun until the deadline: {:?} ({s})",
+        t0.elapsed()
+    );
+    assert_eq!(
+        s3.raw_get(&layout::index_key(&key(&prefix, &f))).await,
+        None,
+        "an index for an SSTable without its TOC"
+    );
+}

@@ -169,6 +169,7 @@ fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
             mapping: Default::default(),
         };
         let obj = object_file(&c, &key);
+        let obj_now = obj.clone();
         let shrunk = Arc::new(AtomicU32::new(0));
         let s2 = shrunk.clone();
         let e = ExecOptions {
@@ -176,7 +177,9 @@ fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
             range_threshold: if ranged { 1 << 20 } else { u64::MAX },
             range_size: 256 << 10,
             chunk_hook: Some(Arc::new(move |_k: &str, _at: u64| {
-                if s2.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Ranged: the parallel ranges may all have read their bytes before the first
+                // chunk reaches this hook, so that path is shrunk before execute (below).
+                if !ranged && s2.fetch_add(1, Ordering::SeqCst) == 0 {
                     // 3 MB to 100 KB, under the open reader.
                     std::fs::OpenOptions::new()
                         .write(true)
@@ -190,6 +193,17 @@ fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
         };
         rt().block_on(async {
             let plan = restore::prepare(&store, &ro, 4).await.unwrap();
+            if ranged {
+                // The plan says 3 MB; the object is now 100 KB: ranges past the end come
+                // back empty.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&obj_now)
+                    .unwrap()
+                    .set_len(100_000)
+                    .unwrap();
+                shrunk.fetch_add(1, Ordering::SeqCst);
+            }
             let r = tokio::time::timeout(
                 std::time::Duration::from_secs(60),
                 restore::execute(&store, &plan, &e, &Quiet),

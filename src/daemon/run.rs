@@ -255,6 +255,7 @@ impl Daemon<'_> {
         permits: &Arc<Semaphore>,
         cancel: &CancellationToken,
     ) {
+        self.draining = true;
         let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
         tokio::pin!(deadline);
         loop {

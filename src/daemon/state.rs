@@ -73,6 +73,9 @@ pub(super) struct Daemon<'a> {
     pub(super) gave_up: usize,
     /// Files, bytes, rate and ETA of the startup backfill (-B, --once).
     pub(super) progress: crate::progress::Progress,
+    /// Shutting down: an SSTable that is not complete is left to the next run (its index
+    /// would otherwise be retried until the deadline).
+    pub(super) draining: bool,
 }
 
 impl<'a> Daemon<'a> {
@@ -104,6 +107,7 @@ impl<'a> Daemon<'a> {
             failures: 0,
             gave_up: 0,
             progress: crate::progress::Progress::none(),
+            draining: false,
         }
     }
 
@@ -515,7 +519,7 @@ impl<'a> Daemon<'a> {
                                 self.uploader.delete_local(&dir.join(n));
                             }
                         }
-                        if self.cfg.once && !w.deferred.is_empty() {
+                        if (self.cfg.once || self.draining) && !w.deferred.is_empty() {
                             // Nothing will complete them while this run waits: a later run
                             // (or the daemon) indexes them.
                             for f in &w.deferred {
