@@ -1,6 +1,7 @@
 //! Regression tests for issue #10's defects, each named after what went wrong, on a data
 //! directory that behaves like a Cassandra 4.x node (real corpus files as SSTable
-//! contents, transaction logs with real checksums) against the real S3 server.
+//! contents from the in-repo sample, so they run in any clone; transaction logs with real
+//! checksums) against the real S3 server.
 
 mod common;
 
@@ -113,9 +114,7 @@ async fn wait_index(s3: &S3, prefix: &str, data: &Path) -> BTreeSet<String> {
 /// index names its output and no longer the input it replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_compaction_output_is_never_uploaded_nor_indexed() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("torn");
     let data = tempfile::tempdir().unwrap();
@@ -226,9 +225,7 @@ async fn torn_compaction_output_is_never_uploaded_nor_indexed() {
 /// events; nor may a restart with -B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_not_uploaded_again_with_default_events() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("snapshots");
     let data = tempfile::tempdir().unwrap();
@@ -278,9 +275,7 @@ async fn snapshots_are_not_uploaded_again_with_default_events() {
 /// follow hard links), snapshot links are backed up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_uploaded_when_in_create_is_listened_to() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("snapshots-increate");
     let data = tempfile::tempdir().unwrap();
@@ -317,9 +312,7 @@ async fn snapshots_are_uploaded_when_in_create_is_listened_to() {
 /// files written into it afterwards are uploaded under the new name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_directory_stays_watched() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("renamedir");
     let data = tempfile::tempdir().unwrap();
@@ -355,9 +348,7 @@ async fn a_renamed_directory_stays_watched() {
 /// daemon follows it like the original did, and keys keep the path as given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlinked_data_directory_is_watched() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("symlinkroot");
     let tmp = tempfile::tempdir().unwrap();
@@ -385,9 +376,7 @@ async fn a_symlinked_data_directory_is_watched() {
 /// copied inside the store: same bytes and metadata, no byte sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_links_of_stored_files_are_copied_in_the_store() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("snapcopy");
     let data = tempfile::tempdir().unwrap();
@@ -442,9 +431,7 @@ async fn snapshot_links_of_stored_files_are_copied_in_the_store() {
 /// its directory stores it again before naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_found_missing_is_stored_again_before_an_index_names_it() {
-    let Some(root) = common::sstables() else {
-        return;
-    };
+    let root = common::sample_sstables();
     let s3 = common::s3();
     let prefix = s3.unique_prefix("foundmissing");
     let data = tempfile::tempdir().unwrap();
