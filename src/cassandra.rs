@@ -528,17 +528,12 @@ pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
 
 fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(p)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
     let mut buf = Vec::new();
-    f.take(1 << 20).read_to_end(&mut buf).ok()?;
+    crate::upload::open_regular(p)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut buf)
+        .ok()?;
     Some(buf)
 }
 

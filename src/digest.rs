@@ -70,50 +70,18 @@ const DATA: &str = "Data.db";
 ///
 /// A path is accepted too; only its last component is looked at and returned.
 pub fn digest_for_data(data_file_name: &str) -> Option<(String, Algorithm)> {
+    use crate::cassandra::{Format, parse_name};
     let name = data_file_name.rsplit('/').next().unwrap_or(data_file_name);
-    let stem = name.strip_suffix(DATA)?;
-    let stem_parts = stem.strip_suffix('-')?;
-    let parts: Vec<&str> = stem_parts.split('-').collect();
-    let n = parts.len();
-    let is_version = |v: &str| v.len() == 2 && v.bytes().all(|b| b.is_ascii_lowercase());
-    let (version, format) = match parts.as_slice() {
-        // New style: [tmp-|tmplink-]VERSION-ID-FORMAT-Data.db
-        [.., v, id, fmt]
-            if is_version(v)
-                && !id.is_empty()
-                && !fmt.is_empty()
-                && fmt.bytes().all(|b| b.is_ascii_lowercase()) =>
-        {
-            (*v, Some(*fmt))
-        }
-        // Old style: KS-TABLE[-tmp|-tmplink]-VERSION-GENERATION-Data.db
-        [.., v, generation]
-            if n >= 3 && is_version(v) && generation.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            if generation.is_empty() {
-                return None;
-            }
-            (*v, None)
-        }
-        _ => return None,
-    };
-    let alg_file = match format {
-        Some("big") | None => {
-            if version < "ka" {
-                (Algorithm::Sha1, "Digest.sha1")
-            } else if version < "la" {
-                (Algorithm::Adler32, "Digest.sha1")
-            } else if version < "ma" {
-                (Algorithm::Adler32, "Digest.adler32")
-            } else {
-                (Algorithm::Crc32, "Digest.crc32")
-            }
-        }
+    let f = parse_name(name).filter(|f| f.component == DATA)?;
+    let (alg, file) = match f.format {
         // The trie-indexed format (5.0, versions `da`..) has always written CRC-32.
-        Some("bti") => (Algorithm::Crc32, "Digest.crc32"),
-        Some(_) => return None,
+        Format::Bti => (Algorithm::Crc32, "Digest.crc32"),
+        Format::Big if f.version < "ka" => (Algorithm::Sha1, "Digest.sha1"),
+        Format::Big if f.version < "la" => (Algorithm::Adler32, "Digest.sha1"),
+        Format::Big if f.version < "ma" => (Algorithm::Adler32, "Digest.adler32"),
+        Format::Big => (Algorithm::Crc32, "Digest.crc32"),
     };
-    Some((format!("{stem}{}", alg_file.1), alg_file.0))
+    Some((format!("{}-{file}", f.sstable), alg))
 }
 
 /// Parses the Digest file's bytes (sha1sum-style `"hex  name"` or a bare decimal, trailing

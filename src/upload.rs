@@ -625,23 +625,19 @@ impl Uploader {
             tracing::warn!(path = %path.display(), key, "the stored object holds other bytes; overwriting it (--overwrite-collisions)");
             return self.upload_now(path, key, size, fp, cancel).await;
         }
-        if info.size == size && !suspect {
-            // Same size, different MD5, and the file is not newer than the object: bit rot
-            // on this disk is likelier than another node; keep the good copy (like the
-            // original; Cassandra's Digest tells which one is right).
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let sstable = crate::cassandra::parse_name(name);
+        if info.size == size && (!suspect || sstable.is_none()) {
+            // Same size, different MD5, and the file is not newer than the object (or not
+            // an SSTable's, where no other node is to be feared): bit rot on this disk is
+            // likelier; keep the good copy (like the original; for a Data.db, Cassandra's
+            // Digest tells which one is right).
             tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
             self.mark(&key, size, true, Some(fp));
             return Ok(Outcome::Present);
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let Some(f) = crate::cassandra::parse_name(name) else {
-            // Not an SSTable component: as before, a same-size mismatch keeps the stored
-            // copy (bit rot here is likelier), another size is stored again.
-            if info.size == size {
-                tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
-                self.mark(&key, size, true, Some(fp));
-                return Ok(Outcome::Present);
-            }
+        let Some(f) = sstable else {
+            // Not an SSTable component: another size is stored again, as before.
             tracing::warn!(path = %path.display(), key, local = size, stored = info.size, "the stored object has a different size; uploading the local file again");
             return self.upload_now(path, key, size, fp, cancel).await;
         };
@@ -1105,7 +1101,7 @@ impl Uploader {
                 continue;
             }
             let path = dir.join(&n);
-            if view.others.contains(&n) && !self.settled(&path) {
+            if view.others.contains(&n) && !settled(&path) {
                 // Written within the last moments (and perhaps still open): named by a
                 // later index, once its own event or upload made it durable.
                 continue;
@@ -1125,7 +1121,7 @@ impl Uploader {
                 Err(UploadError::Changed { .. }) => {}
                 // A name no key can hold must not make the whole table unrestorable.
                 Err(e) if e.is_unstorable() => {
-                    if self.unstorable.lock().unwrap().insert(path.clone()) {
+                    if self.report_unstorable(&path) {
                         tracing::error!("{e}; left out of the index of {}", dir.display());
                     }
                 }
@@ -1206,12 +1202,6 @@ impl Uploader {
             indexed: named,
             deferred,
         })
-    }
-
-    /// A file not modified for [`SETTLE`]: closed, as far as a scan can tell (an event
-    /// says so for sure; a scan only sees the mtime).
-    pub fn settled(&self, path: &Path) -> bool {
-        settled(path)
     }
 }
 
