@@ -82,6 +82,21 @@ fn flush(root: &Path, dir: &Path, g: u32) -> Vec<String> {
     names
 }
 
+/// `-r -a` with IN_CREATE listened to as well as the defaults: hard links (snapshots,
+/// incremental backups) are backed up.
+fn following_links(s3: &S3, prefix: &str, data: &Path) -> Config {
+    let mut c = config(s3, prefix, vec![data.into()]);
+    c.recursive = true;
+    c.auto_add = true;
+    c.events = tablesnap::watch::Events::parse(&[
+        "IN_MOVED_TO".into(),
+        "IN_CLOSE_WRITE".into(),
+        "IN_CREATE".into(),
+    ])
+    .unwrap();
+    c
+}
+
 async fn index_of(s3: &S3, prefix: &str, data: &Path) -> Option<BTreeSet<String>> {
     let body = s3.raw_get(&layout::index_key(&key(prefix, data))).await?;
     Some(
@@ -384,19 +399,7 @@ async fn snapshot_links_of_stored_files_are_copied_in_the_store() {
         .path()
         .join("ks/events-5b608090e03d11ebb4c1d335f841c590");
     std::fs::create_dir_all(&table).unwrap();
-    let d = Running::start({
-        let mut c = config(&s3, &prefix, vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c.events = tablesnap::watch::Events::parse(&[
-            "IN_MOVED_TO".into(),
-            "IN_CLOSE_WRITE".into(),
-            "IN_CREATE".into(),
-        ])
-        .unwrap();
-        c
-    })
-    .await;
+    let d = Running::start(following_links(&s3, &prefix, data.path())).await;
     let gen1 = flush(&root, &table, 1);
     wait_index(&s3, &prefix, &table.join("nb-1-big-Data.db")).await;
     let snap = table.join("snapshots/t1");
@@ -439,19 +442,7 @@ async fn an_object_found_missing_is_stored_again_before_an_index_names_it() {
         .path()
         .join("ks/events-5b608090e03d11ebb4c1d335f841c590");
     std::fs::create_dir_all(&table).unwrap();
-    let d = Running::start({
-        let mut c = config(&s3, &prefix, vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c.events = tablesnap::watch::Events::parse(&[
-            "IN_MOVED_TO".into(),
-            "IN_CLOSE_WRITE".into(),
-            "IN_CREATE".into(),
-        ])
-        .unwrap();
-        c
-    })
-    .await;
+    let d = Running::start(following_links(&s3, &prefix, data.path())).await;
     let gen1 = flush(&root, &table, 1);
     let data1 = table.join("nb-1-big-Data.db");
     wait_index(&s3, &prefix, &data1).await;
