@@ -210,6 +210,15 @@ impl Watcher {
         let mut added = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
+            // snapshots/ and backups/ hold hard links that are only backed up with
+            // IN_CREATE: without it nothing there is acted on, so they cost no watch (a node
+            // with many tables and snapshots would otherwise run out of them).
+            if !self.events.create
+                && dir != root
+                && crate::cassandra::dir_kind(&dir) != crate::cassandra::DirKind::Live
+            {
+                continue;
+            }
             match self.add_one(&dir) {
                 Ok(()) => added.push(dir.clone()),
                 // A subdirectory removed while we walk is not an error.
@@ -528,6 +537,25 @@ pub fn scan(dir: &Path, recursive: bool) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    /// With default events, snapshots/ and backups/ (and what is below them) take no
+    /// inotify watch; with IN_CREATE they are watched.
+    #[tokio::test]
+    async fn snapshot_and_backup_directories_cost_no_watch_unless_links_are_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("ks/t-5b608090e03d11ebb4c1d335f841c590");
+        for sub in ["snapshots/a", "snapshots/b", "backups", ".t_idx"] {
+            std::fs::create_dir_all(t.join(sub)).unwrap();
+        }
+        let mut w = super::Watcher::new(super::Events::default(), true, true).unwrap();
+        w.add_root(d.path()).unwrap();
+        // root, ks, the table and its index directory.
+        assert_eq!(w.watched_dirs(), 4);
+        let links = super::Events::parse(&["IN_CLOSE_WRITE".into(), "IN_CREATE".into()]).unwrap();
+        let mut w = super::Watcher::new(links, true, true).unwrap();
+        w.add_root(d.path()).unwrap();
+        assert_eq!(w.watched_dirs(), 8);
+    }
+
     use super::*;
 
     #[test]
