@@ -529,7 +529,7 @@ pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
 fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::new();
-    crate::upload::open_regular(p)
+    crate::localfs::open_regular(p)
         .ok()?
         .take(1 << 20)
         .read_to_end(&mut buf)

@@ -46,6 +46,7 @@ pub mod daemon;
 pub mod digest;
 pub mod filter;
 pub mod layout;
+pub mod localfs;
 pub mod metrics;
 pub mod progress;
 pub mod restore;

@@ -1,0 +1,149 @@
+//! Telling the node's own object from another file under the same key (a replaced node
+//! reusing generations, a torn prefix left by an older tablesnap) before anything is
+//! overwritten or taken as stored.
+
+use super::*;
+
+impl Uploader {
+    /// The object under `key` is not the local file (another size, or another MD5). Whose
+    /// is it? Never overwrite another node's SSTable that its indexes name (issue #10,
+    /// defect 14): Integer generations restart at 1 on a replaced node with the same host
+    /// name, so its files meet the old node's objects under the same keys.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn differs(
+        &self,
+        path: &Path,
+        key: String,
+        info: &ObjectInfo,
+        meta: &std::fs::Metadata,
+        suspect: bool,
+        fp: (u64, i64, i64),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let size = meta.len();
+        if self.cfg.overwrite_collisions {
+            tracing::warn!(path = %path.display(), key, "the stored object holds other bytes; overwriting it (--overwrite-collisions)");
+            return self.upload_now(path, key, size, fp, cancel).await;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let sstable = crate::cassandra::parse_name(name);
+        if info.size == size && (!suspect || sstable.is_none()) {
+            // Same size, different MD5, and the file is not newer than the object (or not
+            // an SSTable's, where no other node is to be feared): bit rot on this disk is
+            // likelier; keep the good copy (like the original; for a Data.db, Cassandra's
+            // Digest tells which one is right).
+            tracing::warn!(path = %path.display(), key, "the stored object has the same size but a different MD5: the local file may be corrupt; keeping the stored copy (check the local file)");
+            self.mark(&key, size, true, Some(fp));
+            return Ok(Outcome::Present);
+        }
+        let Some(f) = sstable else {
+            // Not an SSTable component: another size is stored again, as before.
+            tracing::warn!(path = %path.display(), key, local = size, stored = info.size, "the stored object has a different size; uploading the local file again");
+            return self.upload_now(path, key, size, fp, cancel).await;
+        };
+        if f.component == "Data.db" {
+            if info.size < size && self.torn_prefix(path, info).await? {
+                tracing::warn!(path = %path.display(), key, "the stored object is a torn prefix of this file (written by an older tablesnap while the file grew); replacing it");
+                return self.upload_now(path, key, size, fp, cancel).await;
+            }
+            return Err(UploadError::Collision {
+                path: path.to_path_buf(),
+                key,
+            });
+        }
+        // Another component: a rewrite of this very SSTable (Summary.db resampled,
+        // Statistics.db re-marked repaired) if its Data.db is the one stored.
+        let data = path.with_file_name(format!("{}-Data.db", f.sstable));
+        match self.same_as_stored(&data).await? {
+            Some(true) => {
+                tracing::info!(path = %path.display(), key, "component rewritten since it was stored; keeping the stored copy, which belongs to the same SSTable");
+                self.mark(&key, info.size, true, Some(fp));
+                Ok(Outcome::Present)
+            }
+            Some(false) => Err(UploadError::Collision {
+                path: path.to_path_buf(),
+                key,
+            }),
+            // No Data.db stored under this SSTable's name: nothing an index can name.
+            None => self.upload_now(path, key, size, fp, cancel).await,
+        }
+    }
+
+    /// Whether the stored object of local `data` holds the same bytes (None: no object, or
+    /// no local file to compare).
+    pub(super) async fn same_as_stored(&self, data: &Path) -> Result<Option<bool>, UploadError> {
+        let Ok(m) = std::fs::symlink_metadata(data) else {
+            return Ok(None);
+        };
+        let key = key_of(&self.layout, data)?;
+        if let Some(k) = self.known(&key) {
+            if k.file == Some(fingerprint(&m)) {
+                return Ok(Some(true));
+            }
+        }
+        let info = self
+            .store
+            .head(&key)
+            .await
+            .map_err(|source| UploadError::Store {
+                path: data.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let Some(info) = info else { return Ok(None) };
+        if info.size != m.len() {
+            return Ok(Some(false));
+        }
+        if !newer_than(&m, info.last_modified.timestamp()) {
+            return Ok(Some(true));
+        }
+        Ok(Some(self.same_md5(data, &info).await?))
+    }
+
+    /// Whether the stored object is exactly the first bytes of the local file.
+    pub(super) async fn torn_prefix(
+        &self,
+        path: &Path,
+        info: &ObjectInfo,
+    ) -> Result<bool, UploadError> {
+        let Some(expected) = info.expected_md5() else {
+            return Ok(false);
+        };
+        let (p, n) = (path.to_path_buf(), info.size);
+        let got = tokio::task::spawn_blocking(move || {
+            let f = open_regular(&p)?;
+            md5_of_reader(&mut f.take(n))
+        })
+        .await
+        .expect("hash task panicked")
+        .map_err(|source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(got == expected)
+    }
+
+    pub(super) async fn same_md5(
+        &self,
+        path: &Path,
+        info: &ObjectInfo,
+    ) -> Result<bool, UploadError> {
+        let Some(expected) = info.expected_md5() else {
+            return Ok(false);
+        };
+        let p = path.to_path_buf();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut f = open_regular(&p)?;
+            md5_of_reader(&mut f)
+        })
+        .await
+        .expect("hash task panicked");
+        match got {
+            Ok(h) => Ok(h == expected),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(source) => Err(UploadError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}

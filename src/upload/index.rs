@@ -1,0 +1,155 @@
+//! The `-listdir.json` index of a directory, written only after every file it names is
+//! durable and naming only complete SSTables.
+
+use super::*;
+
+impl Uploader {
+    /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
+    /// classifies the directory now ([`crate::cassandra::DirView`]), makes every file of
+    /// every complete SSTable and every settled other file durable first (uploading what is
+    /// missing; a file that vanished is left out), then PUTs the index under the keys of
+    /// the Data.db files it names. Files of unfinished SSTables are neither read nor named.
+    pub async fn write_index(
+        &self,
+        dir: &Path,
+        data_files: &[PathBuf],
+        cancel: &CancellationToken,
+    ) -> Result<IndexWritten, UploadError> {
+        let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
+            path: dir.to_path_buf(),
+        })?;
+        // Only what makes a restore point: complete SSTables (never a file of one still
+        // being written: it is not even read here) and other regular files that are closed.
+        let view = match crate::cassandra::view_dir(dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(IndexWritten::default());
+            }
+            Err(source) => {
+                return Err(UploadError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let nameable = view.nameable();
+        let mut listed = Vec::with_capacity(nameable.len());
+        for n in nameable {
+            if !self.cfg.filter.accepts(&n) {
+                continue;
+            }
+            let path = dir.join(&n);
+            if view.others.contains(&n) && !settled(&path) {
+                // Written within the last moments (and perhaps still open): named by a
+                // later index, once its own event or upload made it durable.
+                continue;
+            }
+            match self.ensure_durable(&path, cancel).await {
+                Ok(Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }) => {
+                    listed.push(n)
+                }
+                Ok(Outcome::Vanished | Outcome::Ignored) => {}
+                // An unreadable sibling must not hold back the index of everything else:
+                // leave it out (the index names only durable objects); its own retries
+                // upload it, and the next index names it.
+                Err(e) if e.is_local() => {
+                    tracing::warn!("{e}; not named in the index of {}", dir.display())
+                }
+                // Changed: being rewritten now; it gets its own upload and a later index.
+                Err(UploadError::Changed { .. }) => {}
+                // A name no key can hold must not make the whole table unrestorable.
+                Err(e) if e.is_unstorable() => {
+                    if self.report_unstorable(&path) {
+                        tracing::error!("{e}; left out of the index of {}", dir.display());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // An SSTable is named whole or not at all: one component that is not durable (it
+        // could not be read, or its key holds another node's file) leaves it out.
+        let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+        let partial: std::collections::BTreeSet<String> = view
+            .sstables
+            .values()
+            .filter(|s| {
+                s.state.is_ok()
+                    && s.files
+                        .iter()
+                        .any(|f| self.cfg.filter.accepts(f) && !durable.contains(f.as_str()))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if !partial.is_empty() {
+            tracing::warn!(dir = %dir.display(), sstables = ?partial, "SSTables with a component not stored are left out of this index");
+            listed.retain(|n| {
+                crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
+            });
+        }
+        let unfinished: Vec<String> = view
+            .unfinished()
+            .map(|(s, why)| format!("{s} ({why})"))
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
+        }
+        if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
+            listed.extend(gone.iter().filter(|n| self.cfg.filter.accepts(n)).cloned());
+            listed.sort();
+            listed.dedup();
+        }
+        // An index goes under the key of each pending Data.db it names; a Data.db of an
+        // SSTable that is not complete yet waits for a later index (never an index that
+        // does not name it, and never an older restore point overwritten).
+        let (named, deferred): (Vec<PathBuf>, Vec<PathBuf>) =
+            data_files.iter().cloned().partition(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| listed.iter().any(|l| l == n))
+            });
+        let deferred: Vec<PathBuf> = deferred
+            .into_iter()
+            .filter(|d| {
+                // Only an SSTable still being written is looked at again; one left out for a
+                // lasting reason (a collision, a name no key holds) waits for its next event.
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| view.is_unfinished(n))
+            })
+            .collect();
+        let body = Bytes::from(layout::listdir_json(dir_str, &listed));
+        let meta = PutMeta {
+            content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
+            user: vec![],
+        };
+        for data in &named {
+            let key = layout::index_key(&key_of(&self.layout, data)?);
+            tokio::select! {
+                r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
+                    path: data.clone(),
+                    source: Box::new(source),
+                })?,
+                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.clone() }),
+            }
+            self.mark(&key, body.len() as u64, true, None);
+            self.unindexed.lock().unwrap().remove(data);
+            self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(IndexWritten {
+            names: listed,
+            indexed: named,
+            deferred,
+        })
+    }
+}
+
+/// What [`Uploader::write_index`] did.
+#[derive(Debug, Default)]
+pub struct IndexWritten {
+    /// The names the index holds.
+    pub names: Vec<String>,
+    /// The Data.db files whose index was written.
+    pub indexed: Vec<PathBuf>,
+    /// Data.db files of SSTables not complete yet: they need a later index.
+    pub deferred: Vec<PathBuf>,
+}

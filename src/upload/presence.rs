@@ -1,0 +1,130 @@
+//! What is already stored: the compact set of known keys (from uploads and the startup
+//! LIST), whether a local file is the object stored under its key, and forgetting files
+//! that are gone.
+
+use super::*;
+
+impl Uploader {
+    /// Records everything under `dir` (a local directory) with one LIST, so that files
+    /// already stored are skipped without a request each (the original sent one HEAD per
+    /// file). Returns the number of objects found.
+    pub async fn reconcile(&self, dir: &Path) -> Result<usize, UploadError> {
+        // Replaces what was known under `dir` (objects deleted since, e.g. by tablechop,
+        // are forgotten), keeping MD5 verifications of unchanged objects.
+        let dir_key = key_of(&self.layout, dir)?;
+        // Uploads go on while the LIST runs: what they record meanwhile is newer than the
+        // listing and must survive it.
+        let started = self.seq.load(Ordering::Relaxed);
+        // Streamed into the compact form: never the whole LIST as full keys at once.
+        use futures::StreamExt;
+        let mut listing = known::Listing::default();
+        let mut stream = self.store.list_dir(&dir_key);
+        while let Some(o) = stream.next().await {
+            let o = o.map_err(|source| UploadError::Store {
+                path: dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+            listing.push(&o.key, o.size, o.last_modified.timestamp());
+        }
+        let n = listing.count();
+        let under = format!("{}/", dir_key.trim_end_matches('/'));
+        self.known
+            .lock()
+            .unwrap()
+            .replace_under(&under, listing.finish(), started);
+        let mut listed = self.listed.lock().unwrap();
+        if !listed.contains(&under) {
+            listed.push(under);
+        }
+        Ok(n)
+    }
+
+    pub(super) fn covered(&self, key: &str) -> bool {
+        self.listed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+
+    pub(super) fn known(&self, key: &str) -> Option<Known> {
+        self.known.lock().unwrap().get(key)
+    }
+
+    pub(super) fn mark(&self, key: &str, size: u64, verified: bool, file: Option<(u64, i64, i64)>) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.known.lock().unwrap().insert(
+            key,
+            Known {
+                size,
+                verified,
+                file,
+                seq,
+                stored_at: chrono::Utc::now().timestamp(),
+            },
+        );
+    }
+
+    /// The local file is gone (compacted, moved away): drop what we remember about it, so
+    /// memory stays bounded over years of compactions. Safe: the objects stay in the store.
+    pub fn forget(&self, path: &Path) {
+        if let Ok(k) = key_of(&self.layout, path) {
+            {
+                let mut map = self.by_inode.lock().unwrap();
+                if let Some(ino) = map.0.remove(&k) {
+                    if map.1.get(&ino).is_some_and(|(key, ..)| *key == k) {
+                        map.1.remove(&ino);
+                    }
+                }
+            }
+            let mut known = self.known.lock().unwrap();
+            known.remove(&layout::index_key(&k));
+            known.remove(&k);
+        }
+    }
+
+    /// Whether this Data.db was uploaded during this run and its index is not written yet.
+    pub fn unindexed(&self, path: &Path) -> bool {
+        self.unindexed.lock().unwrap().contains(path)
+    }
+
+    /// How many keys are remembered (for tests and metrics).
+    pub fn known_len(&self) -> usize {
+        self.known.lock().unwrap().len()
+    }
+
+    /// Whether the index of this data file is known to be missing (only answerable for
+    /// directories covered by a LIST; otherwise `false`, to avoid a request per file).
+    pub fn index_missing(&self, data_path: &Path) -> bool {
+        let Ok(k) = key_of(&self.layout, data_path) else {
+            return false;
+        };
+        let ik = layout::index_key(&k);
+        self.covered(&ik) && self.known(&ik).is_none()
+    }
+
+    /// Whether [`Uploader::ensure_durable`] would find this file (`meta`: its
+    /// `symlink_metadata`) already stored without asking the store: the same size, not
+    /// renamed over, not much newer than its object, verified if `--md5-on-start`. A scan
+    /// leaves such files out of the queue, so a restart does not queue every stored file
+    /// only to find each one present.
+    pub fn stored_as_is(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        let Ok(key) = key_of(&self.layout, path) else {
+            return false;
+        };
+        let Some(k) = self.known(&key) else {
+            return false;
+        };
+        let fp = fingerprint(meta);
+        let fresh = match k.file {
+            Some(f) => f == fp,
+            None => !newer_than(meta, k.stored_at),
+        };
+        meta.is_file()
+            && k.size == meta.len()
+            && fresh
+            && (k.verified || !self.cfg.md5_on_start)
+            && !self.force.lock().unwrap().contains(&key)
+            && !self.unindexed(path)
+    }
+}
