@@ -23,14 +23,18 @@
 //! * [`cassandra`]: what a data directory is made of: SSTable names of every format,
 //!   components and `TOC.txt`, transaction logs, snapshots and backups; which SSTables are
 //!   complete (the only ones an index names).
-//! * [`store`]: destinations and the object-store operations, with typed errors.
+//! * [`localfs`]: opening files in a directory Cassandra writes to (never a FIFO, never
+//!   through a symlink) and when a file no SSTable rule covers counts as closed.
+//! * [`store`]: destinations and the object-store operations, with typed errors: parsing,
+//!   one client builder per backend, the paged S3 listing, the `file://` backend.
 //! * [`credentials`]: the credential files the original's boto read (`~/.aws/credentials`,
 //!   `~/.boto`), for hosts that keep their keys there.
 //! * [`digest`]: Cassandra's own checksum of each `Data.db` (its `Digest` component), named
 //!   from the file name and checked while streaming.
 //! * [`filter`]: the original's include/exclude rules.
 //! * [`watch`]: inotify watches, new directories, overflow rescans.
-//! * [`upload`]: one file to the store (streamed, hashed, verified), then its index.
+//! * [`upload`]: one file to the store (streamed, hashed, verified), then its index:
+//!   transfer, presence (the known set), collisions, hard-link copies, index.
 //! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together: the state
 //!   model, the index scheduler and the run loop each in a file of their own.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.

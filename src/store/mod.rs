@@ -17,8 +17,8 @@
 //! listing goes on (S3 is listed page by page to step over them; GCS and Azure still stop,
 //! with an error naming the key, as object_store cannot list past it there).
 //!
-//! The parts: [`destination`] parses what the operator wrote, `open` builds the client per
-//! backend, [`error`] types every failure, `paged` is the S3 listing that steps over bad
+//! The parts: `destination` parses what the operator wrote, `open` builds the client per
+//! backend, `error` types every failure, `paged` is the S3 listing that steps over bad
 //! keys, `local` reads `file://` buckets without following symlinks and `xattr` keeps their
 //! metadata; this file holds [`Store`] and its operations.
 

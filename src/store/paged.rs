@@ -46,16 +46,7 @@ pub(super) fn paged_list(
     store: Arc<dyn PaginatedListStore>,
     dir: String,
 ) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
-    struct St {
-        store: Arc<dyn PaginatedListStore>,
-        prefix: String,
-        /// The last key handed out (or skipped): the next page starts after it.
-        after: Option<String>,
-        token: Option<String>,
-        max: usize,
-        done: bool,
-    }
-    let st = St {
+    let st = Pager {
         store,
         prefix: if dir.is_empty() {
             String::new()
@@ -71,99 +62,117 @@ pub(super) fn paged_list(
         if st.done {
             return None;
         }
-        let opts = PaginatedListOptions {
-            offset: if st.token.is_none() {
-                st.after.clone()
-            } else {
-                None
-            },
-            page_token: st.token.clone(),
-            max_keys: (st.max < PAGE).then_some(st.max),
-            ..Default::default()
-        };
-        let batch: Vec<Result<ObjectInfo, StoreError>> = match st
-            .store
-            .list_paginated(
-                Some(&st.prefix)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| p.as_str()),
-                opts,
-            )
-            .await
-        {
-            Ok(page) => {
-                let objs = page.result.objects;
-                if let Some(last) = objs.last() {
-                    st.after = Some(last.location.to_string());
-                }
-                if page.page_token.is_none() {
-                    st.done = true;
-                }
-                // Full pages continue with the server's token; after a split, start-after.
-                st.token = if st.max == PAGE {
-                    page.page_token
-                } else {
-                    None
-                };
-                st.max = (st.max * 2).min(PAGE);
-                objs.into_iter()
-                    .map(|m| {
-                        Ok(ObjectInfo {
-                            key: m.location.to_string(),
-                            size: m.size,
-                            last_modified: m.last_modified,
-                            e_tag: m.e_tag,
-                            metadata: HashMap::new(),
-                        })
-                    })
-                    .collect()
-            }
-            Err(object_store::Error::InvalidPath { source }) => {
-                st.token = None;
-                match bad_key_of(&source) {
-                    // Already stepped over it: the server ignores start-after. Stop rather
-                    // than loop.
-                    Some(bad) if st.after.as_deref() == Some(bad.as_str()) => {
-                        st.done = true;
-                        return Some((
-                            vec![Err(StoreError::BadKey {
-                                key: bad,
-                                reason: "the server lists it again after start-after; cannot list past it: rename or delete that object".into(),
-                            })],
-                            st,
-                        ));
-                    }
-                    Some(bad) if st.max == 1 => {
-                        report_bad_key(&bad, &path_error_reason(&source));
-                        st.after = Some(bad);
-                        st.max = PAGE;
-                    }
-                    Some(_) => st.max /= 2,
-                    None => {
-                        st.done = true;
-                        return Some((
-                            vec![Err(StoreError::Op {
-                                op: "list",
-                                key: st.prefix.clone(),
-                                source: source.into(),
-                            })],
-                            st,
-                        ));
-                    }
-                }
-                Vec::new()
-            }
-            Err(source) => {
-                st.done = true;
-                vec![Err(StoreError::Op {
-                    op: "list",
-                    key: st.prefix.clone(),
-                    source,
-                })]
-            }
-        };
+        let batch = st.next_page().await;
         Some((batch, st))
     })
     .flat_map(futures::stream::iter)
     .boxed()
+}
+
+/// Where a paged listing stands.
+struct Pager {
+    store: Arc<dyn PaginatedListStore>,
+    prefix: String,
+    /// The last key handed out (or skipped): the next page starts after it.
+    after: Option<String>,
+    token: Option<String>,
+    max: usize,
+    done: bool,
+}
+
+impl Pager {
+    /// The objects of the next page (none after a split), or the error that ends it.
+    async fn next_page(&mut self) -> Vec<Result<ObjectInfo, StoreError>> {
+        let opts = PaginatedListOptions {
+            offset: if self.token.is_none() {
+                self.after.clone()
+            } else {
+                None
+            },
+            page_token: self.token.clone(),
+            max_keys: (self.max < PAGE).then_some(self.max),
+            ..Default::default()
+        };
+        let prefix = Some(self.prefix.as_str()).filter(|p| !p.is_empty());
+        match self.store.list_paginated(prefix, opts).await {
+            Ok(page) => self.on_page(page),
+            Err(object_store::Error::InvalidPath { source }) => self.on_bad_key(source),
+            Err(source) => {
+                self.done = true;
+                vec![Err(self.list_error(source))]
+            }
+        }
+    }
+
+    fn on_page(
+        &mut self,
+        page: object_store::list::PaginatedListResult,
+    ) -> Vec<Result<ObjectInfo, StoreError>> {
+        let objs = page.result.objects;
+        if let Some(last) = objs.last() {
+            self.after = Some(last.location.to_string());
+        }
+        if page.page_token.is_none() {
+            self.done = true;
+        }
+        // Full pages continue with the server's token; after a split, start-after.
+        self.token = if self.max == PAGE {
+            page.page_token
+        } else {
+            None
+        };
+        self.max = (self.max * 2).min(PAGE);
+        objs.into_iter()
+            .map(|m| {
+                Ok(ObjectInfo {
+                    key: m.location.to_string(),
+                    size: m.size,
+                    last_modified: m.last_modified,
+                    e_tag: m.e_tag,
+                    metadata: HashMap::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// A page refused for one key: halve the page until the key is alone, then step over it.
+    fn on_bad_key(
+        &mut self,
+        source: object_store::path::Error,
+    ) -> Vec<Result<ObjectInfo, StoreError>> {
+        self.token = None;
+        match bad_key_of(&source) {
+            // Already stepped over it: the server ignores start-after. Stop rather
+            // than loop.
+            Some(bad) if self.after.as_deref() == Some(bad.as_str()) => {
+                self.done = true;
+                vec![Err(StoreError::BadKey {
+                    key: bad,
+                    reason: "the server lists it again after start-after; cannot list past it: rename or delete that object".into(),
+                })]
+            }
+            Some(bad) if self.max == 1 => {
+                report_bad_key(&bad, &path_error_reason(&source));
+                self.after = Some(bad);
+                self.max = PAGE;
+                Vec::new()
+            }
+            Some(_) => {
+                self.max /= 2;
+                Vec::new()
+            }
+            None => {
+                self.done = true;
+                vec![Err(self.list_error(source.into()))]
+            }
+        }
+    }
+
+    fn list_error(&self, source: object_store::Error) -> StoreError {
+        StoreError::Op {
+            op: "list",
+            key: self.prefix.clone(),
+            source,
+        }
+    }
 }

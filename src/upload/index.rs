@@ -32,60 +32,8 @@ impl Uploader {
                 });
             }
         };
-        let nameable = view.nameable();
-        let mut listed = Vec::with_capacity(nameable.len());
-        for n in nameable {
-            if !self.cfg.filter.accepts(&n) {
-                continue;
-            }
-            let path = dir.join(&n);
-            if view.others.contains(&n) && !settled(&path) {
-                // Written within the last moments (and perhaps still open): named by a
-                // later index, once its own event or upload made it durable.
-                continue;
-            }
-            match self.ensure_durable(&path, cancel).await {
-                Ok(Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }) => {
-                    listed.push(n)
-                }
-                Ok(Outcome::Vanished | Outcome::Ignored) => {}
-                // An unreadable sibling must not hold back the index of everything else:
-                // leave it out (the index names only durable objects); its own retries
-                // upload it, and the next index names it.
-                Err(e) if e.is_local() => {
-                    tracing::warn!("{e}; not named in the index of {}", dir.display())
-                }
-                // Changed: being rewritten now; it gets its own upload and a later index.
-                Err(UploadError::Changed { .. }) => {}
-                // A name no key can hold must not make the whole table unrestorable.
-                Err(e) if e.is_unstorable() => {
-                    if self.report_unstorable(&path) {
-                        tracing::error!("{e}; left out of the index of {}", dir.display());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        // An SSTable is named whole or not at all: one component that is not durable (it
-        // could not be read, or its key holds another node's file) leaves it out.
-        let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
-        let partial: std::collections::BTreeSet<String> = view
-            .sstables
-            .values()
-            .filter(|s| {
-                s.state.is_ok()
-                    && s.files
-                        .iter()
-                        .any(|f| self.cfg.filter.accepts(f) && !durable.contains(f.as_str()))
-            })
-            .map(|s| s.name.clone())
-            .collect();
-        if !partial.is_empty() {
-            tracing::warn!(dir = %dir.display(), sstables = ?partial, "SSTables with a component not stored are left out of this index");
-            listed.retain(|n| {
-                crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
-            });
-        }
+        let mut listed = self.make_nameable_durable(dir, &view, cancel).await?;
+        self.drop_partial(dir, &view, &mut listed);
         let unfinished: Vec<String> = view
             .unfinished()
             .map(|(s, why)| format!("{s} ({why})"))
@@ -140,6 +88,76 @@ impl Uploader {
             indexed: named,
             deferred,
         })
+    }
+
+    /// Makes durable every nameable file of the view that the filter accepts (other files
+    /// only once settled) and returns the names that are: the candidates of the index.
+    async fn make_nameable_durable(
+        &self,
+        dir: &Path,
+        view: &crate::cassandra::DirView,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, UploadError> {
+        let nameable = view.nameable();
+        let mut listed = Vec::with_capacity(nameable.len());
+        for n in nameable {
+            if !self.cfg.filter.accepts(&n) {
+                continue;
+            }
+            let path = dir.join(&n);
+            if view.others.contains(&n) && !settled(&path) {
+                // Written within the last moments (and perhaps still open): named by a
+                // later index, once its own event or upload made it durable.
+                continue;
+            }
+            match self.ensure_durable(&path, cancel).await {
+                Ok(Outcome::Uploaded { .. } | Outcome::Present | Outcome::Copied { .. }) => {
+                    listed.push(n)
+                }
+                Ok(Outcome::Vanished | Outcome::Ignored) => {}
+                // An unreadable sibling must not hold back the index of everything else:
+                // leave it out (the index names only durable objects); its own retries
+                // upload it, and the next index names it.
+                Err(e) if e.is_local() => {
+                    tracing::warn!("{e}; not named in the index of {}", dir.display())
+                }
+                // Changed: being rewritten now; it gets its own upload and a later index.
+                Err(UploadError::Changed { .. }) => {}
+                // A name no key can hold must not make the whole table unrestorable.
+                Err(e) if e.is_unstorable() => {
+                    if self.report_unstorable(&path) {
+                        tracing::error!("{e}; left out of the index of {}", dir.display());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Leaves out every SSTable with a component that is not durable: an SSTable is named
+    /// whole or not at all.
+    fn drop_partial(&self, dir: &Path, view: &crate::cassandra::DirView, listed: &mut Vec<String>) {
+        // An SSTable is named whole or not at all: one component that is not durable (it
+        // could not be read, or its key holds another node's file) leaves it out.
+        let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+        let partial: std::collections::BTreeSet<String> = view
+            .sstables
+            .values()
+            .filter(|s| {
+                s.state.is_ok()
+                    && s.files
+                        .iter()
+                        .any(|f| self.cfg.filter.accepts(f) && !durable.contains(f.as_str()))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if !partial.is_empty() {
+            tracing::warn!(dir = %dir.display(), sstables = ?partial, "SSTables with a component not stored are left out of this index");
+            listed.retain(|n| {
+                crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
+            });
+        }
     }
 }
 

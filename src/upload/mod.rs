@@ -8,6 +8,12 @@
 //! LIST), so rescans and repeated events cost no requests. That set is compact (see
 //! `known`): per directory, names with size and LastModified, never full keys, so a
 //! restart over a million stored objects stays under 100 MiB.
+//!
+//! The parts: `transfer` sends the bytes (PUT, multipart, buffer pool, hashing), `presence`
+//! answers "is this file stored already" from the known set, `collision` tells the node's
+//! own object from another file under the same key, `links` copies hard links inside the
+//! store, and `index` writes the `-listdir.json`. This file holds [`Uploader`], its errors
+//! and the path through them all, [`Uploader::ensure_durable`].
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -108,66 +108,116 @@ impl Uploader {
             .and_then(|n| n.to_str())
             .and_then(crate::digest::digest_for_data)
             .map(|(_, a)| a);
-        let digest_value;
         tracing::debug!(path = %path.display(), size, single, "uploading");
-        let uploaded = if single {
-            let permit = self.acquire(self.pool.budget_for(size)).await;
-            let f = file.clone();
-            let pool = self.pool.clone();
-            let (body, md5, dv) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-                let mut buf = pool.take(size as usize, permit);
-                let n = read_full(&f, &mut buf.buf)?;
-                buf.buf.truncate(n);
-                let md5 = hex::encode(Md5::digest(&buf.buf));
-                let dv = alg.map(|a| {
-                    let mut h = crate::digest::Hasher::new(a);
-                    h.update(&buf.buf);
-                    h.finish()
-                });
-                Ok((buf.into_bytes(), md5, dv))
-            })
-            .await
-            .expect("read task panicked")
-            .map_err(read_err)?;
-            digest_value = dv;
-            if body.len() as u64 != size {
-                return Err(UploadError::Changed {
-                    path: path.to_path_buf(),
-                });
-            }
-            let meta = self.data_meta(stat, md5);
-            if let Some(t) = &self.cfg.throttle {
-                t.take(size).await;
-            }
-            self.store
-                .put(key, body, &meta)
-                .await
-                .map_err(|source| UploadError::Store {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                })?;
-            size
+        let digest_value = if single {
+            self.put_single(path, key, &file, size, stat, alg).await?
         } else {
-            let f = file.clone();
-            let (md5, dv) = tokio::task::spawn_blocking(move || {
-                let mut h = alg.map(crate::digest::Hasher::new);
-                let md5 = md5_and(&f, &mut |b| {
-                    if let Some(h) = h.as_mut() {
-                        h.update(b)
-                    }
-                })?;
-                Ok::<_, std::io::Error>((md5, h.map(|h| h.finish())))
-            })
-            .await
-            .expect("hash task panicked")
-            .map_err(read_err)?;
-            digest_value = dv;
-            let meta = self.data_meta(stat, md5);
-            self.put_multipart(path, key, &file, size, part, &meta, cancel)
-                .await?;
-            size
+            self.put_hashed_multipart(path, key, &file, size, part, stat, alg, cancel)
+                .await?
         };
-        // Immutable files only: if the file moved under us, what we stored may be torn.
+        self.check_unchanged(path, &file, &before, digest_value)?;
+        Ok(size)
+    }
+
+    /// One PUT of a file read whole into a pooled buffer (MD5 and Digest from that read).
+    async fn put_single(
+        &self,
+        path: &Path,
+        key: &str,
+        file: &Arc<File>,
+        size: u64,
+        stat: String,
+        alg: Option<crate::digest::Algorithm>,
+    ) -> Result<Option<crate::digest::Value>, UploadError> {
+        let read_err = |source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let permit = self.acquire(self.pool.budget_for(size)).await;
+        let f = file.clone();
+        let pool = self.pool.clone();
+        let (body, md5, dv) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut buf = pool.take(size as usize, permit);
+            let n = read_full(&f, &mut buf.buf)?;
+            buf.buf.truncate(n);
+            let md5 = hex::encode(Md5::digest(&buf.buf));
+            let dv = alg.map(|a| {
+                let mut h = crate::digest::Hasher::new(a);
+                h.update(&buf.buf);
+                h.finish()
+            });
+            Ok((buf.into_bytes(), md5, dv))
+        })
+        .await
+        .expect("read task panicked")
+        .map_err(read_err)?;
+        if body.len() as u64 != size {
+            return Err(UploadError::Changed {
+                path: path.to_path_buf(),
+            });
+        }
+        let meta = self.data_meta(stat, md5);
+        if let Some(t) = &self.cfg.throttle {
+            t.take(size).await;
+        }
+        self.store
+            .put(key, body, &meta)
+            .await
+            .map_err(|source| UploadError::Store {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        Ok(dv)
+    }
+
+    /// A multipart upload, after the whole-file MD5 (and Digest) the layout's metadata needs
+    /// when the upload starts.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_hashed_multipart(
+        &self,
+        path: &Path,
+        key: &str,
+        file: &Arc<File>,
+        size: u64,
+        part: u64,
+        stat: String,
+        alg: Option<crate::digest::Algorithm>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<crate::digest::Value>, UploadError> {
+        let f = file.clone();
+        let (md5, dv) = tokio::task::spawn_blocking(move || {
+            let mut h = alg.map(crate::digest::Hasher::new);
+            let md5 = md5_and(&f, &mut |b| {
+                if let Some(h) = h.as_mut() {
+                    h.update(b)
+                }
+            })?;
+            Ok::<_, std::io::Error>((md5, h.map(|h| h.finish())))
+        })
+        .await
+        .expect("hash task panicked")
+        .map_err(|source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let meta = self.data_meta(stat, md5);
+        self.put_multipart(path, key, file, size, part, &meta, cancel)
+            .await?;
+        Ok(dv)
+    }
+
+    /// Immutable files only: if the file moved under us while it was read, what we stored
+    /// may be torn. A file deleted after it was read completely was stored whole.
+    fn check_unchanged(
+        &self,
+        path: &Path,
+        file: &File,
+        before: &std::fs::Metadata,
+        digest_value: Option<crate::digest::Value>,
+    ) -> Result<(), UploadError> {
+        let changed = || UploadError::Changed {
+            path: path.to_path_buf(),
+        };
         match std::fs::symlink_metadata(path) {
             Ok(after)
                 if after.len() == before.len()
@@ -179,22 +229,20 @@ impl Uploader {
                     self.digests.lock().unwrap().insert(path.to_path_buf(), v);
                     self.check_digest(path);
                 }
-                Ok(uploaded)
+                Ok(())
             }
-            // Deleted after we read it completely: what we stored is the whole file.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let now = file.metadata().map_err(read_err)?;
-                if now.len() == size && now.mtime_nsec() == before.mtime_nsec() {
-                    Ok(uploaded)
+                let now = file.metadata().map_err(|source| UploadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                if now.len() == before.len() && now.mtime_nsec() == before.mtime_nsec() {
+                    Ok(())
                 } else {
-                    Err(UploadError::Changed {
-                        path: path.to_path_buf(),
-                    })
+                    Err(changed())
                 }
             }
-            _ => Err(UploadError::Changed {
-                path: path.to_path_buf(),
-            }),
+            _ => Err(changed()),
         }
     }
 
@@ -203,6 +251,39 @@ impl Uploader {
             content_type: None,
             user: vec![(layout::META_STAT, stat), (layout::META_MD5, md5)],
         }
+    }
+
+    /// One part of a file, read into a pooled buffer that holds `permit` of the budget; a
+    /// file shorter than it was is one that changed.
+    async fn read_part(
+        &self,
+        path: &Path,
+        file: &Arc<File>,
+        at: u64,
+        len: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Bytes, UploadError> {
+        let f = file.clone();
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            let mut buf = pool.take(len as usize, permit);
+            f.read_exact_at(&mut buf.buf, at)?;
+            Ok(buf.into_bytes())
+        })
+        .await
+        .expect("read task panicked")
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                UploadError::Changed {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                UploadError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -248,28 +329,7 @@ impl Uploader {
                     p = self.acquire(self.pool.budget_for(len)) => p,
                     _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
                 };
-                let f = file.clone();
-                let at = offset;
-                let pool = self.pool.clone();
-                let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-                    let mut buf = pool.take(len as usize, permit);
-                    f.read_exact_at(&mut buf.buf, at)?;
-                    Ok(buf.into_bytes())
-                })
-                .await
-                .expect("read task panicked")
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        UploadError::Changed {
-                            path: path.to_path_buf(),
-                        }
-                    } else {
-                        UploadError::Read {
-                            path: path.to_path_buf(),
-                            source: e,
-                        }
-                    }
-                })?;
+                let chunk = self.read_part(path, file, offset, len, permit).await?;
                 if let Some(t) = &self.cfg.throttle {
                     t.take(len).await;
                 }
