@@ -332,7 +332,25 @@ impl Store {
             .copy(&f, &t)
             .await
             .map_err(self.op_err("copy", from))?;
+        self.touch_local(to)?;
         self.sync_local(to)
+    }
+
+    /// `file://`: object_store copies by a hard link, so the copy kept the source's mtime,
+    /// its LastModified. A copy is stored now, as on S3: a days-old LastModified would make
+    /// a just-copied snapshot file look old to retention before any index names it. (Both
+    /// links share the inode, so the source looks stored now too: only ever younger.)
+    fn touch_local(&self, key: &str) -> Result<(), StoreError> {
+        let Some(file) = self.local_file(key) else {
+            return Ok(());
+        };
+        std::fs::File::open(&file)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|source| StoreError::Local {
+                op: "set the time of",
+                key: key.to_string(),
+                source,
+            })
     }
 
     /// Starts a multipart upload; the caller uploads parts, then `complete` or `abort`s, then

@@ -80,3 +80,45 @@ fn gcs_base_url_comes_from_the_config_or_the_service_account() {
     assert_eq!(gcs_base_url(&b).as_deref(), Some("https://gcs.example"));
     assert_eq!(gcs_base_url(&GoogleCloudStorageBuilder::new()), None);
 }
+
+/// A `file://` copy is stored now (its LastModified), not at the source's old mtime: a
+/// copied snapshot link must not look days old to tablechop before an index names it.
+#[tokio::test]
+async fn a_local_copy_is_stored_now_not_at_the_sources_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions {
+        destination: format!("file://{}", dir.path().display()),
+        ..Default::default()
+    })
+    .unwrap();
+    store
+        .put(
+            "h:/d/a-Data.db",
+            Bytes::from_static(b"abc"),
+            &PutMeta::default(),
+        )
+        .await
+        .unwrap();
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    std::fs::File::open(dir.path().join("h:/d/a-Data.db"))
+        .unwrap()
+        .set_modified(day_ago)
+        .unwrap();
+    store
+        .copy("h:/d/a-Data.db", "h:/d/snapshots/t/a-Data.db")
+        .await
+        .unwrap();
+    let info = store
+        .head("h:/d/snapshots/t/a-Data.db")
+        .await
+        .unwrap()
+        .unwrap();
+    let age = Utc::now() - info.last_modified;
+    assert!(
+        age.num_seconds() < 60,
+        "copy looks {}s old",
+        age.num_seconds()
+    );
+    let body = store.get_bytes("h:/d/snapshots/t/a-Data.db").await.unwrap();
+    assert_eq!(&body[..], b"abc");
+}
