@@ -109,8 +109,80 @@ fn build_s3(
                 .unwrap_or_else(|| "http://169.254.169.254".into()),
         })
     });
+    if let Some(m) = &fallback {
+        if let Err(cause) = metadata_answers(&m.endpoint) {
+            return Err(StoreError::NoCredentials {
+                dest: Destination::S3 {
+                    bucket: bucket.to_string(),
+                }
+                .to_string(),
+                files: m.files.join(", "),
+                endpoint: m.endpoint.clone(),
+                cause,
+            });
+        }
+    }
     let (b, client) = s3_endpoint(opts, b, client)?;
     Ok((b, client, fallback))
+}
+
+/// How long the instance metadata service may take to answer at all. The AWS SDKs give it
+/// about a second before they move on; object_store's own client would wait for its request
+/// timeout and retries, about two minutes of silence on every host outside EC2.
+const METADATA_PROBE: Duration = Duration::from_secs(1);
+
+/// Whether the instance metadata service is there to ask: `Err(cause)` when it is switched
+/// off (`AWS_EC2_METADATA_DISABLED=true`, the AWS SDKs' and CLI's switch) or gives no HTTP
+/// answer within [`METADATA_PROBE`] (the IMDSv2 token request, which it answers whatever
+/// the role). Any answer at all is enough: object_store then asks it for real.
+fn metadata_answers(endpoint: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Err("AWS_EC2_METADATA_DISABLED is set".into());
+    }
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let host = rest.split('/').next().unwrap_or(rest);
+    let has_port = match host.rfind(']') {
+        Some(i) => host[i..].contains(':'),
+        None => host.contains(':'),
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let addr = if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:{default_port}")
+    };
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .collect();
+    let first = addrs.first().ok_or_else(|| format!("{addr}: no address"))?;
+    let mut conn =
+        std::net::TcpStream::connect_timeout(first, METADATA_PROBE).map_err(|e| e.to_string())?;
+    if scheme == "https" {
+        return Ok(());
+    }
+    let _ = conn.set_read_timeout(Some(METADATA_PROBE));
+    let _ = conn.set_write_timeout(Some(METADATA_PROBE));
+    let req = format!(
+        "PUT /latest/api/token HTTP/1.1\r\nHost: {host}\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("the connection was closed without an answer".into()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!("no answer within {} s", METADATA_PROBE.as_secs()))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The endpoint, plain http where it is one, signed payloads only over plain http, and SSE.
