@@ -212,7 +212,9 @@ fn store_options(a: &Args) -> StoreOptions {
 
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
+    // A mistyped or unmounted file:// bucket is "bucket missing" (exit 3), not an empty
+    // bucket created on the spot and then "nothing to restore".
+    let store = Store::open_existing(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
     let name = a.name.clone().unwrap_or_else(super::fqdn);
     let layout = a.dest.layout(name.clone());
     if a.list {

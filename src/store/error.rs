@@ -44,7 +44,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bucket missing: {dest} does not exist (check the path, or create the directory)")]
+    #[error(
+        "bucket missing: {dest} does not exist (check the path; for file://, create the directory or mount the volume it is on)"
+    )]
     BucketMissing { dest: String },
     #[error(
         "{op} {}: a symlink in the file:// bucket, not followed (only plain files and directories are objects)",

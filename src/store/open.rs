@@ -235,7 +235,10 @@ fn s3_endpoint(
     Ok((b, client))
 }
 
-/// The canonical root of a `file://` bucket: created when missing unless it must exist.
+/// The canonical root of a `file://` bucket. A missing root is created only when it must
+/// not already exist and its parent directory does: never its parents, so an unmounted
+/// backup volume (`/mnt/backups` gone, `/mnt/backups/tablesnap` asked for) is an error
+/// instead of a backup that silently fills the node's own disk.
 fn local_root(
     dest: &Destination,
     root: &std::path::Path,
@@ -247,12 +250,22 @@ fn local_root(
                 dest: dest.to_string(),
             });
         }
-    } else {
-        std::fs::create_dir_all(root).map_err(|source| StoreError::Local {
-            op: "create destination directory",
-            key: root.display().to_string(),
-            source,
-        })?;
+    } else if !root.is_dir() {
+        if !root.parent().is_some_and(|p| p.is_dir()) {
+            return Err(StoreError::BucketMissing {
+                dest: dest.to_string(),
+            });
+        }
+        match std::fs::create_dir(root) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Local {
+                    op: "create destination directory",
+                    key: root.display().to_string(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
     }
     std::fs::canonicalize(root).map_err(|source| StoreError::Local {
         op: "resolve destination directory",
@@ -262,8 +275,8 @@ fn local_root(
 }
 
 impl Store {
-    /// Opens the destination; a missing `file://` root is created (tablesnap writing its
-    /// first backup).
+    /// Opens the destination; a missing `file://` root whose parent exists is created
+    /// (tablesnap writing its first backup), never its parents.
     pub fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
         Self::open_with(opts, false)
     }
