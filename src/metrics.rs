@@ -2,7 +2,12 @@
 //! most important one is `tablesnap_oldest_pending_seconds`, the age of the oldest file not
 //! yet durable: the recovery point this node would lose if its disks died now.
 //!
-//! Served by a deliberately tiny HTTP/1.1 responder (GET /metrics), no framework needed.
+//! Served by a deliberately tiny HTTP/1.1 responder, no framework needed: `GET /metrics`,
+//! and `GET /healthz` for liveness and readiness probes (Kubernetes, load balancers,
+//! monitoring agents): 200 while the main loop is alive and the destination takes uploads;
+//! 503, with the reason in the body, when the loop has not come round for
+//! [`LOOP_STALLED`] or every upload has been failing at the destination for longer than
+//! `--health-failing-after`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -44,7 +49,26 @@ pub struct Metrics {
     pub oldest_pending_ms: AtomicU64,
     /// Unix time (ms) of the last successful upload; 0 = none yet.
     pub last_success_ms: AtomicU64,
+    /// Unix time (ms) of the first failure at the destination since the last success (or
+    /// since start); stale once `last_success_ms` is later. 0 = none.
+    pub failing_since_ms: AtomicU64,
+    /// Unix time (ms) the main loop last came round (its heartbeat); 0 = not started.
+    pub loop_alive_ms: AtomicU64,
+    /// How long uploads may fail at the destination before `/healthz` says 503 (ms);
+    /// 0 = never for that reason.
+    pub failing_after_ms: AtomicU64,
 }
+
+/// A main loop that has not come round for this long is stalled (it beats every
+/// [`HEARTBEAT`] even when idle).
+pub const LOOP_STALLED: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the main loop records that it is alive.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Default of `--health-failing-after`.
+pub const DEFAULT_FAILING_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Failure kinds that are the destination's (not this node's disk, not a file's name).
+const DESTINATION_KINDS: [&str; 4] = ["transient", "denied", "not_found", "other"];
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -55,11 +79,54 @@ pub fn now_ms() -> u64 {
 
 impl Metrics {
     pub fn failure(&self, kind: &str) {
+        self.failure_at(kind, now_ms());
+    }
+
+    fn failure_at(&self, kind: &str, now: u64) {
         let i = FAILURE_KINDS
             .iter()
             .position(|k| *k == kind)
             .unwrap_or(FAILURE_KINDS.len() - 1);
         self.failures[i].fetch_add(1, Ordering::Relaxed);
+        if DESTINATION_KINDS.contains(&FAILURE_KINDS[i]) {
+            let since = self.failing_since_ms.load(Ordering::Relaxed);
+            if since == 0 || self.last_success_ms.load(Ordering::Relaxed) >= since {
+                self.failing_since_ms.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The main loop's heartbeat.
+    pub fn alive(&self) {
+        self.loop_alive_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// What `/healthz` answers at `now` (ms): 200 "ok", or 503 and why.
+    pub fn health(&self, now: u64) -> (u16, String) {
+        let alive = self.loop_alive_ms.load(Ordering::Relaxed);
+        let stalled = LOOP_STALLED.as_millis() as u64;
+        if alive != 0 && now.saturating_sub(alive) > stalled {
+            return (
+                503,
+                format!(
+                    "main loop stalled: last came round {} s ago",
+                    now.saturating_sub(alive) / 1000
+                ),
+            );
+        }
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        let after = self.failing_after_ms.load(Ordering::Relaxed);
+        let failing = since != 0 && self.last_success_ms.load(Ordering::Relaxed) < since;
+        if failing && after != 0 && now.saturating_sub(since) > after {
+            return (
+                503,
+                format!(
+                    "destination failing: no upload has succeeded for {} s since the first failure (see the log and tablesnap_upload_failures_total)",
+                    now.saturating_sub(since) / 1000
+                ),
+            );
+        }
+        (200, "ok".into())
     }
 
     pub fn rescan(&self, reason: &str) {
@@ -193,6 +260,13 @@ impl Metrics {
     }
 }
 
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// The pause after a failed accept: 50 ms, doubling, at most 2 s.
 fn accept_backoff(prev: std::time::Duration) -> std::time::Duration {
     (prev * 2).clamp(
@@ -257,16 +331,18 @@ pub async fn serve(
                 let resp = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?")
                 {
                     let body = metrics.render(&uploader.stats);
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+                    response("200 OK", "text/plain; version=0.0.4", &body)
+                } else if line.starts_with("GET /healthz ") || line.starts_with("GET /healthz?") {
+                    let (code, why) = metrics.health(now_ms());
+                    let status = if code == 200 {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    };
+                    response(status, "text/plain", &format!("{why}\n"))
                 } else {
-                    let body = "tablesnap: metrics are at /metrics\n";
-                    format!(
-                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+                    let body = "tablesnap: metrics are at /metrics, health at /healthz\n";
+                    response("404 Not Found", "text/plain", body)
                 };
                 let _ = sock.write_all(resp.as_bytes()).await;
                 let _ = sock.shutdown().await;
@@ -274,6 +350,73 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    /// `/healthz`: ok until the destination has failed (and nothing succeeded) for longer
+    /// than the threshold, ok again after a success; a loop that stops beating is stalled.
+    #[test]
+    fn health_follows_the_destination_and_the_loop() {
+        let m = Metrics::default();
+        m.failing_after_ms.store(60_000, Ordering::Relaxed);
+        let t0 = now_ms();
+        m.alive();
+        assert_eq!(m.health(t0).0, 200);
+        m.failure("local"); // this node's disk, not the destination
+        assert_eq!(
+            m.health(t0 + 3_600_000 - 1).0,
+            503,
+            "the loop did not beat for an hour"
+        );
+        m.alive();
+        let t1 = now_ms();
+        assert_eq!(
+            m.health(t1 + 61_000).0,
+            503,
+            "loop silent for 61 s is stalled"
+        );
+        m.alive();
+        assert_eq!(
+            m.health(now_ms()).0,
+            200,
+            "a local failure is not the destination's"
+        );
+        let since = now_ms();
+        m.failure_at("transient", since);
+        assert_eq!(m.failing_since_ms.load(Ordering::Relaxed), since);
+        m.loop_alive_ms.store(since + 59_000, Ordering::Relaxed);
+        let (code, why) = m.health(since + 59_000);
+        assert_eq!(code, 200, "{why}");
+        let later = since + 61_000;
+        m.loop_alive_ms.store(later, Ordering::Relaxed);
+        let (code, why) = m.health(later);
+        assert_eq!(code, 503, "{why}");
+        assert!(why.starts_with("destination failing"), "{why}");
+        // A success ends it; a new failure starts a new count.
+        m.last_success_ms.store(later + 1, Ordering::Relaxed);
+        assert_eq!(m.health(later + 2).0, 200);
+        m.loop_alive_ms.store(later + 10, Ordering::Relaxed);
+        m.failure_at("denied", later + 5);
+        let again = m.failing_since_ms.load(Ordering::Relaxed);
+        assert_eq!(
+            again,
+            later + 5,
+            "a failure after a success starts a new streak"
+        );
+        m.failure_at("transient", later + 7);
+        assert_eq!(
+            m.failing_since_ms.load(Ordering::Relaxed),
+            again,
+            "the streak goes on"
+        );
+        // 0 turns the destination rule off.
+        m.failing_after_ms.store(0, Ordering::Relaxed);
+        m.loop_alive_ms.store(again + 3_600_000, Ordering::Relaxed);
+        assert_eq!(m.health(again + 3_600_000).0, 200);
+    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,15 @@ pub struct SnapArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9108
     #[arg(long = "metrics-addr", env = "TABLESNAP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: GET /healthz answers 503 once uploads have failed at the
+    /// destination for this many seconds with none succeeding (0: never for that reason)
+    #[arg(
+        long = "health-failing-after",
+        value_name = "SECONDS",
+        default_value_t = 900,
+        env = "TABLESNAP_HEALTH_FAILING_AFTER"
+    )]
+    pub health_failing_after: u64,
 }
 
 impl SnapArgs {
@@ -230,6 +239,7 @@ impl SnapArgs {
         cfg.index_delay = Duration::from_millis(self.index_delay);
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
         cfg.metrics_addr = self.metrics_addr;
+        cfg.health_failing_after = Duration::from_secs(self.health_failing_after);
         Ok(cfg)
     }
 }

@@ -65,8 +65,11 @@ pub struct Config {
     /// Notified once the watches are in place and the startup scan is queued (tests wait on
     /// it; the binary reports readiness to systemd there).
     pub ready: Option<Arc<tokio::sync::Notify>>,
-    /// Serve Prometheus metrics here.
+    /// Serve Prometheus metrics (and `/healthz`) here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `/healthz` answers 503 once uploads have failed at the destination this long with
+    /// none succeeding; zero: never for that reason.
+    pub health_failing_after: Duration,
     /// Called periodically from the main loop (systemd's watchdog): if the loop hangs, the
     /// pings stop and the service manager restarts the daemon.
     pub watchdog: Option<Watchdog>,
@@ -105,6 +108,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             ready: None,
             metrics_addr: None,
+            health_failing_after: crate::metrics::DEFAULT_FAILING_AFTER,
             watchdog: None,
         }
     }
@@ -184,6 +188,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     upload_cfg.copy_hardlinks |= cfg.events.create;
     let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), upload_cfg));
     let metrics = Arc::new(Metrics::default());
+    metrics.failing_after_ms.store(
+        cfg.health_failing_after.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let cancel = CancellationToken::new();
     let _stop_metrics = cancel.clone().drop_guard();
     if let Some(addr) = cfg.metrics_addr {
@@ -195,7 +203,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         )
         .await
         .map_err(|source| DaemonError::Metrics { addr, source })?;
-        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+        tracing::info!(%bound, "serving Prometheus metrics at /metrics and health at /healthz");
     }
 
     // Watch before scanning, so nothing written between the scan and the watch is missed.

@@ -50,6 +50,7 @@ pub(super) async fn main_loop(
         mut unwatched_retry,
         mut watchdog,
         mut rescan,
+        mut heartbeat,
     } = Timers::new(d.cfg);
     loop {
         // Start what we can.
@@ -102,6 +103,7 @@ pub(super) async fn main_loop(
                 d.metrics.rescan("interval");
                 d.spawn_scan("interval", true, &found_tx);
             }
+            _ = heartbeat.tick() => d.metrics.alive(),
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 if let Some(w) = &d.cfg.watchdog { (w.ping)(); }
             }
@@ -129,6 +131,8 @@ struct Timers {
     watchdog: Option<tokio::time::Interval>,
     /// `--rescan-interval`: LIST and scan again.
     rescan: Option<tokio::time::Interval>,
+    /// The loop's own heartbeat for `/healthz`, beating even when there is nothing to do.
+    heartbeat: tokio::time::Interval,
 }
 
 impl Timers {
@@ -143,6 +147,7 @@ impl Timers {
             unwatched_retry: every(Duration::from_secs(2), now),
             watchdog: cfg.watchdog.as_ref().map(|w| every(w.interval, now)),
             rescan: cfg.rescan_interval.map(|i| every(i, now + i)),
+            heartbeat: every(crate::metrics::HEARTBEAT, now),
         }
     }
 }
