@@ -42,6 +42,19 @@ done
 ((select_all)) && cargo_args=(--all-targets "${cargo_args[@]+"${cargo_args[@]}"}")
 
 export TABLESNAP_EMU_STATE=${TABLESNAP_EMU_STATE:-$REPO/.ci/work/emulators}
+
+# Prometheus and promtool (Debian's package, about 10 s) for tests/prometheus.rs: the
+# shipped alert rules and a real scrape. Installed when missing and we are root (CI);
+# elsewhere those tests say they were skipped.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing prometheus (Debian package) for the alert-rule tests" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "test.sh: prometheus/promtool not installed (apt-get install prometheus): tests/prometheus.rs will skip" >&2
+    fi
+fi
 # What to stop on exit: only the servers started here.
 stop_here=()
 cleanup() {
