@@ -20,7 +20,8 @@ for f in ./usr/bin/tablesnap ./usr/bin/tableslurp ./usr/bin/tablechop \
     ./usr/share/man/man1/tablesnap.1.gz ./usr/share/man/man1/tableslurp.1.gz ./usr/share/man/man1/tablechop.1.gz \
     ./usr/share/bash-completion/completions/tablesnap ./usr/share/zsh/vendor-completions/_tablechop \
     ./usr/share/fish/vendor_completions.d/tableslurp.fish \
-    ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap ./usr/share/doc/tablesnap/README.md; do
+    ./lib/systemd/system/tablesnap.service ./etc/default/tablesnap ./usr/share/doc/tablesnap/README.md \
+    ./usr/share/tablesnap/prometheus/tablesnap.rules.yml; do
     grep -q " $f\$" <<<"$contents" || { echo "package.sh: $f missing from $deb" >&2; exit 1; }
 done
 tmp=$(mktemp -d)
