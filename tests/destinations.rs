@@ -77,3 +77,67 @@ fn tableslurp_says_bucket_missing_and_creates_nothing() {
         assert!(!missing.exists(), "{args:?} created the bucket");
     }
 }
+
+/// After the README's demo (`-n demo`), the next thing a user types is `tableslurp --list`
+/// without `-n`: it must say which hosts the bucket has, not just "nothing found" for this
+/// machine's name (issue #19, item 4). The same for a restore on a node with another name.
+#[test]
+fn nothing_found_for_this_host_names_the_hosts_the_bucket_has() {
+    let data = tempfile::tempdir().unwrap();
+    let table = data.path().join("ks/t-0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(&table).unwrap();
+    std::fs::write(table.join("nb-1-big-Data.db"), b"data").unwrap();
+    std::fs::write(table.join("nb-1-big-TOC.txt"), b"Data.db\nTOC.txt\n").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", t.path().join("demo").display());
+    for host in ["demo", "node2.example.com"] {
+        let (code, out) = common::run_bin(
+            SNAP,
+            &[
+                "--once",
+                "-r",
+                "-n",
+                host,
+                &url,
+                data.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    // This machine's own name (the default) has no backup there.
+    let (code, out) = common::run_bin(SLURP, &["--list", &url], &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("nothing found under "), "{out}");
+    assert!(
+        out.contains("the bucket has backups of other hosts: demo, node2.example.com (pass -n HOST, or -n '*' to list them all)"),
+        "{out}"
+    );
+    let origin = table.to_str().unwrap();
+    let target = t.path().join("restore");
+    let (code, out) = common::run_bin(
+        SLURP,
+        &["-n", "vm", &url, origin, target.to_str().unwrap()],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("nothing to restore"), "{out}");
+    assert!(
+        out.contains("other hosts: demo, node2.example.com"),
+        "{out}"
+    );
+    // As the hint says: -n demo lists the table, and restores it.
+    let (code, out) = common::run_bin(SLURP, &["-n", "demo", "--list", &url], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(origin), "{out}");
+    let (code, out) = common::run_bin(
+        SLURP,
+        &["-n", "demo", &url, origin, target.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read(target.join("nb-1-big-Data.db")).unwrap(),
+        b"data"
+    );
+}

@@ -261,6 +261,9 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let plan = match restore::prepare(&store, &opts, threads).await {
         Ok(p) => p,
         Err(PrepareError::List(e)) => bail!("{e}"),
+        Err(e @ PrepareError::Plan(restore::PlanError::NothingToRestore { .. })) => {
+            bail!("{e}{}", hosts_hint(&store, &opts.layout).await)
+        }
         Err(e) => bail!("{e}"),
     };
     for p in &plan.problems {
@@ -436,6 +439,48 @@ fn check_writable(target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When nothing is found for this host: which hosts the bucket does hold (one delimiter
+/// listing of the prefix), so `-n` can be corrected, e.g. after the README's demo (`-n demo`)
+/// or on a replacement node whose host name differs from the old one's.
+async fn hosts_hint(store: &Store, layout: &Layout) -> String {
+    if layout.name == "*" {
+        return String::new();
+    }
+    let (dir, start) = match layout.prefix.rfind('/') {
+        Some(i) => (&layout.prefix[..i], &layout.prefix[i + 1..]),
+        None => ("", layout.prefix.as_str()),
+    };
+    const SHOWN: usize = 20;
+    let hosts: Vec<String> = match store.list_prefixes(dir, 10_000).await {
+        Ok(p) => p
+            .into_iter()
+            .filter_map(|p| {
+                p.strip_prefix(start)?
+                    .strip_suffix(layout.separator.as_str())
+                    .map(str::to_owned)
+            })
+            .filter(|h| !h.is_empty() && *h != layout.name)
+            .collect(),
+        Err(_) => return String::new(),
+    };
+    if hosts.is_empty() {
+        return "; the bucket holds no backup of any host there".to_string();
+    }
+    let more = hosts.len().saturating_sub(SHOWN);
+    let mut shown = hosts
+        .iter()
+        .take(SHOWN)
+        .map(|h| escape(h))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if more > 0 {
+        shown.push_str(&format!(" and {more} more"));
+    }
+    format!(
+        "; the bucket has backups of other hosts: {shown} (pass -n HOST, or -n '*' to list them all)"
+    )
+}
+
 async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCode> {
     let (dir, filter) = if layout.name == "*" {
         // Every host: list the prefix's directory and keep the keys that start with it.
@@ -456,7 +501,10 @@ async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCo
         .collect();
     let inv = restore::inventory(&objects, &layout.prefix, &layout.separator);
     if inv.is_empty() {
-        bail!("nothing found under {filter}");
+        bail!(
+            "nothing found under {filter}{}",
+            hosts_hint(store, layout).await
+        );
     }
     let fmt = |t: Option<DateTime<Utc>>| {
         t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())

@@ -206,6 +206,53 @@ impl Store {
             .boxed()
     }
 
+    /// The names of the "directories" directly below `dir` (`""`: the bucket's top level),
+    /// from one delimiter listing, not a listing of everything below: for a hint such as
+    /// which hosts a bucket holds. Sorted; at most `limit`.
+    pub async fn list_prefixes(&self, dir: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let dir = dir.trim_end_matches('/');
+        let mut out: Vec<String> = if let Some(root) = &self.local_root {
+            let d = if dir.is_empty() {
+                root.clone()
+            } else {
+                root.join(dir)
+            };
+            match std::fs::read_dir(&d) {
+                Ok(rd) => rd
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => {
+                    return Err(StoreError::Local {
+                        op: "list",
+                        key: format!("{dir}/"),
+                        source,
+                    });
+                }
+            }
+        } else {
+            let p = if dir.is_empty() {
+                None
+            } else {
+                Some(Self::path(dir)?)
+            };
+            let r = self
+                .inner
+                .list_with_delimiter(p.as_ref())
+                .await
+                .map_err(self.op_err("list", dir))?;
+            r.common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_owned))
+                .collect()
+        };
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Collects `list_dir` into a vector.
     pub async fn list_all(&self, dir: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         self.list_dir(dir).try_collect().await
