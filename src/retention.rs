@@ -5,12 +5,19 @@
 //! longer be restored. Here the rules are applied **per table directory**, and the decision is
 //! the pure function [`decide`] so that every rule is unit-tested:
 //!
-//! 1. in every directory, the newest index is kept, whatever its age;
+//! 1. in every live directory, the newest index is kept, whatever its age (a snapshot's
+//!    `snapshots/<tag>/` and the incremental `backups/` directories are not live: their
+//!    indexes expire by age like any other, as in the original, so cleared snapshots go);
 //! 2. every index younger than AGE is kept;
 //! 3. every object a kept index names is kept;
 //! 4. no object younger than AGE is deleted (it may belong to an index not yet written);
 //! 5. nothing outside `PREFIX+NAME+SEP+PATH/` is ever touched;
-//! 6. a kept index that cannot be read keeps everything under its directory.
+//! 6. a kept index that cannot be read keeps everything under its directory;
+//! 7. whatever AGE (even 0), no object stored in the same second as its directory's newest
+//!    index or later is deleted, while that index is kept: tablesnap stores files before the index that names them,
+//!    so such an object may be named by the next index (tablechop running beside the
+//!    daemon must not delete what it is about to name); in a directory with no index at
+//!    all, objects younger than [`INDEX_GRACE`] are kept for the same reason.
 //!
 //! Everything else under the prefix, old indexes included, is deleted.
 //!
@@ -70,6 +77,11 @@ impl Scope {
     }
 }
 
+/// How long an object of a directory without any index is kept whatever AGE (rule 7): the
+/// daemon writes a directory's first index once its first complete SSTable is stored, which
+/// for a large one can take hours.
+pub const INDEX_GRACE: Duration = Duration::days(1);
+
 /// Why an object is kept or deleted (the `reason` of `tablechop --json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -83,6 +95,9 @@ pub enum Reason {
     UnreadableIndex,
     /// Younger than AGE_DAYS (it may belong to an index not written yet).
     Young,
+    /// Not older than its directory's newest index (or, with no index, than
+    /// [`INDEX_GRACE`]): the next index may name it (rule 7).
+    AwaitingIndex,
     /// Older than AGE_DAYS and named by no kept index.
     Old,
 }
@@ -95,6 +110,9 @@ impl Reason {
             Reason::Named => "named by a kept index",
             Reason::UnreadableIndex => "in the directory of a kept index that could not be read",
             Reason::Young => "younger than AGE_DAYS",
+            Reason::AwaitingIndex => {
+                "not older than its directory's newest index (the next index may name it)"
+            }
             Reason::Old => "older than AGE_DAYS and named by no kept index",
         }
     }
@@ -262,7 +280,7 @@ impl Tables {
     pub fn kept_indexes(&self, now: DateTime<Utc>, age: Duration) -> Vec<KeptIndex> {
         let mut out = Vec::new();
         for (dir, entries) in &self.dirs {
-            for (e, reason) in kept_in_dir(entries, now, age) {
+            for (e, reason) in kept_in_dir(dir, entries, now, age) {
                 out.push(KeptIndex {
                     key: self.key(dir, &e.name),
                     dir: dir.to_string(),
@@ -312,11 +330,29 @@ impl Tables {
         let Some(entries) = self.dirs.get(dir) else {
             return;
         };
-        let kept_idx: HashMap<&str, Reason> = kept_in_dir(entries, now, age)
+        let kept_idx: HashMap<&str, Reason> = kept_in_dir(dir, entries, now, age)
             .into_iter()
             .map(|(e, r)| (&*e.name, r))
             .collect();
         let whole = kept.whole(dir);
+        let newest_index = entries
+            .iter()
+            .filter(|e| e.name.ends_with(INDEX_SUFFIX))
+            .map(|e| e.modified.timestamp())
+            .max();
+        // Rule 7 waits for a next index only where the newest is still kept (always in a
+        // live directory; a snapshot whose indexes expired gets none).
+        let newest_kept = entries.iter().any(|e| {
+            Some(e.modified.timestamp()) == newest_index && kept_idx.contains_key(&*e.name)
+        });
+        // Indexes are never "about to be named": rule 7 is for the objects they name.
+        let awaiting = |e: &Entry| {
+            !e.name.ends_with(INDEX_SUFFIX)
+                && match newest_index {
+                    Some(t) => newest_kept && e.modified.timestamp() >= t,
+                    None => young(e.modified, now, INDEX_GRACE),
+                }
+        };
         let mut order: Vec<&Entry> = entries.iter().collect();
         order.sort_by(|a, b| a.name.cmp(&b.name));
         for e in order {
@@ -326,6 +362,8 @@ impl Tables {
                 Reason::Named
             } else if whole {
                 Reason::UnreadableIndex
+            } else if awaiting(e) {
+                Reason::AwaitingIndex
             } else if young(e.modified, now, age) {
                 Reason::Young
             } else {
@@ -342,14 +380,22 @@ impl Tables {
     }
 }
 
-/// Rules 1 and 2 in one directory: its newest index, and every index younger than AGE.
-fn kept_in_dir(entries: &[Entry], now: DateTime<Utc>, age: Duration) -> Vec<(&Entry, Reason)> {
+/// Rules 1 and 2 in one directory: its newest index (live directories only), and every index
+/// younger than AGE.
+fn kept_in_dir<'a>(
+    dir: &str,
+    entries: &'a [Entry],
+    now: DateTime<Utc>,
+    age: Duration,
+) -> Vec<(&'a Entry, Reason)> {
+    let live =
+        crate::cassandra::dir_kind(std::path::Path::new(dir)) == crate::cassandra::DirKind::Live;
     let idx = entries.iter().filter(|e| e.name.ends_with(INDEX_SUFFIX));
     let Some(newest) = idx.clone().max_by(|a, b| newness(a).cmp(&newness(b))) else {
         return Vec::new();
     };
     idx.filter_map(|e| {
-        if std::ptr::eq(e, newest) {
+        if live && std::ptr::eq(e, newest) {
             Some((e, Reason::NewestIndex))
         } else if young(e.modified, now, age) {
             Some((e, Reason::YoungIndex))
@@ -584,7 +630,7 @@ mod tests {
                 delete: vec!["h:/d/u/c"],
             },
             Case {
-                name: "equal LastModified: the higher generation is the newest index",
+                name: "equal LastModified: the higher generation is the newest index (the other's data, stored in that second too, waits: rule 7)",
                 objects: vec![
                     ("h:/d/t/nb-9-big-Data.db", 30.0),
                     ("h:/d/t/nb-10-big-Data.db", 30.0),
@@ -597,9 +643,86 @@ mod tests {
                     vec!["nb-10-big-Data.db"],
                 )],
                 age_days: 7,
+                delete: vec!["h:/d/t/nb-9-big-Data.db-listdir.json"],
+            },
+            Case {
+                name: "rule 7: tablechop 0 beside the daemon keeps what was stored after the newest index",
+                objects: vec![
+                    ("h:/d/t/a-1-Data.db", 2.0),
+                    ("h:/d/t/a-1-Data.db-listdir.json", 2.0),
+                    ("h:/d/t/a-0-Data.db", 3.0),
+                    ("h:/d/t/a-2-Data.db", 0.001),
+                    ("h:/d/t/a-2-TOC.txt", 0.001),
+                ],
+                bodies: vec![(
+                    "h:/d/t/a-1-Data.db-listdir.json",
+                    "/d/t",
+                    vec!["a-1-Data.db"],
+                )],
+                age_days: 0,
+                delete: vec!["h:/d/t/a-0-Data.db"],
+            },
+            Case {
+                name: "rule 7: with no index at all, a day's grace whatever AGE",
+                objects: vec![("h:/d/t/x", 0.5), ("h:/d/t/y", 2.0)],
+                bodies: vec![],
+                age_days: 0,
+                delete: vec!["h:/d/t/y"],
+            },
+            Case {
+                name: "a cleared snapshot expires by age; the live table keeps its newest index",
+                objects: vec![
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/nb-1-big-Data.db",
+                        30.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/nb-1-big-Data.db-listdir.json",
+                        30.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s1/nb-1-big-Data.db",
+                        30.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s1/nb-1-big-Data.db-listdir.json",
+                        30.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s2/nb-1-big-Data.db",
+                        2.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s2/nb-1-big-Data.db-listdir.json",
+                        2.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/backups/nb-1-big-Data.db",
+                        30.0,
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/backups/nb-1-big-Data.db-listdir.json",
+                        30.0,
+                    ),
+                ],
+                bodies: vec![
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/nb-1-big-Data.db-listdir.json",
+                        "/d/ks/t-0123456789abcdef0123456789abcdef",
+                        vec!["nb-1-big-Data.db"],
+                    ),
+                    (
+                        "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s2/nb-1-big-Data.db-listdir.json",
+                        "/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s2",
+                        vec!["nb-1-big-Data.db"],
+                    ),
+                ],
+                age_days: 7,
                 delete: vec![
-                    "h:/d/t/nb-9-big-Data.db",
-                    "h:/d/t/nb-9-big-Data.db-listdir.json",
+                    "h:/d/ks/t-0123456789abcdef0123456789abcdef/backups/nb-1-big-Data.db",
+                    "h:/d/ks/t-0123456789abcdef0123456789abcdef/backups/nb-1-big-Data.db-listdir.json",
+                    "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s1/nb-1-big-Data.db",
+                    "h:/d/ks/t-0123456789abcdef0123456789abcdef/snapshots/s1/nb-1-big-Data.db-listdir.json",
                 ],
             },
             Case {
@@ -633,7 +756,8 @@ mod tests {
             ("h:/d/t/n-3-Data.db-listdir.json", 1.0),
             ("h:/d/t/f2", 30.0),
             ("h:/d/t/f3", 30.0),
-            ("h:/d/t/f-young", 1.0),
+            ("h:/d/t/f-young", 2.0),
+            ("h:/d/t/f-after", 0.5),
             ("h:/d/t/f-old", 30.0),
             ("h:/d/u/z-1-Data.db-listdir.json", 30.0),
             ("h:/d/u/sub/deep", 30.0),
@@ -642,7 +766,7 @@ mod tests {
         ] {
             t.add(&obj(k, a));
         }
-        assert_eq!(t.len(), 10, "the key outside the scope is not folded in");
+        assert_eq!(t.len(), 11, "the key outside the scope is not folded in");
         let now = Utc.timestamp_opt(NOW, 0).unwrap();
         let age = Duration::days(7);
         let kept = t.kept_indexes(now, age);
@@ -683,6 +807,7 @@ mod tests {
         assert_eq!(
             got,
             [
+                ("h:/d/t/f-after", Reason::AwaitingIndex),
                 ("h:/d/t/f-old", Reason::Old),
                 ("h:/d/t/f-young", Reason::Young),
                 ("h:/d/t/f2", Reason::Named),
