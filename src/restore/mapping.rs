@@ -9,6 +9,10 @@ use std::path::Path;
 /// ignores a directory with the old id. With `auto`, a backup table directory whose exact
 /// name is not in TARGET but whose keyspace and table name match exactly one directory
 /// there is restored into that one. `explicit` pairs (`--map-table OLD=NEW`) win over it.
+/// A TARGET directory whose exact name is in the backup is never a destination of
+/// another: it gets its own data only. (A dropped table `users-<old>` beside its re-created
+/// successor `users-<new>` in the same backup used to be mapped into `users-<new>` too: the
+/// dropped rows came back, or both file sets raced for the same names.)
 #[derive(Debug, Clone, Default)]
 pub struct TableMapping {
     pub auto: bool,
@@ -64,18 +68,23 @@ pub(super) fn table_map<'a>(
         return out;
     }
     let existing: std::collections::HashSet<&str> = m.existing.iter().map(String::as_str).collect();
+    let rels: Vec<&'a str> = rels.filter_map(table_prefix).collect();
+    let in_backup: std::collections::HashSet<&str> = rels.iter().copied().collect();
     let key = |d: &'a str| -> Option<(&'a str, &'a str)> {
         let (ks, name) = d.split_once('/')?;
         Some((ks, table_and_id(name)?.0))
     };
     let mut there: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for d in &m.existing {
+        if in_backup.contains(d.as_str()) {
+            continue;
+        }
         if let Some(k) = key(d.as_str()) {
             there.entry(k).or_default().push(d.as_str());
         }
     }
     let mut wanted: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-    for rel in rels.filter_map(table_prefix) {
+    for rel in rels {
         if out.contains_key(rel) || existing.contains(rel) {
             continue;
         }
@@ -87,7 +96,17 @@ pub(super) fn table_map<'a>(
         }
     }
     for (k, from) in wanted {
-        let Some(to) = there.get(&k) else { continue };
+        let Some(to) = there.get(&k) else {
+            if m.existing.iter().any(|d| key(d) == Some(k)) {
+                tracing::info!(
+                    "{}: not mapped into TARGET's {}/{} directory, which has a backup of its own (a dropped table?); restored under its own name, which Cassandra ignores",
+                    crate::restore::escape(&from.join(", ")),
+                    crate::restore::escape(k.0),
+                    crate::restore::escape(k.1),
+                );
+            }
+            continue;
+        };
         match (&from[..], &to[..]) {
             ([from], [to]) => {
                 out.insert(from.to_string(), to.to_string());

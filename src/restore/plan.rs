@@ -90,6 +90,17 @@ pub enum TableProblem {
         name: String,
         key: String,
     },
+    #[error(
+        "{} and {} would both be restored to {}; neither is restored (use --map-table OLD=NEW, or restore them one at a time)",
+        crate::restore::escape(first),
+        crate::restore::escape(second),
+        dest.display()
+    )]
+    SameDestination {
+        first: String,
+        second: String,
+        dest: PathBuf,
+    },
 }
 
 /// One file to fetch.
@@ -525,6 +536,7 @@ pub fn plan(
             files,
         });
     }
+    refuse_shared_destinations(&mut plan);
     if opts.commitlogs.is_some() && plan.tables.is_empty() {
         tracing::warn!("no table restored: commit logs are not restored either");
     }
@@ -578,6 +590,40 @@ pub fn plan(
         });
     }
     Ok(plan)
+}
+
+/// Two files are never planned to one destination: tables whose files would land on the
+/// same path (two backup directories mapped into one, or restored into one TARGET) are
+/// both taken out of the plan, each pair a problem. Never a race for the same names.
+fn refuse_shared_destinations(plan: &mut Plan) {
+    let mut owner: HashMap<&Path, usize> = HashMap::new();
+    let mut refused = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for (i, t) in plan.tables.iter().enumerate() {
+        for f in &t.files {
+            match owner.get(f.dest.as_path()) {
+                Some(&j) if j != i => {
+                    if refused.insert(i) | refused.insert(j) {
+                        problems.push(TableProblem::SameDestination {
+                            first: plan.tables[j].dir.clone(),
+                            second: t.dir.clone(),
+                            dest: f.dest.clone(),
+                        });
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    owner.insert(&f.dest, i);
+                }
+            }
+        }
+    }
+    plan.problems.extend(problems);
+    let mut i = 0;
+    plan.tables.retain(|_| {
+        i += 1;
+        !refused.contains(&(i - 1))
+    });
 }
 
 #[cfg(test)]

@@ -398,3 +398,91 @@ fn recreated_tables_map_into_the_existing_directory() {
     let p = plan(&l, &b, None, &o).unwrap();
     assert!(p.tables.iter().all(|t| t.mapped_to.is_none()));
 }
+
+/// Issue #15, item 5: a dropped table (`users-<old>`) and its re-created successor
+/// (`users-<new>`) are both in the backup; the new node has only `users-<new>`. The dropped
+/// one's data is not mapped into the successor: it keeps its own (ignored) directory.
+#[test]
+fn a_dropped_table_is_not_mapped_into_its_recreated_successor() {
+    let id = |c: char| c.to_string().repeat(32);
+    let mut l = Vec::new();
+    let mut b = HashMap::new();
+    for (dir, t) in [
+        (format!("/d/ks/users-{}", id('a')), 100),
+        (format!("/d/ks/users-{}", id('b')), 200),
+    ] {
+        let (l2, b2) = table(&dir, &[(1, t)]);
+        l.extend(l2);
+        b.extend(b2);
+    }
+    let mut o = opts(Selection::Recursive);
+    o.mapping = TableMapping {
+        auto: true,
+        explicit: vec![],
+        existing: vec![format!("ks/users-{}", id('b'))],
+    };
+    let p = plan(&l, &b, None, &o).unwrap();
+    let got: Vec<(String, Option<String>)> = p
+        .tables
+        .iter()
+        .map(|t| (t.target.display().to_string(), t.mapped_to.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (format!("/restore/ks/users-{}", id('a')), None),
+            (format!("/restore/ks/users-{}", id('b')), None),
+        ]
+    );
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+}
+
+/// Two backup directories planned into one TARGET directory (here by an explicit mapping
+/// onto a directory that has its own backup): never a race for the same names; both are
+/// refused, naming each other and the path.
+#[test]
+fn two_tables_planned_to_one_destination_are_both_refused() {
+    let id = |c: char| c.to_string().repeat(32);
+    let mut l = Vec::new();
+    let mut b = HashMap::new();
+    for dir in [
+        format!("/d/ks/t-{}", id('a')),
+        format!("/d/ks/t-{}", id('b')),
+    ] {
+        let (l2, b2) = table(&dir, &[(1, 100)]);
+        l.extend(l2);
+        b.extend(b2);
+    }
+    let (l3, b3) = table(&format!("/d/ks/u-{}", id('c')), &[(1, 100)]);
+    l.extend(l3);
+    b.extend(b3);
+    let mut o = opts(Selection::Recursive);
+    o.mapping = TableMapping {
+        auto: true,
+        explicit: vec![(format!("ks/t-{}", id('a')), format!("ks/t-{}", id('b')))],
+        existing: vec![format!("ks/t-{}", id('b'))],
+    };
+    let p = plan(&l, &b, None, &o).unwrap();
+    assert_eq!(
+        p.tables.iter().map(|t| t.dir.clone()).collect::<Vec<_>>(),
+        [format!("/d/ks/u-{}", id('c'))],
+        "only the table with a destination of its own is restored"
+    );
+    match &p.problems[..] {
+        [
+            TableProblem::SameDestination {
+                first,
+                second,
+                dest,
+            },
+        ] => {
+            assert_eq!(first, &format!("/d/ks/t-{}", id('a')));
+            assert_eq!(second, &format!("/d/ks/t-{}", id('b')));
+            assert_eq!(
+                dest,
+                &PathBuf::from(format!("/restore/ks/t-{}/nb-1-big-Data.db", id('b')))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
