@@ -280,6 +280,15 @@ impl Report {
 pub enum PrepareError {
     #[error("cannot list the backup: {0}")]
     List(#[source] StoreError),
+    #[error(
+        "cannot read index {}: {source}; stopping rather than restoring an older restore point in its place (try again, or choose one with -f or --as-of)",
+        escape(key)
+    )]
+    Index {
+        key: String,
+        #[source]
+        source: StoreError,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
 }
@@ -323,11 +332,15 @@ pub async fn prepare(
                 Err(e) if matches!(e.kind(), ErrorKind::Denied) => {
                     return Err(PrepareError::List(e));
                 }
-                Err(e) => {
-                    tracing::error!("cannot fetch index: {e}");
-                    // An empty body marks it unusable, so the walk goes on past it.
+                // Deleted since the listing (tablechop): unusable, so the walk goes on to
+                // the next older one, with the warning an incomplete index gets.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {
+                    tracing::warn!("index {} is gone since the listing: {e}", escape(&k));
                     bodies.insert(k, Bytes::new());
                 }
+                // Anything else (5xx, network, after the client's own retries): the restore
+                // point is there but unread; an older one must not be restored silently.
+                Err(source) => return Err(PrepareError::Index { key: k, source }),
             }
         }
     }

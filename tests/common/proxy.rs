@@ -11,6 +11,8 @@
 //! * [`Proxy::reset_on_accept`]: accept, then reset (RST) at once;
 //! * [`Proxy::fail_next`]: answer the next N requests with a canned S3 XML error
 //!   (`500 InternalError`, `503 SlowDown`) without forwarding them;
+//! * [`Proxy::fail_gets_of`]: answer every GET of a path containing a string with a canned
+//!   error (one object unreadable, the rest of the bucket fine);
 //! * [`Proxy::reset_mid_body`]: forward only the first N bytes of the body of the next
 //!   requests whose body is larger than N (a multipart part, say), then reset both sides;
 //! * [`Proxy::delay`]: hold every response for a while before forwarding it;
@@ -94,6 +96,8 @@ struct Plan {
     refuse: bool,
     reset_on_accept: bool,
     errors: VecDeque<u16>,
+    /// `(path substring, status)`: every GET whose path contains it gets that error.
+    fail_get: Option<(String, u16)>,
     reset_mid: Option<(u64, u32)>,
     delay: Duration,
 }
@@ -214,6 +218,12 @@ impl Proxy {
                 .errors
                 .extend(std::iter::repeat_n(status, n as usize))
         });
+    }
+
+    /// Answers every GET whose request path contains `path_part` with a canned S3 error
+    /// (`None`: stop). The other requests pass.
+    pub fn fail_gets_of(&self, path_part: Option<&str>, status: u16) {
+        self.with(|s| s.plan.fail_get = path_part.map(|p| (p.to_string(), status)));
     }
 
     /// For the next `times` requests whose body is larger than `after` bytes: forward
@@ -577,7 +587,13 @@ async fn serve(inner: &Inner, client: &mut TcpStream) -> End {
                 Op::Abort => s.counts.multipart_aborted += 1,
                 Op::Other => {}
             }
-            let fault = if let Some(st) = s.plan.errors.pop_front() {
+            let get_fault = s
+                .plan
+                .fail_get
+                .as_ref()
+                .filter(|(p, _)| req.first == "GET" && req.second.contains(p.as_str()))
+                .map(|(_, st)| *st);
+            let fault = if let Some(st) = s.plan.errors.pop_front().or(get_fault) {
                 s.counts.errors += 1;
                 Fault::Error(st)
             } else if let Some((after, times)) = s.plan.reset_mid.filter(|(a, _)| body_len > *a) {
