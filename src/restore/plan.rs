@@ -344,20 +344,46 @@ pub fn choose<'a>(
         Selection::Newest => {
             let all = by_dir.get(origin).map(Vec::as_slice).unwrap_or(&[]);
             let candidates = newest_first(all.iter().filter(eligible).copied());
-            match candidates.is_empty() {
-                false => Ok(vec![Choice {
-                    dir: origin.to_string(),
-                    target: opts.target.clone(),
-                    candidates,
-                    strict: opts.as_of.is_some(),
-                    indexes_total: all.len(),
-                    mapped_to: None,
-                }]),
-                true => Err(PlanError::NothingToRestore {
+            if candidates.is_empty() {
+                return Err(PlanError::NothingToRestore {
                     prefix: opts.origin_key(),
                     detail: as_of_detail(),
-                }),
+                });
             }
+            let mut out = vec![Choice {
+                dir: origin.to_string(),
+                target: opts.target.clone(),
+                candidates,
+                strict: opts.as_of.is_some(),
+                indexes_total: all.len(),
+                mapped_to: None,
+            }];
+            // The table's secondary indexes (`.<index>/` right below it) belong to it: a
+            // table restored without them comes back with indexes that find nothing.
+            for (dir, all) in &by_dir {
+                let is_index_dir = dir
+                    .strip_prefix(origin)
+                    .and_then(|r| r.strip_prefix("/."))
+                    .is_some_and(|r| !r.is_empty() && !r.contains('/'));
+                let Some(target) = is_index_dir
+                    .then(|| target_for(origin, dir, &opts.target))
+                    .flatten()
+                else {
+                    continue;
+                };
+                let candidates = newest_first(all.iter().filter(eligible).copied());
+                if !candidates.is_empty() {
+                    out.push(Choice {
+                        dir: dir.to_string(),
+                        target,
+                        candidates,
+                        strict: opts.as_of.is_some(),
+                        indexes_total: all.len(),
+                        mapped_to: None,
+                    });
+                }
+            }
+            Ok(out)
         }
         Selection::Recursive => {
             let rel_of =

@@ -486,3 +486,36 @@ fn two_tables_planned_to_one_destination_are_both_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue #15, item 10: the one-table restore brings the table's secondary indexes
+/// (`.<index>/` right below it) along, into the same place below TARGET; snapshots and
+/// other subdirectories stay out.
+#[test]
+fn the_one_table_restore_includes_its_secondary_index_directories() {
+    let mut l = Vec::new();
+    let mut b = HashMap::new();
+    for dir in ["/d", "/d/.t_idx", "/d/snapshots/s1", "/d/.t_idx/deeper"] {
+        let (l2, b2) = table(dir, &[(1, 100)]);
+        l.extend(l2);
+        b.extend(b2);
+    }
+    let p = plan(&l, &b, None, &opts(Selection::Newest)).unwrap();
+    let got: Vec<(String, String)> = p
+        .tables
+        .iter()
+        .map(|t| (t.dir.clone(), t.target.display().to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/d".to_string(), "/restore".to_string()),
+            ("/d/.t_idx".to_string(), "/restore/.t_idx".to_string()),
+        ]
+    );
+    assert!(
+        p.tables[1]
+            .files
+            .iter()
+            .any(|f| f.dest == std::path::Path::new("/restore/.t_idx/nb-1-big-Data.db"))
+    );
+}
