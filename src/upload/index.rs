@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The least time between two index writes of one directory (see
+/// [`Uploader::space_from_last_index`]): a little over a second.
+pub const INDEX_SPACING: std::time::Duration = std::time::Duration::from_millis(1050);
+
 impl Uploader {
     /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
     /// classifies the directory now ([`crate::cassandra::DirView`]), makes every file of
@@ -70,6 +74,9 @@ impl Uploader {
             content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
             user: vec![],
         };
+        if !named.is_empty() {
+            self.space_from_last_index(dir, cancel).await?;
+        }
         for data in &named {
             let key = layout::index_key(&key_of(&self.layout, data)?);
             tokio::select! {
@@ -83,11 +90,39 @@ impl Uploader {
             self.unindexed.lock().unwrap().remove(data);
             self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
         }
+        if !named.is_empty() {
+            let done = tokio::time::Instant::now();
+            self.last_index
+                .lock()
+                .unwrap()
+                .insert(dir.to_path_buf(), done);
+        }
         Ok(IndexWritten {
             names: listed,
             indexed: named,
             deferred,
         })
+    }
+
+    /// Readers take a directory's newest index by LastModified, which listings give to the
+    /// second; within one second they can only guess (by generation, which is wrong for a
+    /// compaction: its output's id is taken when it starts). So a new listing of a directory
+    /// is stored at least [`INDEX_SPACING`] after the previous one finished: its
+    /// LastModified is then a later second on any server, and every reader, the
+    /// original's included, picks it.
+    async fn space_from_last_index(
+        &self,
+        dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), UploadError> {
+        let last = self.last_index.lock().unwrap().get(dir).copied();
+        if let Some(t) = last {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t + INDEX_SPACING) => {}
+                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: dir.to_path_buf() }),
+            }
+        }
+        Ok(())
     }
 
     /// Makes durable every nameable file of the view that the filter accepts (other files

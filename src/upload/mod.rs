@@ -229,6 +229,9 @@ pub struct Uploader {
     pool: Arc<BufPool>,
     /// Files whose names no key can hold, reported once each.
     unstorable: Mutex<std::collections::HashSet<PathBuf>>,
+    /// When each directory's last index PUT finished: the next one starts a second later
+    /// at the earliest, so no two listings of a directory share a LastModified second.
+    last_index: Mutex<HashMap<PathBuf, tokio::time::Instant>>,
     /// Digest values of Data.db files read for upload, until their SSTable's Digest
     /// component can be compared (it is written after Data.db).
     digests: Mutex<HashMap<PathBuf, crate::digest::Value>>,
@@ -273,6 +276,7 @@ impl Uploader {
                 part as usize,
             )),
             unstorable: Mutex::new(Default::default()),
+            last_index: Mutex::new(HashMap::new()),
             digests: Mutex::new(HashMap::new()),
             by_inode: Mutex::new(Default::default()),
             stats: Stats::default(),
