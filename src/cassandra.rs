@@ -11,7 +11,9 @@
 //! `Descriptor`, `Component`, `LogFile` and `LogRecord`).
 //!
 //! An SSTable is **complete** when
-//! * its name is final (no `tmp-`/`tmplink-`/`-tmp-`/`-tmplink-`, which ≤ 2.2 renamed away),
+//! * its name is final: files with a temporary name (`tmp-`/`tmplink-`/`-tmp-`/`-tmplink-`,
+//!   which ≤ 2.2 renamed away, and a 3.0+ component rewrite `<component>.tmp`, renamed over
+//!   the component) are never named and belong to no SSTable ([`is_temporary`]),
 //! * its `TOC.txt` exists and every component the TOC lists exists,
 //! * no transaction log without a final record (`COMMIT`/`ABORT`) `ADD`s it, and
 //! * no committed transaction log `REMOVE`s it (it is obsolete, about to be deleted) and no
@@ -45,7 +47,11 @@ pub struct SstableFile<'a> {
     pub format: Format,
     /// `Data.db`, `TOC.txt`, `Digest.crc32`, `SAI+aa+...db` ...
     pub component: &'a str,
-    /// A `tmp`/`tmplink` name: written in place and renamed away (≤ 2.2), never final.
+    /// A temporary name, never final, renamed away when done: a `tmp-`/`tmplink-` prefix
+    /// (2.2), `-tmp-`/`-tmplink-` after the table name (≤ 2.1), or a component ending in
+    /// `.tmp` (3.0+: a component being rewritten, or received by streaming). Its `sstable`
+    /// keeps the prefix (a tmp SSTable is another SSTable); a `.tmp` component names the
+    /// SSTable it will replace a component of.
     pub temporary: bool,
 }
 
@@ -81,12 +87,12 @@ pub fn parse_name(name: &str) -> Option<SstableFile<'_>> {
                 Format::Big
             },
             component: g(6),
-            temporary: c.get(1).is_some(),
+            temporary: c.get(1).is_some() || g(6).ends_with(TMP_EXT),
         })
         .map(|mut f| {
             // Keep the tmp prefix in the SSTable name, so a temporary never groups with the
             // final SSTable of the same id.
-            if f.temporary {
+            if c.get(1).is_some() {
                 f.sstable = &name[..name.len() - f.component.len() - 1];
             }
             f
@@ -100,17 +106,24 @@ pub fn parse_name(name: &str) -> Option<SstableFile<'_>> {
         id: g(5),
         format: Format::Big,
         component: g(6),
-        temporary: c.get(3).is_some(),
+        temporary: c.get(3).is_some() || g(6).ends_with(TMP_EXT),
     })
 }
+
+/// `Descriptor.TMP_EXT`: 3.0+ rewrites a component of a finished SSTable (Statistics.db on
+/// incremental repair or an LCS level change) as `<component>.tmp`, then renames it over
+/// the component; entire-SSTable streaming (4.0+) receives `<component>.<nanos>.tmp`.
+const TMP_EXT: &str = ".tmp";
 
 /// `<version>_txn_<operation>_<time uuid>.log`: a flush's or compaction's transaction log.
 pub fn is_txn_log(name: &str) -> bool {
     TXN_LOG.is_match(name)
 }
 
-/// A name Cassandra uses for files in flight that are renamed into place (≤ 2.2), whatever
-/// their component.
+/// A name Cassandra uses for files in flight that are renamed into place, whatever their
+/// component: `tmp-`/`tmplink-` prefixes (2.2), `-tmp-`/`-tmplink-` infixes (≤ 2.1), and a
+/// component ending in `.tmp` (3.0+ metadata rewrites, streaming). Never uploaded, never
+/// named by an index, and no part of the SSTable it belongs to.
 pub fn is_temporary(name: &str) -> bool {
     parse_name(name).is_some_and(|f| f.temporary)
         || name.starts_with("tmp-")
@@ -310,8 +323,6 @@ pub fn parse_txn_log(content: &[u8]) -> TxnLog {
 /// Why an SSTable may not be named by an index yet (or ever).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotComplete {
-    /// `tmp-`/`-tmp-` names: renamed into place when done.
-    Temporary,
     /// Added by a transaction log with no final record.
     InTransaction { log: String },
     /// Added by an aborted transaction: about to be deleted.
@@ -327,7 +338,6 @@ pub enum NotComplete {
 impl std::fmt::Display for NotComplete {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotComplete::Temporary => write!(f, "temporary name"),
             NotComplete::InTransaction { log } => {
                 write!(
                     f,
@@ -363,6 +373,8 @@ pub struct DirView {
     /// (`manifest.json`, `schema.cql`, commit log segments ...).
     pub others: BTreeSet<String>,
     pub txn_logs: BTreeSet<String>,
+    /// Temporary names ([`is_temporary`]): never named, never part of an SSTable.
+    pub temporary: BTreeSet<String>,
 }
 
 impl DirView {
@@ -379,6 +391,11 @@ impl DirView {
         for n in names {
             if is_txn_log(n) {
                 v.txn_logs.insert(n.to_string());
+            } else if is_temporary(n) {
+                // In flight, renamed into place when done: neither a file of its SSTable
+                // (a Statistics.db.tmp beside a complete SSTable leaves it complete and
+                // unchanged) nor a file to name.
+                v.temporary.insert(n.to_string());
             } else if let Some(f) = parse_name(n) {
                 v.sstables
                     .entry(f.sstable.to_string())
@@ -431,10 +448,6 @@ impl DirView {
         txn: Option<NotComplete>,
         read: &mut impl FnMut(&str) -> Option<Vec<u8>>,
     ) -> Result<(), NotComplete> {
-        let any = s.files.iter().next().and_then(|n| parse_name(n));
-        if any.is_some_and(|f| f.temporary) {
-            return Err(NotComplete::Temporary);
-        }
         if let Some(why) = txn {
             return Err(why);
         }
@@ -594,6 +607,48 @@ mod tests {
             "nb_txn_compaction_6e3b8a70-0a7f-11ef-9a2b-5b2d6c9d3a11.log"
         ));
         assert!(!is_txn_log("nb-1-big-Data.db"));
+    }
+
+    /// Issue #15: Cassandra rewrites an SSTable's metadata (incremental repair, an LCS level
+    /// change) by writing `<component>.tmp` and renaming it over the component; 4.0's
+    /// entire-SSTable streaming writes `<component>.<nanos>.tmp`. Such a file is temporary,
+    /// never nameable, and its SSTable stays complete (and unchanged) beside it.
+    #[test]
+    fn a_component_rewrite_in_progress_is_temporary_and_leaves_its_sstable_complete() {
+        for n in [
+            "nb-5-big-Statistics.db.tmp",
+            "nb-5-big-Data.db.1733040000123456.tmp",
+            "da-3fw2_0tj4_46w3k2cpidnirvjy7k-bti-Statistics.db.tmp",
+            "ks-t-ka-2-Statistics.db.tmp",
+            "tmp-la-4-big-Data.db",
+            "tmplink-la-4-big-Index.db",
+            "ks-t-tmp-ka-2-Data.db",
+            "ks-t-tmplink-ka-2-Data.db",
+        ] {
+            assert!(is_temporary(n), "{n}");
+        }
+        for n in [
+            "nb-5-big-Statistics.db",
+            "manifest.json",
+            "nb-5-big-TOC.txt",
+        ] {
+            assert!(!is_temporary(n), "{n}");
+        }
+        let toc = BIG.join("\n") + "\n";
+        let mut names = files("nb-5-big", BIG);
+        names.push("nb-5-big-Statistics.db.tmp".into());
+        names.push("nb-5-big-Data.db.1733040000123456.tmp".into());
+        names.push("tmp-la-4-big-Data.db".into());
+        let v = view(&names, &[("nb-5-big-TOC.txt", toc)]);
+        let want: BTreeSet<String> = files("nb-5-big", BIG).into_iter().collect();
+        assert_eq!(v.nameable(), want);
+        assert_eq!(v.sstables["nb-5-big"].state, Ok(()));
+        assert_eq!(
+            v.sstables["nb-5-big"].files, want,
+            "a temporary is no file of its SSTable"
+        );
+        assert!(v.unfinished().next().is_none());
+        assert!(!v.others.contains("nb-5-big-Statistics.db.tmp"));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! paths where any regex matches (a search, not a full match); `-i RE...` uploads only paths
 //! where some regex matches. Events and scans test the full path; index listings test the
 //! bare file name, exactly as the original did.
+//!
+//! These rules are the operator's; Cassandra's own temporary names (`tmp-`, `-tmp-`, and
+//! the `.tmp` of a component being rewritten, which `-tmp` does not match) are never
+//! uploaded nor named whatever the rules say: [`crate::cassandra::is_temporary`] decides.
 
 use regex::Regex;
 

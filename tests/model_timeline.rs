@@ -1,0 +1,212 @@
+//! Issue #15: the daemon over time, on a data directory that behaves like a Cassandra 4.x
+//! node (the in-repo sample's nb SSTable as contents, transaction logs with real
+//! checksums), with `file://` destinations (no server needed). Each test is named after
+//! what went wrong and is bounded in time, so a regression fails instead of hanging.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::Running;
+use tablesnap::cassandra::{Record, RecordType};
+use tablesnap::daemon::Config;
+use tablesnap::layout::{self, Layout};
+use tablesnap::store::StoreOptions;
+
+const HOST: &str = "node1.example.com";
+const WAIT: Duration = Duration::from_secs(30);
+const NB: &str = "legacy_tables/legacy_nb_simple-84180d72e04a3ae68cc91ac6cdffd3f3";
+
+fn key(path: &Path) -> String {
+    Layout::new("", HOST, ":").data_key(path.to_str().unwrap())
+}
+
+/// Where the file:// bucket `bucket` keeps the object of `key`.
+fn object(bucket: &Path, key: &str) -> PathBuf {
+    bucket.join(key.trim_start_matches('/'))
+}
+
+fn config(bucket: &Path, paths: Vec<PathBuf>) -> Config {
+    let mut c = Config::new(
+        StoreOptions {
+            destination: format!("file://{}", bucket.display()),
+            ..Default::default()
+        },
+        Layout::new("", HOST, ":"),
+        paths,
+    );
+    c.index_delay = Duration::from_millis(300);
+    c
+}
+
+fn record(kind: RecordType, path: &str) -> String {
+    format!("{}\n", Record::new(kind, path))
+}
+
+fn append(p: &Path, s: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap();
+    f.write_all(s.as_bytes()).unwrap();
+}
+
+/// The components of the sample's nb SSTable, renamed to generation `g`, Data.db first and
+/// TOC last (as a flush writes them): (name, bytes).
+fn nb_components(g: u32) -> Vec<(String, Vec<u8>)> {
+    let root = common::sample_sstables();
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(root.join(NB))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (
+                n.replacen("nb-1-", &format!("nb-{g}-"), 1),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort_by_key(|(n, _)| (!n.ends_with("Data.db"), n.ends_with("TOC.txt"), n.clone()));
+    v
+}
+
+/// A flush of generation `g` under `log_op` (`flush`, `compaction`): a log with ADD (and a
+/// REMOVE per input), every component, COMMIT, then (Cassandra's cleanup) the inputs and
+/// the log are deleted. Returns the names of the new SSTable's files.
+fn transaction(dir: &Path, g: u32, inputs: &[(u32, Vec<String>)]) -> Vec<String> {
+    let op = if inputs.is_empty() {
+        "flush"
+    } else {
+        "compaction"
+    };
+    let log = dir.join(format!(
+        "nb_txn_{op}_{g:08x}-0a7f-11ef-9a2b-5b2d6c9d3a11.log"
+    ));
+    append(
+        &log,
+        &record(RecordType::Add, &format!("{}/nb-{g}-big", dir.display())),
+    );
+    for (i, _) in inputs {
+        append(
+            &log,
+            &record(RecordType::Remove, &format!("{}/nb-{i}-big", dir.display())),
+        );
+    }
+    let mut names = vec![];
+    for (n, b) in nb_components(g) {
+        std::fs::write(dir.join(&n), b).unwrap();
+        names.push(n);
+    }
+    append(&log, &record(RecordType::Commit, ""));
+    for (_, files) in inputs {
+        for n in files {
+            std::fs::remove_file(dir.join(n)).unwrap();
+        }
+    }
+    std::fs::remove_file(&log).unwrap();
+    names
+}
+
+/// The names in the index stored under `data`'s key, if any.
+fn index_of(bucket: &Path, data: &Path) -> Option<BTreeSet<String>> {
+    let body = std::fs::read(object(bucket, &layout::index_key(&key(data)))).ok()?;
+    Some(
+        layout::parse_listing(&body)
+            .unwrap()
+            .names
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Waits (bounded) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = tokio::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every key in the file:// bucket (file paths below it, as keys).
+fn bucket_keys(bucket: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![bucket.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(bucket)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn table(data: &Path) -> PathBuf {
+    let t = data.join("ks/events-5b608090e03d11ebb4c1d335f841c590");
+    std::fs::create_dir_all(&t).unwrap();
+    t
+}
+
+/// Item 1: Cassandra rewrites a finished SSTable's Statistics.db (incremental repair, an
+/// LCS level change) as `nb-5-big-Statistics.db.tmp`, then renames it over Statistics.db.
+/// The `.tmp` passed the default `-tmp` rule and was uploaded (and could be named in an
+/// index); it must never be, and the rename (IN_MOVED_TO) stores the new Statistics.db.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statistics_rewrite_tmp_is_never_stored_and_its_rename_is() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c
+    })
+    .await;
+    let gen5 = transaction(&t, 5, &[]);
+    let data5 = t.join("nb-5-big-Data.db");
+    until("nb-5 is indexed", || {
+        index_of(bucket.path(), &data5).is_some()
+    })
+    .await;
+
+    let stats = t.join("nb-5-big-Statistics.db");
+    let tmp = t.join("nb-5-big-Statistics.db.tmp");
+    let mut new_stats = std::fs::read(&stats).unwrap();
+    new_stats.extend_from_slice(b"repairedAt");
+    std::fs::write(&tmp, &new_stats).unwrap();
+    // Long enough for an upload of it (the defect) to happen.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::rename(&tmp, &stats).unwrap();
+    let stats_obj = object(bucket.path(), &key(&stats));
+    until("the renamed Statistics.db is stored", || {
+        std::fs::read(&stats_obj).is_ok_and(|b| b == new_stats)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    d.stop().await;
+    let keys = bucket_keys(bucket.path());
+    assert!(
+        !keys.iter().any(|k| k.ends_with(".tmp")),
+        "a temporary was stored: {keys:?}"
+    );
+    let idx = index_of(bucket.path(), &data5).unwrap();
+    assert_eq!(
+        idx,
+        gen5.into_iter().collect(),
+        "the index names nb-5 whole"
+    );
+}
