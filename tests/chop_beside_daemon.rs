@@ -13,34 +13,19 @@ use std::time::{Duration, SystemTime};
 
 use tablesnap::daemon::{self, Config};
 use tablesnap::layout::Layout;
-use tablesnap::store::StoreOptions;
 
 const HOST: &str = "node1.example.com";
 const CHOP: &str = env!("CARGO_BIN_EXE_tablechop");
 const TABLE: &str = "ks/t-0123456789abcdef0123456789abcdef";
 
 fn config(bucket: &Path, root: &Path, create: bool) -> Config {
-    let opts = StoreOptions {
-        destination: format!("file://{}", bucket.display()),
-        ..Default::default()
-    };
-    let mut c = Config::new(opts, Layout::new("", HOST, ":"), vec![root.to_path_buf()]);
-    c.index_delay = Duration::from_millis(100);
-    c.once = true;
-    c.recursive = true;
-    c.backup = true;
+    let mut c = common::once_on_file(bucket, root, HOST);
     c.events.create = create;
     c
 }
 
 async fn once(c: Config) -> daemon::Summary {
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        daemon::run(c, std::future::pending()),
-    )
-    .await
-    .expect("--once did not finish")
-    .expect("--once failed")
+    common::run_once(c).await
 }
 
 fn object(bucket: &Path, path: &Path) -> PathBuf {

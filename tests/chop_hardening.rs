@@ -44,9 +44,11 @@ fn chop_never_deletes_outside_the_bucket_through_a_symlink() {
     let data = w.put_data(&format!("{dir}/nb-2-big-Data.db"), b"d", 0o100644);
     let idx = w.put_index(&dir, "nb-2-big-Data.db", &["nb-2-big-Data.db".into()]);
     let gone = w.put_data(&format!("{dir}/nb-1-big-Data.db"), b"old", 0o100644);
-    for k in [&data, &idx, &gone] {
+    for k in [&data, &idx] {
         backdate(&c, k, 50 * DAY);
     }
+    // Older than the index that does not name it (rule 7 keeps what is not).
+    backdate(&c, &gone, 51 * DAY);
     // Outside the bucket: old files a symlinked directory and a symlinked file point to.
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("nb-9-big-Data.db");
@@ -211,9 +213,10 @@ fn a_key_with_control_characters_is_skipped_once_and_the_rest_goes_on() {
     let keep = w.put_data(&format!("{dir}/nb-1-big-Data.db"), b"d", 0o100644);
     let idx = w.put_index(&dir, "nb-1-big-Data.db", &["nb-1-big-Data.db".into()]);
     let old = w.put_data(&format!("{dir}/nb-0-big-Data.db"), b"o", 0o100644);
-    for k in [&keep, &idx, &old] {
+    for k in [&keep, &idx] {
         backdate(&c, k, 50 * DAY);
     }
+    backdate(&c, &old, 51 * DAY);
     // Names object_store cannot turn into a key: a tab, a newline (forged log line), ESC.
     let odd = [
         "nb-1-big-Data\t.db",
@@ -295,7 +298,14 @@ fn json_prints_one_decision_per_object() {
         old.clone(),
         ("delete", "older than AGE_DAYS and named by no kept index"),
     );
-    want.insert(young.clone(), ("keep", "younger than AGE_DAYS"));
+    // Stored after the newest index: rule 7 (the next index may name it).
+    want.insert(
+        young.clone(),
+        (
+            "keep",
+            "not older than its directory's newest index (the next index may name it)",
+        ),
+    );
 
     let before: BTreeSet<String> = all_keys(&opts, &c).into_iter().collect();
     let o = chop(&opts, &c, &["-d", "--json"]);

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use tablesnap::daemon::{self, Config};
-use tablesnap::layout::Layout;
-use tablesnap::store::StoreOptions;
 
 const HOST: &str = "node1.example.com";
 const SLURP: &str = env!("CARGO_BIN_EXE_tableslurp");
@@ -23,26 +21,13 @@ const TABLE: &str = "ks/t-0123456789abcdef0123456789abcdef";
 const DATA_SIZE: usize = 4 << 20;
 
 fn config(bucket: &Path, root: &Path, backup: bool) -> Config {
-    let opts = StoreOptions {
-        destination: format!("file://{}", bucket.display()),
-        ..Default::default()
-    };
-    let mut c = Config::new(opts, Layout::new("", HOST, ":"), vec![root.to_path_buf()]);
-    c.index_delay = Duration::from_millis(100);
-    c.once = true;
-    c.recursive = true;
+    let mut c = common::once_on_file(bucket, root, HOST);
     c.backup = backup;
     c
 }
 
 async fn once(c: Config) -> daemon::Summary {
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        daemon::run(c, std::future::pending()),
-    )
-    .await
-    .expect("--once did not finish")
-    .expect("--once failed")
+    common::run_once(c).await
 }
 
 /// Bytes this process has read with read(2) and friends, page cache included.

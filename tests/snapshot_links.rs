@@ -5,39 +5,25 @@
 //! right after linking). Before, 16 of 16 links of a snapshot taken after a restart were
 //! sent again and 0 copied. On `file://`, so the stored bytes can be read back.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tablesnap::daemon::{self, Config};
 use tablesnap::layout::Layout;
-use tablesnap::store::StoreOptions;
 
 const HOST: &str = "node1.example.com";
 const TABLE: &str = "ks/t-0123456789abcdef0123456789abcdef";
 
 fn config(bucket: &Path, root: &Path) -> Config {
-    let opts = StoreOptions {
-        destination: format!("file://{}", bucket.display()),
-        ..Default::default()
-    };
-    let mut c = Config::new(opts, Layout::new("", HOST, ":"), vec![root.to_path_buf()]);
-    c.index_delay = Duration::from_millis(100);
-    c.once = true;
-    c.recursive = true;
-    c.backup = true;
+    let mut c = common::once_on_file(bucket, root, HOST);
     // IN_CREATE: snapshots and backups are followed (the hard links).
     c.events.create = true;
     c
 }
 
 async fn once(c: Config) -> daemon::Summary {
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        daemon::run(c, std::future::pending()),
-    )
-    .await
-    .expect("--once did not finish")
-    .expect("--once failed")
+    common::run_once(c).await
 }
 
 fn object(bucket: &Path, path: &Path) -> PathBuf {

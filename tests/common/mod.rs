@@ -473,3 +473,33 @@ pub fn run_bin(bin: &str, args: &[&str], env: &[(String, String)]) -> (i32, Stri
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// A `--once -r -B` daemon on a `file://` bucket under `host` (index delay 100 ms): the
+/// restart-shaped runs of the node-life tests. Callers set `events.create` and the like.
+pub fn once_on_file(bucket: &Path, root: &Path, host: &str) -> Config {
+    let opts = StoreOptions {
+        destination: format!("file://{}", bucket.display()),
+        ..Default::default()
+    };
+    let mut c = Config::new(
+        opts,
+        tablesnap::layout::Layout::new("", host, ":"),
+        vec![root.to_path_buf()],
+    );
+    c.index_delay = Duration::from_millis(100);
+    c.once = true;
+    c.recursive = true;
+    c.backup = true;
+    c
+}
+
+/// Runs a `--once` daemon to its end (at most two minutes).
+pub async fn run_once(c: Config) -> Summary {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        daemon::run(c, std::future::pending()),
+    )
+    .await
+    .expect("--once did not finish")
+    .expect("--once failed")
+}
