@@ -210,3 +210,74 @@ async fn a_statistics_rewrite_tmp_is_never_stored_and_its_rename_is() {
         "the index names nb-5 whole"
     );
 }
+
+/// Runs the tablesnap binary with `args`, killed after `within`: (exit code, or None if it
+/// had to be killed; its stderr).
+fn run_bounded(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tablesnap"))
+        .args(args)
+        .env_clear()
+        .env("HOME", "/tmp")
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if t0.elapsed() > within {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        code,
+        std::fs::read_to_string(err.path()).unwrap_or_default(),
+    )
+}
+
+/// Item 2: a file whose mtime is in the future (a clock stepped back, `rsync -a` from a
+/// skewed host) was never "settled" (its age was computed against the clock), so `--once`
+/// waited for it for ever and no index named it. It is settled once it has stayed the same
+/// for the settle period as the daemon sees it: `--once` ends and stores it.
+#[test]
+fn once_with_a_future_mtime_file_ends_and_stores_it() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let gen1 = transaction(&t, 1, &[]);
+    let schema = t.join("schema.cql");
+    std::fs::write(&schema, b"CREATE TABLE ks.events (k int PRIMARY KEY);\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&schema)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(86400))
+        .unwrap();
+    let (code, err) = run_bounded(
+        &[
+            "--once",
+            "-r",
+            "-n",
+            HOST,
+            &format!("file://{}", bucket.path().display()),
+            data.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "--once did not end well (None: hung): {err}");
+    assert_eq!(
+        std::fs::read(object(bucket.path(), &key(&schema))).ok(),
+        Some(std::fs::read(&schema).unwrap()),
+        "the future-mtime file is not stored: {err}"
+    );
+    let idx = index_of(bucket.path(), &t.join("nb-1-big-Data.db")).expect("no index");
+    assert!(gen1.iter().all(|n| idx.contains(n)), "{err}");
+}
