@@ -246,9 +246,9 @@ fn run_bounded(args: &[&str], within: Duration) -> (Option<i32>, String) {
 /// Item 2: a file whose mtime is in the future (a clock stepped back, `rsync -a` from a
 /// skewed host) was never "settled" (its age was computed against the clock), so `--once`
 /// waited for it for ever and no index named it. It is settled once it has stayed the same
-/// for the settle period as the daemon sees it: `--once` ends and stores it.
+/// for the settle period as the daemon sees it: `--once` ends, stores it and names it.
 #[test]
-fn once_with_a_future_mtime_file_ends_and_stores_it() {
+fn once_with_a_future_mtime_file_ends_stores_it_and_names_it() {
     let data = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
@@ -278,6 +278,82 @@ fn once_with_a_future_mtime_file_ends_and_stores_it() {
         Some(std::fs::read(&schema).unwrap()),
         "the future-mtime file is not stored: {err}"
     );
-    let idx = index_of(bucket.path(), &t.join("nb-1-big-Data.db")).expect("no index");
-    assert!(gen1.iter().all(|n| idx.contains(n)), "{err}");
+    // Stored after the first index was written: an index is written again, naming it.
+    let (_, idx) = newest_index(bucket.path(), &t).expect("no index");
+    let want: BTreeSet<String> = gen1.into_iter().chain(["schema.cql".to_string()]).collect();
+    assert_eq!(idx, want, "{err}");
+}
+
+/// The newest index of `dir` in the file:// bucket (by mtime, as LastModified), with its
+/// names.
+fn newest_index(bucket: &Path, dir: &Path) -> Option<(String, BTreeSet<String>)> {
+    let prefix = key(dir);
+    let d = object(bucket, &prefix);
+    let newest = std::fs::read_dir(d)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(layout::INDEX_SUFFIX)
+        })
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())?;
+    let body = std::fs::read(newest.path()).ok()?;
+    Some((
+        newest.file_name().to_string_lossy().into_owned(),
+        layout::parse_listing(&body)
+            .ok()?
+            .names
+            .into_iter()
+            .collect(),
+    ))
+}
+
+/// Item 3: an index was written only when a `Data.db` was stored. A compaction that
+/// writes no new SSTable (TimeWindowCompactionStrategy dropping a fully expired one: its log
+/// only REMOVEs, then COMMIT) deletes its inputs, and no `Data.db` lands afterwards: the
+/// newest index went on naming the deleted SSTable for ever. What an index would name
+/// changed, so a new one is written, within a bound, that no longer names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_deleted_after_a_commit_leave_the_index_with_no_new_data_db() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c
+    })
+    .await;
+    let gen5 = transaction(&t, 5, &[]);
+    let gen6 = transaction(&t, 6, &[]);
+    let both: BTreeSet<String> = gen5.iter().chain(gen6.iter()).cloned().collect();
+    until("an index names nb-5 and nb-6", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
+    })
+    .await;
+
+    // nb-5 expires whole: REMOVE, COMMIT, its files deleted, then the log.
+    let log = t.join("nb_txn_compaction_0000abcd-0a7f-11ef-9a2b-5b2d6c9d3a11.log");
+    append(
+        &log,
+        &record(RecordType::Remove, &format!("{}/nb-5-big", t.display())),
+    );
+    append(&log, &record(RecordType::Commit, ""));
+    for n in &gen5 {
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    std::fs::remove_file(&log).unwrap();
+    let only6: BTreeSet<String> = gen6.iter().cloned().collect();
+    let t0 = tokio::time::Instant::now();
+    while newest_index(bucket.path(), &t).is_none_or(|(_, n)| n != only6) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the newest index still names the deleted nb-5: {:?}",
+            newest_index(bucket.path(), &t)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop().await;
 }

@@ -10,6 +10,12 @@
 //! 3. an index is due a quiet period after its last activity, but never later than
 //!    `max_wait` after it was first scheduled, and it does not wait for other directories'
 //!    uploads: under a backlog the recovery point keeps moving.
+//!
+//! A directory is scheduled by a durable Data.db ([`IndexScheduler::schedule`]) or because
+//! what its index would name changed otherwise ([`IndexScheduler::touch`]: a file stored
+//! late, a TOC rewritten, a named file deleted after a compaction's COMMIT). A write with
+//! no Data.db of its own goes under the key of the newest Data.db it names (chosen when it
+//! starts, see `super::run`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,6 +59,19 @@ impl IndexScheduler {
             due,
         });
         p.files.insert(data.to_path_buf());
+    }
+
+    /// What an index of `dir` would name may have changed, with no new Data.db: an index
+    /// is due at `due` (postponing a pending one to it, within `max_wait` of its first
+    /// scheduling). Coalesced with whatever is pending; still one write in flight.
+    pub fn touch(&mut self, dir: &Path, due: Instant, now: Instant) {
+        let max_wait = self.max_wait;
+        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
+            files: BTreeSet::new(),
+            first: now,
+            due,
+        });
+        p.due = p.due.max(due).min(p.first + max_wait);
     }
 
     /// More activity in `dir`: postpone its index (within `max_wait` of the first
@@ -208,10 +227,33 @@ mod tests {
         assert_eq!(files.len(), 2);
     }
 
+    #[test]
+    fn a_touch_schedules_an_index_without_a_data_db_and_coalesces() {
+        let t0 = Instant::now();
+        let mut s = IndexScheduler::new(D);
+        s.touch(Path::new("/d/t"), t0 + D, t0);
+        assert!(s.start(t0, |_| false).is_none(), "quiet period");
+        let (dir, files) = s.start(t0 + D, |_| false).unwrap();
+        assert_eq!((dir.as_path(), files.len()), (Path::new("/d/t"), 0));
+        // While it is in flight, a touch and a Data.db wait for it, as one write.
+        s.touch(Path::new("/d/t"), t0 + D, t0 + D);
+        s.schedule(&p("/d/t/nb-2-big-Data.db"), t0 + D, false);
+        assert!(s.start(t0 + D * 3, |_| false).is_none());
+        s.done(&dir, vec![], t0 + D * 3, t0 + D * 3);
+        let (_, files) = s.start(t0 + D * 3, |_| false).unwrap();
+        assert_eq!(files, [p("/d/t/nb-2-big-Data.db")]);
+        // Touches keep postponing, but never past max_wait.
+        for i in 0..30 {
+            s.touch(Path::new("/d/u"), t0 + D * (i + 1), t0 + D * i);
+        }
+        assert!(s.next_wake(t0).unwrap() <= t0 + D * 10);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Schedule(u8, u8, bool),
         Activity(u8),
+        Touch(u8),
         Tick(u16),
         Start,
         Done(bool),
@@ -222,6 +264,7 @@ mod tests {
         prop_oneof![
             (0u8..3, 0u8..4, any::<bool>()).prop_map(|(d, f, n)| Op::Schedule(d, f, n)),
             (0u8..3).prop_map(Op::Activity),
+            (0u8..3).prop_map(Op::Touch),
             (0u16..3000).prop_map(Op::Tick),
             Just(Op::Start),
             any::<bool>().prop_map(Op::Done),
@@ -249,6 +292,7 @@ mod tests {
                         s.schedule(&f, now, n);
                     }
                     Op::Activity(d) => s.activity(&p(&format!("/d/{d}")), now),
+                    Op::Touch(d) => s.touch(&p(&format!("/d/{d}")), now + D, now),
                     Op::Tick(ms) => now += Duration::from_millis(ms as u64),
                     Op::Start => {
                         if let Some(w) = s.start(now, |_| false) {

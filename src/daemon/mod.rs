@@ -9,9 +9,13 @@
 //!   exponential backoff and jitter (forever in daemon mode); a file that vanished is
 //!   skipped; an unreadable file is reported and retried at the next rescan.
 //! * Indexes are written a short quiet period after a `Data.db` is durable, so the listing
-//!   includes the components Cassandra writes after `Data.db` (Statistics, TOC, Digest);
-//!   an index names complete SSTables only ([`crate::cassandra`]), and `index.rs` schedules
-//!   them: one write in flight per directory, interleaved with file uploads.
+//!   includes the components Cassandra writes after `Data.db` (Statistics, TOC, Digest),
+//!   and also whenever what the index would name changed otherwise: a file stored that the
+//!   last index does not name (a late component, a file left out for a passing reason), a
+//!   TOC stored, a file it names deleted (a compaction's inputs after its COMMIT); such an
+//!   index goes under the key of the newest `Data.db` it names. An index names complete
+//!   SSTables only ([`crate::cassandra`]), and `index.rs` schedules them: one write in
+//!   flight per directory, interleaved with file uploads.
 //! * Readiness comes once the watches are in place; the destination probe, the startup
 //!   `-B` LIST and scan and every periodic rescan run beside the main loop, never in it.
 //! * Shutdown: stop watching, let in-flight uploads and the indexes they make due finish
@@ -58,7 +62,8 @@ pub struct Config {
     pub retries: u32,
     /// Periodic LIST-based reconcile and rescan.
     pub rescan_interval: Option<Duration>,
-    /// Quiet period after a `Data.db` upload before its index is written.
+    /// Quiet period after a `Data.db` upload (or another change of what an index would
+    /// name) before the index is written.
     pub index_delay: Duration,
     /// How long in-flight uploads may take to finish after a shutdown request.
     pub shutdown_timeout: Duration,

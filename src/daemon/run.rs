@@ -208,11 +208,24 @@ impl Daemon<'_> {
                     Done::File(p, r)
                 }
                 Task::Index(dir, files) => {
+                    // Scheduled with no Data.db of its own (what it would name changed
+                    // otherwise): it goes under the key of the newest Data.db it names.
+                    let files = if files.is_empty() {
+                        match super::state::newest_data(&dir, up.filter()) {
+                            Some(d) => vec![d],
+                            None => return Done::Index(dir, vec![], Ok(Default::default()), false),
+                        }
+                    } else {
+                        files
+                    };
                     let r = tokio::select! {
                         r = up.write_index(&dir, &files, &c) => r,
                         _ = grace => Err(UploadError::Cancelled { path: dir.clone() }),
                     };
-                    Done::Index(dir, files, r)
+                    let left = r
+                        .as_ref()
+                        .is_ok_and(|w| super::state::left_unsettled(&dir, &w.names, up.filter()));
+                    Done::Index(dir, files, r, left)
                 }
             }
         });
@@ -243,7 +256,7 @@ impl Daemon<'_> {
                     }
                     Some(Task::Index(d, f)) => {
                         let e = err(&d);
-                        self.finished(Done::Index(d, f, Err(e)))
+                        self.finished(Done::Index(d, f, Err(e), false))
                     }
                     None => {}
                 }

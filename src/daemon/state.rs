@@ -26,7 +26,14 @@ pub(super) enum Task {
 
 pub(super) enum Done {
     File(PathBuf, Result<Outcome, UploadError>),
-    Index(PathBuf, Vec<PathBuf>, Result<IndexWritten, UploadError>),
+    /// The directory, the Data.db files it was written for, the result, and whether it
+    /// left out other files only because they were not settled yet (look again then).
+    Index(
+        PathBuf,
+        Vec<PathBuf>,
+        Result<IndexWritten, UploadError>,
+        bool,
+    ),
 }
 
 /// What a scan running beside the main loop found.
@@ -65,6 +72,12 @@ pub(super) struct Daemon<'a> {
     pub(super) busy_dirs: HashMap<PathBuf, usize>,
     pub(super) owed: HashSet<PathBuf>,
     pub(super) indexes: IndexScheduler,
+    /// What the last index this run wrote for each directory named: a file stored that it
+    /// does not name, or one it names deleted, makes a new index due.
+    pub(super) last_named: HashMap<PathBuf, BTreeSet<String>>,
+    /// Directories whose index is due again because it left out files not settled yet
+    /// (once: a file that never settles is named by a later index, not polled for).
+    pub(super) rechecked: HashSet<PathBuf>,
     /// Other files a scan found modified moments ago: looked at again when settled.
     pub(super) unsettled: BTreeMap<Instant, Vec<PathBuf>>,
     /// Scans running beside the main loop.
@@ -102,6 +115,8 @@ impl<'a> Daemon<'a> {
             busy_dirs: HashMap::new(),
             owed: HashSet::new(),
             indexes: IndexScheduler::new(cfg.index_delay),
+            last_named: HashMap::new(),
+            rechecked: HashSet::new(),
             unsettled: BTreeMap::new(),
             scans: 0,
             failures: 0,
@@ -322,6 +337,16 @@ impl<'a> Daemon<'a> {
                         self.hurry_waiting(dir, now);
                     }
                 }
+                // A file the last index names is gone (a compaction's inputs deleted after
+                // its COMMIT, an expired SSTable dropped): the index would name less now.
+                // Files deleted by --delete-on-backup stay named, and are no change.
+                else if !self.cfg.delete_on_backup && !crate::cassandra::is_temporary(name) {
+                    if let Some(dir) = p.parent() {
+                        if self.last_named.get(dir).is_none_or(|n| n.contains(name)) {
+                            self.touch_index(dir);
+                        }
+                    }
+                }
                 // A file being uploaded or queued is handled there (it will be "vanished").
                 if !self.running.contains(&p) && !self.queued.contains(&p) {
                     self.uploader.forget(&p);
@@ -329,6 +354,21 @@ impl<'a> Daemon<'a> {
             }
             WatchEvent::Overflow => {}
         }
+    }
+
+    /// What an index of `dir` would name changed: one is due after the quiet period (at
+    /// once with --once), coalesced with whatever is pending for `dir`.
+    fn touch_index(&mut self, dir: &Path) {
+        if !self.cfg.upload.with_index {
+            return;
+        }
+        let now = Instant::now();
+        let due = if self.cfg.once {
+            now
+        } else {
+            now + self.cfg.index_delay
+        };
+        self.indexes.touch(dir, due, now);
     }
 
     /// Files of `dir` waiting for their SSTable to complete are looked at now.
@@ -501,13 +541,22 @@ impl<'a> Daemon<'a> {
                 }
                 self.settle(&p);
             }
-            Done::Index(dir, files, r) => {
+            Done::Index(dir, files, r, left_unsettled) => {
                 let now = Instant::now();
                 match r {
                     Ok(w) => {
                         self.attempts.remove(&dir);
                         if !w.indexed.is_empty() {
                             tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
+                            self.last_named
+                                .insert(dir.clone(), w.names.iter().cloned().collect());
+                        }
+                        if self.rechecked.remove(&dir) {
+                            // This was the second look: a file still not settled is named
+                            // by the index its own upload makes due.
+                        } else if left_unsettled && !self.draining {
+                            self.rechecked.insert(dir.clone());
+                            self.indexes.touch(&dir, now + crate::upload::SETTLE, now);
                         }
                         if !w.deferred.is_empty() {
                             tracing::debug!(dir = %dir.display(), deferred = w.deferred.len(), "Data.db of SSTables not complete yet: indexed later");
@@ -582,6 +631,16 @@ impl<'a> Daemon<'a> {
             self.indexes.schedule(p, Instant::now(), self.cfg.once);
         } else if let Some(dir) = p.parent() {
             self.indexes.activity(dir, Instant::now());
+            // Another file stored: if the last index does not name it (a late component,
+            // a file left out for a passing reason) or it is a TOC (which decides what is
+            // complete), what the index would name changed.
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let toc = crate::cassandra::parse_name(name).is_some_and(|f| f.component == "TOC.txt");
+            if matches!(outcome, Outcome::Uploaded { .. } | Outcome::Copied { .. })
+                && (toc || self.last_named.get(dir).is_none_or(|n| !n.contains(name)))
+            {
+                self.touch_index(dir);
+            }
         }
         let sstable = p
             .file_name()
@@ -713,4 +772,41 @@ fn wants_index(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(layout::wants_index)
+}
+
+/// The newest (by mtime) Data.db of a complete SSTable of `dir` that an index names: the key
+/// an index with no Data.db of its own goes under (None: no SSTable to name, no index).
+pub(super) fn newest_data(dir: &Path, filter: &crate::filter::Filter) -> Option<PathBuf> {
+    let v = crate::cassandra::view_dir(dir).ok()?;
+    v.sstables
+        .values()
+        .filter(|s| s.state.is_ok())
+        .flat_map(|s| s.files.iter())
+        .filter(|n| layout::wants_index(n) && filter.accepts(n))
+        .filter_map(|n| {
+            let p = dir.join(n);
+            let t = std::fs::symlink_metadata(&p).ok()?.modified().ok()?;
+            Some((t, n.clone(), p))
+        })
+        .max()
+        .map(|(_, _, p)| p)
+}
+
+/// Whether `dir` holds another (non-SSTable) file that an index of `names` left out only
+/// because it was not settled yet.
+pub(super) fn left_unsettled(dir: &Path, names: &[String], filter: &crate::filter::Filter) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { return false };
+        e.file_type().is_ok_and(|t| t.is_file())
+            && !crate::cassandra::is_txn_log(n)
+            && !crate::cassandra::is_temporary(n)
+            && crate::cassandra::parse_name(n).is_none()
+            && filter.accepts(n)
+            && !names.iter().any(|x| x == n)
+            && !crate::upload::settled(&e.path())
+    })
 }
