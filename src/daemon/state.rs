@@ -55,7 +55,8 @@ pub(super) struct Daemon<'a> {
     pub(super) cfg: &'a Config,
     pub(super) uploader: Arc<Uploader>,
     pub(super) metrics: Arc<Metrics>,
-    /// When each file not yet durable was first seen (for the recovery-point metric).
+    /// When each file not yet durable was first seen (for the recovery-point metric); a
+    /// file given up on leaves it.
     pub(super) pending_since: HashMap<PathBuf, u64>,
     pub(super) pending_order: BTreeSet<(u64, PathBuf)>,
     pub(super) roots: Vec<PathBuf>,
@@ -529,9 +530,7 @@ impl<'a> Daemon<'a> {
                     Ok(outcome) => {
                         self.progress.file_done(&p, &outcome);
                         self.attempts.remove(&p);
-                        if let Some(t) = self.pending_since.remove(&p) {
-                            self.pending_order.remove(&(t, p.clone()));
-                        }
+                        self.not_pending(&p);
                         self.stored(&p, outcome);
                     }
                     Err(e) => self.failed(&p, e),
@@ -758,6 +757,17 @@ impl<'a> Daemon<'a> {
                 .entry(Instant::now() + delay)
                 .or_default()
                 .push(p.to_path_buf());
+        } else {
+            // Given up on: no longer owed, so it must not hold the recovery-point gauge
+            // (a later event or rescan makes it pending again, from then).
+            self.not_pending(p);
+        }
+    }
+
+    /// `p` is durable, or no longer waited for: out of the recovery-point bookkeeping.
+    fn not_pending(&mut self, p: &Path) {
+        if let Some(t) = self.pending_since.remove(p) {
+            self.pending_order.remove(&(t, p.to_path_buf()));
         }
     }
 
@@ -809,4 +819,90 @@ pub(super) fn left_unsettled(dir: &Path, names: &[String], filter: &crate::filte
             && !names.iter().any(|x| x == n)
             && !crate::upload::settled(&e.path())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::store::{Store, StoreOptions};
+
+    /// Issue #15 item 4: a file given up on (a collision, a name no key can hold, --once
+    /// out of retries) kept its `pending_since`, so the recovery-point gauge
+    /// (`tablesnap_oldest_pending_seconds`) stayed at its first sighting for ever. A file
+    /// that is retried stays pending.
+    #[test]
+    fn a_file_given_up_on_is_no_longer_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(
+            StoreOptions {
+                destination: format!("file://{}", dir.path().join("b").display()),
+                ..Default::default()
+            },
+            Layout::new("", "h", ":"),
+            vec![dir.path().into()],
+        );
+        let up = |cfg: &Config| {
+            Arc::new(Uploader::new(
+                Store::open(&cfg.store).unwrap(),
+                cfg.layout.clone(),
+                cfg.upload.clone(),
+            ))
+        };
+        let mut d = Daemon::new(
+            &cfg,
+            up(&cfg),
+            Arc::new(Metrics::default()),
+            vec![dir.path().into()],
+        );
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for p in [&a, &b] {
+            d.enqueue(p.clone());
+            assert!(matches!(d.next_task(), Some(Task::File(_))));
+        }
+        d.update_gauges(0, None);
+        assert!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed) > 0);
+        // Never retried: a collision.
+        let collision = UploadError::Collision {
+            path: a.clone(),
+            key: "k".into(),
+        };
+        d.finished(Done::File(a.clone(), Err(collision)));
+        assert!(
+            !d.pending_since.contains_key(&a),
+            "given up on, still pending"
+        );
+        // Retried: still pending.
+        let changed = UploadError::Changed { path: b.clone() };
+        d.finished(Done::File(b.clone(), Err(changed)));
+        assert!(d.pending_since.contains_key(&b));
+        assert!(d.pending_order.iter().all(|(_, p)| *p == b));
+
+        // --once, out of retries.
+        cfg.once = true;
+        let mut d = Daemon::new(
+            &cfg,
+            up(&cfg),
+            Arc::new(Metrics::default()),
+            vec![dir.path().into()],
+        );
+        d.enqueue(a.clone());
+        for _ in 0..10 {
+            if !d.pending_since.contains_key(&a) {
+                break;
+            }
+            d.running.insert(a.clone());
+            d.retrying.remove(&a);
+            let e = UploadError::Changed { path: a.clone() };
+            d.finished(Done::File(a.clone(), Err(e)));
+        }
+        assert!(d.gave_up > 0);
+        assert!(
+            !d.pending_since.contains_key(&a),
+            "given up on, still pending"
+        );
+        assert!(d.pending_order.is_empty());
+        d.update_gauges(0, None);
+        assert_eq!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed), 0);
+    }
 }
