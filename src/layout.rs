@@ -68,6 +68,17 @@ pub fn data_key_of_index(key: &str) -> Option<&str> {
     key.strip_suffix(INDEX_SUFFIX)
 }
 
+/// The file name whose index key holds a restore point that no new `Data.db` called for
+/// (files deleted, a component stored late): `tablesnap-<unix ms>`, so its index key is
+/// `DIR/tablesnap-<unix ms>-listdir.json`. No Cassandra file has such a name, so it never
+/// overwrites another restore point; readers take indexes by LastModified, whatever the key.
+pub fn restore_point_name(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{RESTORE_POINT_PREFIX}{}", at.timestamp_millis())
+}
+
+/// See [`restore_point_name`].
+pub const RESTORE_POINT_PREFIX: &str = "tablesnap-";
+
 /// Whether an uploaded file gets an index: the original writes one for every file whose
 /// name contains `Data.db`.
 pub fn wants_index(file_name: &str) -> bool {
@@ -604,6 +615,21 @@ mod tests {
         assert_eq!(p.path_of("backups/n2|/d/f"), Some("/d/f"));
         assert_eq!(p.path_of("backups/n22|/d/f"), None);
         assert_eq!(l.path_of("node1.example.com:relative"), None);
+    }
+
+    #[test]
+    fn a_restore_point_key_is_no_cassandra_file_and_sorts_by_time() {
+        let t = chrono::DateTime::from_timestamp_millis(1_733_250_000_123).unwrap();
+        let n = restore_point_name(t);
+        assert_eq!(n, "tablesnap-1733250000123");
+        assert!(crate::cassandra::parse_name(&n).is_none());
+        assert!(!wants_index(&n));
+        assert_eq!(sstable_generation(&n), None);
+        let l = Layout::new("", "h", ":");
+        assert_eq!(
+            index_key(&l.data_key(&format!("/d/ks/t-1/{n}"))),
+            "h:/d/ks/t-1/tablesnap-1733250000123-listdir.json"
+        );
     }
 
     #[test]

@@ -143,6 +143,55 @@ async fn a_cleared_snapshot_expires_by_age_and_the_live_table_keeps_its_newest_i
     let _ = links;
 }
 
+/// Item 11: after tablechop kept a table's newest index only, a `-B --once` restart took
+/// every SSTable whose own index was gone as "never indexed" and wrote an index for each (11
+/// full listings for 12 SSTables). An index deleted by retention is older than the kept
+/// newest one, which names everything: the restart writes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_tablechop_does_not_write_an_index_per_sstable() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let dir = data.path().join(TABLE);
+    std::fs::create_dir_all(&dir).unwrap();
+    for g in 1..=12 {
+        let files = sstable(&dir, g);
+        age(files, 2);
+    }
+    let first = once(config(bucket.path(), data.path(), false)).await;
+    assert!(first.indexes_written >= 1, "{first}");
+    // The backup is two days old, the indexes a little younger than their SSTables.
+    let t = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    for o in walk(bucket.path()) {
+        let idx = o
+            .to_string_lossy()
+            .ends_with(tablesnap::layout::INDEX_SUFFIX);
+        let at = if idx { t + Duration::from_secs(60) } else { t };
+        std::fs::File::open(&o).unwrap().set_modified(at).unwrap();
+    }
+    // Make one index the newest, as the last one written is.
+    let indexes = |b: &Path| -> Vec<PathBuf> {
+        walk(b)
+            .into_iter()
+            .filter(|o| {
+                o.to_string_lossy()
+                    .ends_with(tablesnap::layout::INDEX_SUFFIX)
+            })
+            .collect()
+    };
+    let newest = indexes(bucket.path()).into_iter().max().unwrap();
+    std::fs::File::open(&newest)
+        .unwrap()
+        .set_modified(t + Duration::from_secs(120))
+        .unwrap();
+    let out = chop(bucket.path(), data.path(), "1");
+    assert_eq!(indexes(bucket.path()), vec![newest.clone()], "{out}");
+
+    let again = once(config(bucket.path(), data.path(), false)).await;
+    assert_eq!(again.indexes_written, 0, "{again}");
+    assert_eq!(indexes(bucket.path()), vec![newest], "{again}");
+    assert_eq!(again.files_uploaded, 0, "{again}");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     if let Ok(rd) = std::fs::read_dir(dir) {

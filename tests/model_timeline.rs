@@ -357,3 +357,138 @@ async fn inputs_deleted_after_a_commit_leave_the_index_with_no_new_data_db() {
     }
     d.stop().await;
 }
+
+/// Item 1: TRUNCATE (and DROP) snapshot the table, then delete every SSTable. The newest
+/// index went on naming all of them, so the newest restore point, and any `--as-of` after
+/// the truncate, brought the deleted data back. Now a restore point naming nothing is
+/// written under a key of its own (no earlier restore point is overwritten: the one
+/// before the truncate still restores the data, byte for byte), and tableslurp restores
+/// the table empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_leaves_a_restore_point_that_names_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c
+    })
+    .await;
+    let gen1 = transaction(&t, 1, &[]);
+    let gen2 = transaction(&t, 2, &[]);
+    let both: BTreeSet<String> = gen1.iter().chain(gen2.iter()).cloned().collect();
+    until("an index names nb-1 and nb-2", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
+    })
+    .await;
+    let before = std::fs::read(object(
+        bucket.path(),
+        &layout::index_key(&key(&t.join("nb-2-big-Data.db"))),
+    ))
+    .unwrap();
+    // The restore points' LastModified are whole seconds apart from here on.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_of_before = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // TRUNCATE: a snapshot (hard links), then every live SSTable deleted.
+    let snap = t.join("snapshots").join("truncated-1733250000000-events");
+    std::fs::create_dir_all(&snap).unwrap();
+    for n in &both {
+        std::fs::hard_link(t.join(n), snap.join(n)).unwrap();
+    }
+    for n in &both {
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    until("the newest index names nothing", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n.is_empty())
+    })
+    .await;
+    let (k, _) = newest_index(bucket.path(), &t).unwrap();
+    assert!(
+        k.starts_with(layout::RESTORE_POINT_PREFIX) && k.ends_with(layout::INDEX_SUFFIX),
+        "the empty restore point is under {k}"
+    );
+    // The restore point before the truncate is untouched.
+    assert_eq!(
+        std::fs::read(object(
+            bucket.path(),
+            &layout::index_key(&key(&t.join("nb-2-big-Data.db")))
+        ))
+        .unwrap(),
+        before
+    );
+    d.stop().await;
+
+    // Newest: the table comes back empty, and says so. --as-of before: the data, exact.
+    let dest = format!("file://{}", bucket.path().display());
+    let origin = t.to_str().unwrap();
+    let now_dir = tempfile::tempdir().unwrap();
+    let (code, out) = common::run_bin(
+        env!("CARGO_BIN_EXE_tableslurp"),
+        &["-n", HOST, &dest, origin, now_dir.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let restored: Vec<_> = std::fs::read_dir(now_dir.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        restored.is_empty(),
+        "restored after the truncate: {restored:?}\n{out}"
+    );
+    assert!(out.contains("names no file"), "{out}");
+    let then_dir = tempfile::tempdir().unwrap();
+    let (code, out) = common::run_bin(
+        env!("CARGO_BIN_EXE_tableslurp"),
+        &[
+            "-n",
+            HOST,
+            "--as-of",
+            &as_of_before,
+            &dest,
+            origin,
+            then_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    for n in &both {
+        assert_eq!(
+            std::fs::read(then_dir.path().join(n)).unwrap(),
+            std::fs::read(snap.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+}
+
+/// Item 1 across a restart: the table is truncated while the daemon is down (no event
+/// sees the deletes). The `-B` restart compares each directory's newest stored index with
+/// the directory as it is, and writes a restore point naming nothing; a restart with
+/// nothing changed writes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_while_the_daemon_is_down_is_seen_at_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let gen1 = transaction(&t, 1, &[]);
+    let first = common::run_once(common::once_on_file(bucket.path(), data.path(), HOST)).await;
+    assert!(first.indexes_written >= 1, "{first}");
+    let (_, named) = newest_index(bucket.path(), &t).unwrap();
+    assert_eq!(named, gen1.iter().cloned().collect::<BTreeSet<_>>());
+    let same = common::run_once(common::once_on_file(bucket.path(), data.path(), HOST)).await;
+    assert_eq!(same.indexes_written, 0, "nothing changed: {same}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for n in &gen1 {
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    let after = common::run_once(common::once_on_file(bucket.path(), data.path(), HOST)).await;
+    assert_eq!(after.indexes_written, 1, "{after}");
+    let (k, named) = newest_index(bucket.path(), &t).unwrap();
+    assert!(named.is_empty(), "{k} names {named:?}");
+    assert!(k.starts_with(layout::RESTORE_POINT_PREFIX), "{k}");
+}

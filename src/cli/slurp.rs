@@ -383,6 +383,16 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     check_writable(&target)?;
+    for t in plan.tables.iter().filter(|t| t.files.is_empty()) {
+        tracing::info!(
+            "{}: the restore point of {} names no file (the table was truncated or dropped, or \
+             emptied by compactions, by then): nothing to restore; --as-of an earlier time \
+             restores what it held before",
+            escape(&t.dir),
+            t.index_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     tracing::info!(
         "restoring {} tables into {}: {} files, {} bytes to fetch, {} already present",
         plan.tables.len(),

@@ -191,6 +191,10 @@ impl Daemon<'_> {
             Task::File(p) => Task::File(p.clone()),
             Task::Index(d, f) => Task::Index(d.clone(), f.clone()),
         };
+        let previous = match &task {
+            Task::Index(d, _) => self.last_named.get(d).cloned(),
+            Task::File(_) => None,
+        };
         let h = tasks.spawn(async move {
             let _permit = permit;
             // Every request honours the shutdown deadline: after a cancel, a task gets a
@@ -209,17 +213,15 @@ impl Daemon<'_> {
                 }
                 Task::Index(dir, files) => {
                     // Scheduled with no Data.db of its own (what it would name changed
-                    // otherwise): it goes under the key of the newest Data.db it names.
-                    let files = if files.is_empty() {
-                        match super::state::newest_data(&dir, up.filter()) {
-                            Some(d) => vec![d],
-                            None => return Done::Index(dir, vec![], Ok(Default::default()), false),
-                        }
-                    } else {
-                        files
-                    };
+                    // otherwise): a restore point under a key of its own, if it changed.
                     let r = tokio::select! {
-                        r = up.write_index(&dir, &files, &c) => r,
+                        r = async {
+                            if files.is_empty() {
+                                up.write_restore_point(&dir, previous.as_ref(), &c).await
+                            } else {
+                                up.write_index(&dir, &files, &c).await
+                            }
+                        } => r,
                         _ = grace => Err(UploadError::Cancelled { path: dir.clone() }),
                     };
                     let left = r

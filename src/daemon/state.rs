@@ -42,6 +42,9 @@ pub(super) struct Found {
     pub(super) scan: Scan,
     /// Data.db files whose index the LIST showed missing.
     pub(super) missing_index: Vec<PathBuf>,
+    /// What each directory's newest stored index names (after a LIST): compared with the
+    /// directory as it is now, so changes made while the daemon was down are noticed.
+    pub(super) stored_points: Vec<(PathBuf, BTreeSet<String>)>,
 }
 
 /// How long a cancelled request may take to clean up (abort its multipart upload) before
@@ -211,6 +214,7 @@ impl<'a> Daemon<'a> {
             // their Data.db whose index the LIST showed missing still get one.
             let leave_out = !delete_on_backup;
             let scanner = up.clone();
+            let scan_roots = roots.clone();
             let (scan, mut missing_index) = tokio::task::spawn_blocking(move || {
                 let mut all = Scan::default();
                 let mut missing = Vec::new();
@@ -223,7 +227,7 @@ impl<'a> Daemon<'a> {
                     }
                     true
                 };
-                for r in &roots {
+                for r in &scan_roots {
                     let s = scan_closed_except(r, recursive, hardlinks, &mut stored);
                     all.ready.extend(s.ready);
                     all.unsettled.extend(s.unsettled);
@@ -243,10 +247,22 @@ impl<'a> Daemon<'a> {
                         .cloned(),
                 );
             }
+            let mut stored_points = Vec::new();
+            if list && with_index {
+                for r in &roots {
+                    stored_points.extend(up.stored_restore_points(r).await.into_iter().filter(
+                        |(d, _)| {
+                            hardlinks
+                                || crate::cassandra::dir_kind(d) == crate::cassandra::DirKind::Live
+                        },
+                    ));
+                }
+            }
             let _ = tx.send(Found {
                 reason,
                 scan,
                 missing_index,
+                stored_points,
             });
         });
     }
@@ -272,6 +288,16 @@ impl<'a> Daemon<'a> {
         let now = Instant::now();
         for p in f.missing_index {
             self.indexes.schedule(&p, now, true);
+        }
+        // The newest restore point of each directory as stored: a new one is due if the
+        // directory changed while the daemon was down (written only if what it would name
+        // differs, see `Uploader::write_restore_point`).
+        for (dir, names) in f.stored_points {
+            if self.last_named.contains_key(&dir) || !dir.is_dir() {
+                continue;
+            }
+            self.last_named.insert(dir.clone(), names);
+            self.touch_index(&dir);
         }
         self.metrics
             .files_present
@@ -396,6 +422,7 @@ impl<'a> Daemon<'a> {
             reason: "new directory",
             scan: s,
             missing_index: vec![],
+            stored_points: vec![],
         });
     }
 
@@ -782,24 +809,6 @@ fn wants_index(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(layout::wants_index)
-}
-
-/// The newest (by mtime) Data.db of a complete SSTable of `dir` that an index names: the key
-/// an index with no Data.db of its own goes under (None: no SSTable to name, no index).
-pub(super) fn newest_data(dir: &Path, filter: &crate::filter::Filter) -> Option<PathBuf> {
-    let v = crate::cassandra::view_dir(dir).ok()?;
-    v.sstables
-        .values()
-        .filter(|s| s.state.is_ok())
-        .flat_map(|s| s.files.iter())
-        .filter(|n| layout::wants_index(n) && filter.accepts(n))
-        .filter_map(|n| {
-            let p = dir.join(n);
-            let t = std::fs::symlink_metadata(&p).ok()?.modified().ok()?;
-            Some((t, n.clone(), p))
-        })
-        .max()
-        .map(|(_, _, p)| p)
 }
 
 /// Whether `dir` holds another (non-SSTable) file that an index of `names` left out only

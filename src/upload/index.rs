@@ -19,6 +19,116 @@ impl Uploader {
         data_files: &[PathBuf],
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
+        let Some((dir_str, view, listed)) = self.listing(dir, cancel).await? else {
+            return Ok(IndexWritten::default());
+        };
+        // An index goes under the key of each pending Data.db it names; a Data.db of an
+        // SSTable that is not complete yet waits for a later index (never an index that
+        // does not name it, and never an older restore point overwritten).
+        let (named, deferred): (Vec<PathBuf>, Vec<PathBuf>) =
+            data_files.iter().cloned().partition(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| listed.iter().any(|l| l == n))
+            });
+        let deferred: Vec<PathBuf> = deferred
+            .into_iter()
+            .filter(|d| {
+                // Only an SSTable still being written is looked at again; one left out for a
+                // lasting reason (a collision, a name no key holds) waits for its next event.
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| view.is_unfinished(n))
+            })
+            .collect();
+        let body = Bytes::from(layout::listdir_json(dir_str, &listed));
+        if !named.is_empty() {
+            self.space_from_last_index(dir, cancel).await?;
+        }
+        for data in &named {
+            self.put_index(dir, data, body.clone(), cancel).await?;
+        }
+        Ok(IndexWritten {
+            names: listed,
+            indexed: named,
+            deferred,
+        })
+    }
+
+    /// Writes a restore point of `dir` that no new Data.db calls for: what the directory's
+    /// index would name changed otherwise (files deleted by a compaction that wrote no
+    /// SSTable, a TRUNCATE or DROP, a component stored late). It names exactly what
+    /// [`Self::write_index`] would, and goes under a key of its own,
+    /// `DIR/tablesnap-<unix ms>-listdir.json` (see [`layout::restore_point_name`]), so no
+    /// earlier restore point is overwritten; readers, the original's included, take the
+    /// newest index by LastModified whatever its key. Nothing is written when the listing
+    /// is the same as `previous` (the last one this process wrote), or when the directory
+    /// is gone (an unmounted disk must never look like a table emptied).
+    pub async fn write_restore_point(
+        &self,
+        dir: &Path,
+        previous: Option<&std::collections::BTreeSet<String>>,
+        cancel: &CancellationToken,
+    ) -> Result<IndexWritten, UploadError> {
+        let Some((dir_str, _, listed)) = self.listing(dir, cancel).await? else {
+            return Ok(IndexWritten::default());
+        };
+        if previous.is_some_and(|p| p.len() == listed.len() && listed.iter().all(|n| p.contains(n)))
+        {
+            return Ok(IndexWritten {
+                names: listed,
+                ..Default::default()
+            });
+        }
+        self.space_from_last_index(dir, cancel).await?;
+        let name = layout::restore_point_name(chrono::Utc::now());
+        let body = Bytes::from(layout::listdir_json(dir_str, &listed));
+        let at = dir.join(name);
+        self.put_index(dir, &at, body, cancel).await?;
+        Ok(IndexWritten {
+            names: listed,
+            indexed: vec![at],
+            deferred: vec![],
+        })
+    }
+
+    /// PUTs one index body under the index key of `data` (a file of `dir`).
+    async fn put_index(
+        &self,
+        dir: &Path,
+        data: &Path,
+        body: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), UploadError> {
+        let meta = PutMeta {
+            content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
+            user: vec![],
+        };
+        let key = layout::index_key(&key_of(&self.layout, data)?);
+        tokio::select! {
+            r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
+                path: data.to_path_buf(),
+                source: Box::new(source),
+            })?,
+            _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.to_path_buf() }),
+        }
+        self.mark(&key, body.len() as u64, true, None);
+        self.unindexed.lock().unwrap().remove(data);
+        self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
+        self.last_index
+            .lock()
+            .unwrap()
+            .insert(dir.to_path_buf(), tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// What an index of `dir` names now, every file of it durable: the directory (as UTF-8),
+    /// its view, and the names. `None` when the directory is gone.
+    async fn listing<'d>(
+        &self,
+        dir: &'d Path,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
             path: dir.to_path_buf(),
         })?;
@@ -26,9 +136,7 @@ impl Uploader {
         // being written: it is not even read here) and other regular files that are closed.
         let view = match crate::cassandra::view_dir(dir) {
             Ok(v) => v,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(IndexWritten::default());
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(UploadError::Read {
                     path: dir.to_path_buf(),
@@ -50,58 +158,7 @@ impl Uploader {
             listed.sort();
             listed.dedup();
         }
-        // An index goes under the key of each pending Data.db it names; a Data.db of an
-        // SSTable that is not complete yet waits for a later index (never an index that
-        // does not name it, and never an older restore point overwritten).
-        let (named, deferred): (Vec<PathBuf>, Vec<PathBuf>) =
-            data_files.iter().cloned().partition(|d| {
-                d.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| listed.iter().any(|l| l == n))
-            });
-        let deferred: Vec<PathBuf> = deferred
-            .into_iter()
-            .filter(|d| {
-                // Only an SSTable still being written is looked at again; one left out for a
-                // lasting reason (a collision, a name no key holds) waits for its next event.
-                d.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| view.is_unfinished(n))
-            })
-            .collect();
-        let body = Bytes::from(layout::listdir_json(dir_str, &listed));
-        let meta = PutMeta {
-            content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
-            user: vec![],
-        };
-        if !named.is_empty() {
-            self.space_from_last_index(dir, cancel).await?;
-        }
-        for data in &named {
-            let key = layout::index_key(&key_of(&self.layout, data)?);
-            tokio::select! {
-                r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
-                    path: data.clone(),
-                    source: Box::new(source),
-                })?,
-                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.clone() }),
-            }
-            self.mark(&key, body.len() as u64, true, None);
-            self.unindexed.lock().unwrap().remove(data);
-            self.stats.indexes_written.fetch_add(1, Ordering::Relaxed);
-        }
-        if !named.is_empty() {
-            let done = tokio::time::Instant::now();
-            self.last_index
-                .lock()
-                .unwrap()
-                .insert(dir.to_path_buf(), done);
-        }
-        Ok(IndexWritten {
-            names: listed,
-            indexed: named,
-            deferred,
-        })
+        Ok(Some((dir_str, view, listed)))
     }
 
     /// Readers take a directory's newest index by LastModified, which listings give to the

@@ -133,6 +133,49 @@ impl KnownSet {
         self.dirs.values().map(Dir::len).sum()
     }
 
+    /// For each directory key at or below `under` (`DIRKEY/`) that holds an index: the
+    /// directory key and the name of its newest index (by LastModified, then name).
+    pub(super) fn newest_indexes_under(&self, under: &str) -> Vec<(String, String)> {
+        let top = under.trim_end_matches('/');
+        let mut out = Vec::new();
+        for (dk, d) in &self.dirs {
+            if !(dk.as_ref() == top || dk.starts_with(under)) {
+                continue;
+            }
+            let listed = d
+                .listed
+                .iter()
+                .filter(|s| !s.gone() && !d.recorded.contains_key(d.name(s)))
+                .map(|s| (s.stored_at, d.name(s)));
+            let recorded = d.recorded.iter().map(|(n, k)| (k.stored_at, n.as_ref()));
+            if let Some((_, n)) = listed
+                .chain(recorded)
+                .filter(|(_, n)| n.ends_with(crate::layout::INDEX_SUFFIX))
+                .max()
+            {
+                out.push((dk.to_string(), n.to_string()));
+            }
+        }
+        out
+    }
+
+    /// The LastModified (seconds) of the newest index known stored directly in directory
+    /// key `dir` (`DIRKEY`, no trailing `/`), if any.
+    pub(super) fn newest_index_at(&self, dir: &str) -> Option<i64> {
+        let d = self.dirs.get(dir)?;
+        let listed = d
+            .listed
+            .iter()
+            .filter(|s| !s.gone() && d.name(s).ends_with(crate::layout::INDEX_SUFFIX))
+            .map(|s| s.stored_at);
+        let recorded = d
+            .recorded
+            .iter()
+            .filter(|(n, _)| n.ends_with(crate::layout::INDEX_SUFFIX))
+            .map(|(_, k)| k.stored_at);
+        listed.chain(recorded).max()
+    }
+
     /// Replaces what is known under `under` (`DIRKEY/`) by a LIST that started at
     /// `started`, keeping records newer than it (made while it ran: it cannot tell that
     /// they are gone), and the MD5 verification and fingerprint of objects it found with

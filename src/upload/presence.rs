@@ -39,6 +39,47 @@ impl Uploader {
         Ok(n)
     }
 
+    /// What the newest stored index of each directory at or below `root` names (as the
+    /// last LIST of `root` found them): (directory, names). A restart compares them with
+    /// the directory as it is now: what was deleted while the daemon was down (a TRUNCATE,
+    /// an expired SSTable) or stored since without an index makes a new restore point due.
+    /// An index that cannot be read is left out, with a warning (the next change of its
+    /// directory writes a new one anyway).
+    pub async fn stored_restore_points(
+        &self,
+        root: &Path,
+    ) -> Vec<(PathBuf, std::collections::BTreeSet<String>)> {
+        use futures::StreamExt;
+        let Ok(root_key) = key_of(&self.layout, root) else {
+            return vec![];
+        };
+        let under = format!("{}/", root_key.trim_end_matches('/'));
+        let newest = self.known.lock().unwrap().newest_indexes_under(&under);
+        futures::stream::iter(newest)
+            .map(|(dir_key, name)| async move {
+                let dir = PathBuf::from(self.layout.path_of(&dir_key)?);
+                let key = format!("{dir_key}/{name}");
+                let body = match self.store.get_bytes_capped(&key, layout::MAX_INDEX_BYTES).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(key = %key, "cannot read the newest index to compare with the directory: {e}");
+                        return None;
+                    }
+                };
+                match layout::parse_listing(&body) {
+                    Ok(l) => Some((dir, l.names.into_iter().collect())),
+                    Err(e) => {
+                        tracing::warn!(key = %key, "the newest index is not a listing ({e}): a new one is written at the next change");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await
+    }
+
     pub(super) fn covered(&self, key: &str) -> bool {
         self.listed
             .lock()
@@ -93,14 +134,26 @@ impl Uploader {
         self.known.lock().unwrap().len()
     }
 
-    /// Whether the index of this data file is known to be missing (only answerable for
-    /// directories covered by a LIST; otherwise `false`, to avoid a request per file).
+    /// Whether this stored data file still needs an index of its own: its index is known to
+    /// be missing and no index of its directory was stored in or after the second its
+    /// object was (only answerable for directories covered by a LIST; otherwise `false`,
+    /// to avoid a request per file). An index missing because tablechop deleted it (an older
+    /// restore point, superseded by a kept newer one) is not missing: a restart after
+    /// tablechop must not write one listing per SSTable again.
     pub fn index_missing(&self, data_path: &Path) -> bool {
         let Ok(k) = key_of(&self.layout, data_path) else {
             return false;
         };
         let ik = layout::index_key(&k);
-        self.covered(&ik) && self.known(&ik).is_none()
+        if !self.covered(&ik) || self.known(&ik).is_some() {
+            return false;
+        }
+        let known = self.known.lock().unwrap();
+        let newest = known.newest_index_at(layout::split_dir(&k).0);
+        match (newest, known.get(&k)) {
+            (Some(idx), Some(data)) => data.stored_at >= idx,
+            _ => true,
+        }
     }
 
     /// Whether [`Uploader::ensure_durable`] would find this file (`meta`: its
