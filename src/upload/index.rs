@@ -62,17 +62,27 @@ impl Uploader {
     /// `DIR/tablesnap-<unix ms>-listdir.json` (see [`layout::restore_point_name`]), so no
     /// earlier restore point is overwritten; readers, the original's included, take the
     /// newest index by LastModified whatever its key. Nothing is written when the listing
-    /// is the same as `previous` (the last one this process wrote), or when the directory
-    /// is gone (an unmounted disk must never look like a table emptied).
+    /// is the same as `previous` (the last one written or found stored), when the directory
+    /// is gone (an unmounted disk must never look like a table emptied), or when no
+    /// restore point of it is known and it holds no SSTable.
     pub async fn write_restore_point(
         &self,
         dir: &Path,
         previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
-        let Some((dir_str, _, listed)) = self.listing(dir, cancel).await? else {
+        let Some((dir_str, view, listed)) = self.listing(dir, cancel).await? else {
             return Ok(IndexWritten::default());
         };
+        // A directory that never had a restore point and holds no SSTable (a data root, a
+        // keyspace directory, a watched commit log directory) gets none: indexes are for
+        // tables, as the original wrote them only for a Data.db.
+        if previous.is_none() && view.sstables.is_empty() {
+            return Ok(IndexWritten {
+                names: listed,
+                ..Default::default()
+            });
+        }
         if previous.is_some_and(|p| p.len() == listed.len() && listed.iter().all(|n| p.contains(n)))
         {
             return Ok(IndexWritten {
