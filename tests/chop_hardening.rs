@@ -332,18 +332,30 @@ fn json_prints_one_decision_per_object() {
             ),
         );
     }
-    let want: BTreeMap<String, (String, String)> = want
-        .into_iter()
-        .map(|(k, (a, r))| (k, (a.to_string(), r.to_string())))
+    // A dry run says what it would do: "would_delete", never "delete" (issue #19 item 7).
+    let dry_want: BTreeMap<String, (String, String)> = want
+        .iter()
+        .map(|(k, (a, r))| {
+            let a = if *a == "delete" { "would_delete" } else { a };
+            (k.clone(), (a.to_string(), r.to_string()))
+        })
         .collect();
-    assert_eq!(got, want);
+    assert_eq!(got, dry_want);
     let after: BTreeSet<String> = all_keys(&opts, &c).into_iter().collect();
     assert_eq!(after, before, "-d deleted something");
 
-    // Without -d the same decisions are carried out.
+    // Without -d the same decisions are carried out, and said as done.
     let o = chop(&opts, &c, &["--json"]);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), out);
+    let wet = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        wet,
+        out.replace("\"action\":\"would_delete\"", "\"action\":\"delete\"")
+    );
+    assert_eq!(
+        wet.matches("\"action\":\"delete\"").count(),
+        want.values().filter(|(a, _)| *a == "delete").count()
+    );
     let after: BTreeSet<String> = all_keys(&opts, &c).into_iter().collect();
     let kept: BTreeSet<String> = got
         .iter()

@@ -47,27 +47,29 @@ pub struct Args {
     #[arg(short = 'l', long = "list-deletes", env = "TABLECHOP_LIST_DELETES")]
     pub list_deletes: bool,
     /// Print one JSON object per line on stdout for every object decided: key, size,
-    /// last_modified (RFC 3339), action (keep or delete; in a dry run, would delete) and reason
+    /// last_modified (RFC 3339), action (keep, delete, or in a dry run would_delete) and reason
     #[arg(long, env = "TABLECHOP_JSON")]
     pub json: bool,
     /// Parallel index fetches
     #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), env = "TABLECHOP_PARALLEL")]
     pub parallel: u16,
-    /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
+    /// Access key id (or TABLESNAP_AWS_KEY or the older TABLECHOP_KEY; default: AWS_ACCESS_KEY_ID, then the
+    /// instance role)
     #[arg(
         short = 'k',
         long = "key",
         visible_alias = "aws-key",
-        env = "TABLECHOP_KEY",
+        env = "TABLECHOP_AWS_KEY",
         hide_env_values = true
     )]
     pub key: Option<String>,
-    /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
+    /// Secret key (or TABLESNAP_AWS_SECRET or the older TABLECHOP_SECRET; default: AWS_SECRET_ACCESS_KEY); prefer
+    /// the environment
     #[arg(
         short = 's',
         long = "secret",
         visible_alias = "aws-secret",
-        env = "TABLECHOP_SECRET",
+        env = "TABLECHOP_AWS_SECRET",
         hide_env_values = true
     )]
     pub secret: Option<String>,
@@ -118,16 +120,18 @@ struct JsonVerdict<'a> {
     key: &'a str,
     size: u64,
     last_modified: String,
-    /// `keep` or `delete` (in a dry run: would delete).
+    /// `keep` or `delete` (in a dry run: `would_delete`).
     action: &'static str,
     reason: &'static str,
 }
 
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let opts = a
-        .dest
-        .store_options(&a.bucket, a.key.clone(), a.secret.clone());
+    let opts = a.dest.store_options(
+        &a.bucket,
+        super::credential(a.key.clone(), &["TABLECHOP_KEY", super::ENV_KEY]),
+        super::credential(a.secret.clone(), &["TABLECHOP_SECRET", super::ENV_SECRET]),
+    );
     // A mistyped file:// path must not look like an empty backup (exit 3, as on S3).
     let store = Store::open_existing(&opts).map_err(|e| anyhow!("{e}"))?;
     if !a.path.starts_with('/') {
@@ -207,7 +211,11 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     key: v.key,
                     size: v.size,
                     last_modified: v.last_modified.to_rfc3339(),
-                    action: if v.delete { "delete" } else { "keep" },
+                    action: match (v.delete, dry_run) {
+                        (false, _) => "keep",
+                        (true, false) => "delete",
+                        (true, true) => "would_delete",
+                    },
                     reason: v.reason.as_str(),
                 };
                 let r = serde_json::to_writer(&mut *out, &line)

@@ -60,6 +60,23 @@ impl ReadSide {
     }
 }
 
+/// The package-wide spellings of the credential variables: every tool reads them, so one
+/// `/etc/default/tablesnap` (or one Kubernetes Secret) serves all three.
+pub const ENV_KEY: &str = "TABLESNAP_AWS_KEY";
+/// See [`ENV_KEY`].
+pub const ENV_SECRET: &str = "TABLESNAP_AWS_SECRET";
+
+/// A credential: the flag (or the tool's own variable, read by clap), else the first of
+/// `fallbacks` set to something non-empty (older spellings of the tool's own, then the
+/// package-wide one: the more specific setting wins).
+pub fn credential(flag: Option<String>, fallbacks: &[&str]) -> Option<String> {
+    flag.filter(|v| !v.is_empty()).or_else(|| {
+        fallbacks
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    })
+}
+
 /// The clap definitions of every tool, for man pages and completions.
 pub fn commands() -> Vec<clap::Command> {
     use clap::CommandFactory;

@@ -45,7 +45,8 @@ Exit status:
     after_help = EXIT_CODES
 )]
 pub struct Args {
-    /// Access key id (default: AWS_ACCESS_KEY_ID, then the instance role)
+    /// Access key id (or TABLESNAP_AWS_KEY; default: AWS_ACCESS_KEY_ID, then the
+    /// instance role)
     #[arg(
         short = 'k',
         long = "aws-key",
@@ -54,7 +55,8 @@ pub struct Args {
         hide_env_values = true
     )]
     pub aws_key: Option<String>,
-    /// Secret key (default: AWS_SECRET_ACCESS_KEY); prefer the environment
+    /// Secret key (or TABLESNAP_AWS_SECRET; default: AWS_SECRET_ACCESS_KEY); prefer
+    /// the environment
     #[arg(
         short = 's',
         long = "aws-secret",
@@ -206,8 +208,11 @@ pub fn main() -> ExitCode {
 }
 
 fn store_options(a: &Args) -> StoreOptions {
-    a.dest
-        .store_options(&a.bucket, a.aws_key.clone(), a.aws_secret.clone())
+    a.dest.store_options(
+        &a.bucket,
+        super::credential(a.aws_key.clone(), &[super::ENV_KEY]),
+        super::credential(a.aws_secret.clone(), &[super::ENV_SECRET]),
+    )
 }
 
 /// `Err` is a configuration/destination error (exit 3); `Ok` carries 0 or 1.
