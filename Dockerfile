@@ -36,9 +36,8 @@ RUN apt-get update \
     && useradd --system --uid "$TABLESNAP_UID" --gid cassandra --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin cassandra
 COPY --from=build /out/tablesnap /out/tableslurp /out/tablechop /usr/bin/
-# Not root: tablesnap only reads the data directory (and with --delete-on-backup deletes from
-# it, which the owner's uid also allows). A numeric USER lets Kubernetes' runAsNonRoot check
-# it without looking up /etc/passwd.
+# Not root: tablesnap only reads the data directory. A numeric USER lets Kubernetes'
+# runAsNonRoot verify it without looking the name up in /etc/passwd.
 USER ${TABLESNAP_UID}:${TABLESNAP_GID}
 # --metrics-addr 0.0.0.0:9108 serves /metrics and /healthz here (not on by default).
 EXPOSE 9108
