@@ -163,7 +163,10 @@ fn table(data: &Path) -> PathBuf {
 /// Item 1: Cassandra rewrites a finished SSTable's Statistics.db (incremental repair, an
 /// LCS level change) as `nb-5-big-Statistics.db.tmp`, then renames it over Statistics.db.
 /// The `.tmp` passed the default `-tmp` rule and was uploaded (and could be named in an
-/// index); it must never be, and the rename (IN_MOVED_TO) stores the new Statistics.db.
+/// index); it must never be. The rename (IN_MOVED_TO) does not overwrite the stored
+/// Statistics.db either: earlier restore points name it, and must restore the bytes they
+/// saw. The stored copy belongs to the same SSTable (its Data.db is the one stored), and an
+/// older repairedAt or level is the safe side: the SSTable is repaired or re-levelled again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statistics_rewrite_tmp_is_never_stored_and_its_rename_is() {
     let data = tempfile::tempdir().unwrap();
@@ -192,12 +195,15 @@ async fn a_statistics_rewrite_tmp_is_never_stored_and_its_rename_is() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     std::fs::rename(&tmp, &stats).unwrap();
     let stats_obj = object(bucket.path(), &key(&stats));
-    until("the renamed Statistics.db is stored", || {
-        std::fs::read(&stats_obj).is_ok_and(|b| b == new_stats)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let old_stats = std::fs::read(&stats_obj).unwrap();
+    assert_ne!(old_stats, new_stats);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     d.stop().await;
+    assert_eq!(
+        std::fs::read(&stats_obj).unwrap(),
+        old_stats,
+        "the stored Statistics.db was overwritten"
+    );
     let keys = bucket_keys(bucket.path());
     assert!(
         !keys.iter().any(|k| k.ends_with(".tmp")),
@@ -491,4 +497,160 @@ async fn a_truncate_while_the_daemon_is_down_is_seen_at_the_restart() {
     let (k, named) = newest_index(bucket.path(), &t).unwrap();
     assert!(named.is_empty(), "{k} names {named:?}");
     assert!(k.starts_with(layout::RESTORE_POINT_PREFIX), "{k}");
+}
+
+/// Item 3: a name reused with other bytes while the daemon runs. The table is truncated
+/// (every SSTable deleted) and Cassandra writes `nb-1-big-*` again, as it does after a
+/// restart or a point-in-time restore, here with a `Data.db` of the same size and other
+/// bytes. The daemon had forgotten the deleted files: it took the new Data.db as already
+/// stored (same size, not much newer), or with a LIST behind it uploaded it over the old
+/// object, so one restore point or the other restored bytes it never saw. The stored objects
+/// are never overwritten with other bytes, and the new SSTable is refused as a collision
+/// (counted, alerted) rather than named with the old bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_name_never_overwrites_what_an_earlier_restore_point_names() {
+    reused_name(false).await;
+}
+
+/// The same with `-B`: the directory is covered by the startup LIST, so a name not known
+/// stored was uploaded at once, over the old objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_name_never_overwrites_what_an_earlier_restore_point_names_with_b() {
+    reused_name(true).await;
+}
+
+async fn reused_name(backup: bool) {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c.backup = backup;
+        c
+    })
+    .await;
+    let gen1 = transaction(&t, 1, &[]);
+    let names: BTreeSet<String> = gen1.iter().cloned().collect();
+    until("an index names nb-1", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == names)
+    })
+    .await;
+    let before: Vec<(String, Vec<u8>)> = gen1
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
+        .collect();
+    for n in &gen1 {
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    until("the truncate's restore point", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n.is_empty())
+    })
+    .await;
+    // nb-1 again, as a flush writes it, its Data.db the same size with other bytes.
+    let log = t.join("nb_txn_flush_00000001-0a7f-11ef-9a2b-5b2d6c9d3a12.log");
+    append(
+        &log,
+        &record(RecordType::Add, &format!("{}/nb-1-big", t.display())),
+    );
+    for (n, mut b) in nb_components(1) {
+        if n.ends_with("Data.db") {
+            b.iter_mut().for_each(|x| *x = x.wrapping_add(1));
+        }
+        std::fs::write(t.join(&n), b).unwrap();
+    }
+    append(&log, &record(RecordType::Commit, ""));
+    std::fs::remove_file(&log).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let summary = d.stop().await;
+    // Nor is the new SSTable taken as "already stored" (same size, within 15 minutes): a
+    // restore point naming nb-1 would restore the old bytes for it. It is refused, visibly.
+    let (k, newest) = newest_index(bucket.path(), &t).unwrap();
+    assert!(
+        !newest.contains("nb-1-big-Data.db"),
+        "{k} names the new nb-1, whose bytes the bucket does not hold: {newest:?}"
+    );
+    assert!(summary.failures >= 1, "no collision counted: {summary}");
+    for (n, bytes) in &before {
+        assert_eq!(
+            std::fs::read(object(bucket.path(), &key(&t.join(n))))
+                .ok()
+                .as_ref(),
+            Some(bytes),
+            "{n} was overwritten with other bytes"
+        );
+    }
+}
+
+/// Item 2: JBOD. A compaction reads `nb-1` from one data directory and `nb-2` from the
+/// other and writes `nb-3` into the first; its transaction log is replicated in the
+/// table's directory on both disks (Cassandra's `LogReplicaSet`). After the COMMIT and the
+/// inputs' deletion, the second disk's newest restore point went on naming `nb-1`: a node
+/// restored from it had the SSTable and its replacement side by side. Each directory's
+/// newest restore point names exactly what is live in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_across_jbod_directories_leaves_no_zombie() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let (t1, t2) = (table(d1.path()), table(d2.path()));
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![d1.path().into(), d2.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c
+    })
+    .await;
+    let gen1 = transaction(&t2, 1, &[]);
+    let gen2 = transaction(&t1, 2, &[]);
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+    until("both disks indexed", || {
+        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
+            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
+    })
+    .await;
+
+    let name = "nb_txn_compaction_0000cafe-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
+    let logs = [t1.join(name), t2.join(name)];
+    let records = [
+        record(RecordType::Add, &format!("{}/nb-3-big", t1.display())),
+        record(RecordType::Remove, &format!("{}/nb-1-big", t2.display())),
+        record(RecordType::Remove, &format!("{}/nb-2-big", t1.display())),
+    ];
+    for r in &records {
+        for l in &logs {
+            append(l, r);
+        }
+    }
+    let mut gen3 = vec![];
+    for (n, b) in nb_components(3) {
+        std::fs::write(t1.join(&n), b).unwrap();
+        gen3.push(n);
+    }
+    for l in &logs {
+        append(l, &record(RecordType::Commit, ""));
+    }
+    for n in &gen1 {
+        std::fs::remove_file(t2.join(n)).unwrap();
+    }
+    for n in &gen2 {
+        std::fs::remove_file(t1.join(n)).unwrap();
+    }
+    for l in &logs {
+        std::fs::remove_file(l).unwrap();
+    }
+    let t0 = tokio::time::Instant::now();
+    while !(newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen3))
+        && newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n.is_empty()))
+    {
+        assert!(
+            t0.elapsed() < WAIT,
+            "disk 1 must name nb-3 only, disk 2 nothing: disk 1 {:?}, disk 2 {:?}",
+            newest_index(bucket.path(), &t1),
+            newest_index(bucket.path(), &t2)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop().await;
 }

@@ -146,6 +146,20 @@ impl IndexScheduler {
         p.due = p.due.min(retry);
     }
 
+    /// The write for `dir` did not happen (no permit, cancelled, failed): it is pending
+    /// again, due at `due`, even when it has no Data.db of its own (a restore point that
+    /// what the directory names calls for must not be lost with its attempt).
+    pub fn put_back(&mut self, dir: &Path, files: Vec<PathBuf>, due: Instant, now: Instant) {
+        self.running.remove(dir);
+        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
+            files: BTreeSet::new(),
+            first: now,
+            due,
+        });
+        p.files.extend(files);
+        p.due = p.due.min(due);
+    }
+
     /// When the next index becomes due (None: nothing pending that a timer must start).
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         self.pending
@@ -247,6 +261,19 @@ mod tests {
             s.touch(Path::new("/d/u"), t0 + D * (i + 1), t0 + D * i);
         }
         assert!(s.next_wake(t0).unwrap() <= t0 + D * 10);
+    }
+
+    #[test]
+    fn a_restore_point_put_back_without_a_data_db_is_not_lost() {
+        let t0 = Instant::now();
+        let mut s = IndexScheduler::new(D);
+        s.touch(Path::new("/d/t"), t0, t0);
+        let (dir, files) = s.start(t0, |_| false).unwrap();
+        assert!(files.is_empty());
+        // No permit for it (or it failed, or shutdown cancelled it): pending again.
+        s.put_back(&dir, files, t0, t0);
+        let (again, files) = s.start(t0, |_| false).expect("the restore point was lost");
+        assert_eq!((again.as_path(), files.len()), (Path::new("/d/t"), 0));
     }
 
     #[derive(Debug, Clone)]

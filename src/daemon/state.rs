@@ -389,6 +389,7 @@ impl<'a> Daemon<'a> {
         if !self.cfg.upload.with_index {
             return;
         }
+        tracing::debug!(dir = %dir.display(), "what its restore point names may have changed");
         let now = Instant::now();
         let due = if self.cfg.once {
             now
@@ -495,7 +496,7 @@ impl<'a> Daemon<'a> {
             }
             Task::Index(dir, files) => {
                 let now = Instant::now();
-                self.indexes.done(&dir, files, now, now);
+                self.indexes.put_back(&dir, files, now, now);
             }
         }
     }
@@ -607,12 +608,12 @@ impl<'a> Daemon<'a> {
                     }
                     Err(UploadError::Cancelled { .. }) => {
                         // Shutdown: still pending (the summary counts it).
-                        self.indexes.done(&dir, files, now, now);
+                        self.indexes.put_back(&dir, files, now, now);
                     }
                     Err(e) => {
                         let retry = self.index_failed(&dir, e);
                         match retry {
-                            Some(delay) => self.indexes.done(&dir, files, now + delay, now),
+                            Some(delay) => self.indexes.put_back(&dir, files, now + delay, now),
                             None => self.indexes.done(&dir, vec![], now, now),
                         }
                     }

@@ -224,6 +224,11 @@ pub struct Uploader {
     /// Keys whose stored object may be torn (the file changed while it was read): upload
     /// again without trusting a size match.
     force: Mutex<std::collections::HashSet<String>>,
+    /// Keys of SSTable components deleted locally since they were stored (compacted away,
+    /// a TRUNCATE): the objects stay, and an earlier restore point may name them. A new file
+    /// under such a name (Cassandra reusing a generation) is compared with the object by
+    /// MD5 before anything is taken as stored or overwritten. Bounded by [`MAX_GONE`].
+    gone: Mutex<std::collections::HashSet<String>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -245,6 +250,11 @@ pub struct Uploader {
     )>,
     pub stats: Stats,
 }
+
+/// At most this many [`Uploader::gone`] keys are remembered (about 150 bytes each); past
+/// it the oldest protection is dropped all at once (a reused name then falls back to the
+/// size-and-age rule), so memory stays bounded over years of compactions.
+pub const MAX_GONE: usize = 500_000;
 
 fn key_of(layout: &Layout, path: &Path) -> Result<String, UploadError> {
     let s = path.to_str().ok_or_else(|| UploadError::NotUtf8 {
@@ -271,6 +281,7 @@ impl Uploader {
             deleted: Mutex::new(HashMap::new()),
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
+            gone: Mutex::new(Default::default()),
             pool: Arc::new(BufPool::new(
                 (mem_units * MEM_UNIT / part).max(1) as usize,
                 part as usize,
@@ -419,6 +430,19 @@ impl Uploader {
         }
         // The object holds another file that used to have this name (renamed over it).
         let replaced = known.is_some_and(|k| k.file.is_some_and(|f| f != fp));
+        // A name Cassandra used before in this directory, for a file since deleted, or
+        // renamed over: an SSTable's name reused with perhaps other bytes. Never taken as
+        // stored by its size, never uploaded over the object: the MD5s decide, and other
+        // bytes are a collision (`differs`), so no restore point restores bytes it never saw.
+        let component = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::cassandra::parse_name)
+            .is_some();
+        let reused = component && (replaced || self.gone.lock().unwrap().contains(&key));
+        if reused {
+            return self.reused_name(path, key, &meta, fp, cancel).await;
+        }
         // Written or checked by this run: trusted. From a LIST: trusted unless the local
         // file is much newer than the object (then it may be another file: ask).
         let suspect = known.is_some_and(|k| k.file.is_none() && newer_than(&meta, k.stored_at));
@@ -447,6 +471,42 @@ impl Uploader {
             return Ok(o);
         }
         self.upload_now(path, key, size, fp, cancel).await
+    }
+
+    /// See `reused` in [`Self::ensure_durable`]: the object under `key` is compared with the
+    /// local file by MD5; the same bytes are stored, other bytes go to
+    /// [`Self::differs`] as a suspect (for an SSTable's files: a collision, refused).
+    async fn reused_name(
+        &self,
+        path: &Path,
+        key: String,
+        meta: &std::fs::Metadata,
+        fp: (u64, i64, i64),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, UploadError> {
+        let size = meta.len();
+        let info = self
+            .store
+            .head(&key)
+            .await
+            .map_err(|source| UploadError::Store {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let outcome = match info {
+            // Deleted from the store since (tablechop): nothing to protect.
+            None => self.upload_now(path, key.clone(), size, fp, cancel).await?,
+            Some(info) if info.size == size && self.same_md5(path, &info).await? => {
+                self.mark(&key, size, true, Some(fp));
+                Outcome::Present
+            }
+            Some(info) => {
+                tracing::warn!(path = %path.display(), key, "an SSTable name used before in this directory, with other bytes than the object stored under it (Cassandra reused a generation after a TRUNCATE, a restart or a point-in-time restore)");
+                return self.differs(path, key, &info, meta, true, fp, cancel).await;
+            }
+        };
+        self.gone.lock().unwrap().remove(&key);
+        Ok(outcome)
     }
 
     /// `--delete-on-backup`: removes a file whose upload is confirmed, remembering it for the

@@ -120,7 +120,21 @@ impl Uploader {
             }
             let mut known = self.known.lock().unwrap();
             known.remove(&layout::index_key(&k));
+            let was_stored = known.get(&k).is_some();
             known.remove(&k);
+            drop(known);
+            let component = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(crate::cassandra::parse_name)
+                .is_some();
+            if was_stored && component {
+                let mut gone = self.gone.lock().unwrap();
+                if gone.len() >= MAX_GONE {
+                    gone.clear();
+                }
+                gone.insert(k);
+            }
         }
     }
 
