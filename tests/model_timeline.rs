@@ -42,6 +42,14 @@ fn config(bucket: &Path, paths: Vec<PathBuf>) -> Config {
     c
 }
 
+/// A running `-r -a` daemon on `roots` (no `-B`), storing into the file:// `bucket`.
+async fn live(bucket: &Path, roots: Vec<PathBuf>) -> Running {
+    let mut c = config(bucket, roots);
+    c.recursive = true;
+    c.auto_add = true;
+    Running::start(c).await
+}
+
 fn record(kind: RecordType, path: &str) -> String {
     format!("{}\n", Record::new(kind, path))
 }
@@ -172,13 +180,7 @@ async fn a_statistics_rewrite_tmp_is_never_stored_and_its_rename_is() {
     let data = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
-    let d = Running::start({
-        let mut c = config(bucket.path(), vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c
-    })
-    .await;
+    let d = live(bucket.path(), vec![data.path().into()]).await;
     let gen5 = transaction(&t, 5, &[]);
     let data5 = t.join("nb-5-big-Data.db");
     until("nb-5 is indexed", || {
@@ -325,13 +327,7 @@ async fn inputs_deleted_after_a_commit_leave_the_index_with_no_new_data_db() {
     let data = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
-    let d = Running::start({
-        let mut c = config(bucket.path(), vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c
-    })
-    .await;
+    let d = live(bucket.path(), vec![data.path().into()]).await;
     let gen5 = transaction(&t, 5, &[]);
     let gen6 = transaction(&t, 6, &[]);
     let both: BTreeSet<String> = gen5.iter().chain(gen6.iter()).cloned().collect();
@@ -375,13 +371,7 @@ async fn a_truncate_leaves_a_restore_point_that_names_nothing() {
     let data = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
-    let d = Running::start({
-        let mut c = config(bucket.path(), vec![data.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c
-    })
-    .await;
+    let d = live(bucket.path(), vec![data.path().into()]).await;
     let gen1 = transaction(&t, 1, &[]);
     let gen2 = transaction(&t, 2, &[]);
     let both: BTreeSet<String> = gen1.iter().chain(gen2.iter()).cloned().collect();
@@ -595,13 +585,7 @@ async fn a_compaction_across_jbod_directories_leaves_no_zombie() {
     let d2 = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let (t1, t2) = (table(d1.path()), table(d2.path()));
-    let d = Running::start({
-        let mut c = config(bucket.path(), vec![d1.path().into(), d2.path().into()]);
-        c.recursive = true;
-        c.auto_add = true;
-        c
-    })
-    .await;
+    let d = live(bucket.path(), vec![d1.path().into(), d2.path().into()]).await;
     let gen1 = transaction(&t2, 1, &[]);
     let gen2 = transaction(&t1, 2, &[]);
     let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
