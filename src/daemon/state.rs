@@ -247,17 +247,11 @@ impl<'a> Daemon<'a> {
                         .cloned(),
                 );
             }
-            let mut stored_points = Vec::new();
-            if list && with_index {
-                for r in &roots {
-                    stored_points.extend(up.stored_restore_points(r).await.into_iter().filter(
-                        |(d, _)| {
-                            hardlinks
-                                || crate::cassandra::dir_kind(d) == crate::cassandra::DirKind::Live
-                        },
-                    ));
-                }
-            }
+            let stored_points = if list && with_index {
+                stored_points(&up, &roots, hardlinks).await
+            } else {
+                vec![]
+            };
             let _ = tx.send(Found {
                 reason,
                 scan,
@@ -829,6 +823,28 @@ pub(super) fn left_unsettled(dir: &Path, names: &[String], filter: &crate::filte
             && !names.iter().any(|x| x == n)
             && !crate::upload::settled(&e.path())
     })
+}
+
+/// What the newest stored restore point of each directory under `roots` names (after their
+/// LIST), for the directories this run backs up (snapshots and backups only with
+/// `hardlinks`).
+async fn stored_points(
+    up: &crate::upload::Uploader,
+    roots: &[PathBuf],
+    hardlinks: bool,
+) -> Vec<(PathBuf, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    for r in roots {
+        out.extend(
+            up.stored_restore_points(r)
+                .await
+                .into_iter()
+                .filter(|(d, _)| {
+                    hardlinks || crate::cassandra::dir_kind(d) == crate::cassandra::DirKind::Live
+                }),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
