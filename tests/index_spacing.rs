@@ -42,7 +42,7 @@ async fn consecutive_indexes_of_a_directory_are_a_second_apart() {
     for g in [7, 8, 5] {
         let d = sstable(&dir, g);
         let w = up
-            .write_index(&dir, std::slice::from_ref(&d), &cancel)
+            .write_index(&dir, std::slice::from_ref(&d), None, &cancel)
             .await
             .unwrap();
         assert_eq!(w.indexed, vec![d.clone()]);

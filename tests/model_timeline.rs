@@ -638,3 +638,39 @@ async fn a_compaction_across_jbod_directories_leaves_no_zombie() {
     }
     d.stop().await;
 }
+
+/// A compaction whose output cannot be stored (its key holds another node's file: a
+/// collision) deletes its inputs after the COMMIT. The restore point that the deletes call
+/// for must not lose their data: it goes on naming the inputs (still in the bucket) until a
+/// replacement is durable, rather than naming neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_stay_named_while_their_replacement_cannot_be_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = live(bucket.path(), vec![data.path().into()]).await;
+    let gen1 = transaction(&t, 1, &[]);
+    let gen2 = transaction(&t, 2, &[]);
+    let both: BTreeSet<String> = gen1.iter().chain(gen2.iter()).cloned().collect();
+    until("an index names nb-1 and nb-2", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
+    })
+    .await;
+    // Another node's nb-3 is already under nb-3's key (older, other bytes, other size).
+    let foreign = object(bucket.path(), &key(&t.join("nb-3-big-Data.db")));
+    std::fs::write(&foreign, b"another node's nb-3").unwrap();
+    std::fs::File::open(&foreign)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    transaction(&t, 3, &[(1, gen1.clone()), (2, gen2.clone())]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let summary = d.stop().await;
+    let (k, named) = newest_index(bucket.path(), &t).unwrap();
+    assert!(
+        both.iter().all(|n| named.contains(n)),
+        "{k} lost the inputs whose replacement is not stored: {named:?} ({summary})"
+    );
+    assert!(!named.contains("nb-3-big-Data.db"), "{k}: {named:?}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"another node's nb-3");
+}

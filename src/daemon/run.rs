@@ -219,7 +219,7 @@ impl Daemon<'_> {
                             if files.is_empty() {
                                 up.write_restore_point(&dir, previous.as_ref(), &c).await
                             } else {
-                                up.write_index(&dir, &files, &c).await
+                                up.write_index(&dir, &files, previous.as_ref(), &c).await
                             }
                         } => r,
                         _ = grace => Err(UploadError::Cancelled { path: dir.clone() }),

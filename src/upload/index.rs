@@ -13,13 +13,17 @@ impl Uploader {
     /// every complete SSTable and every settled other file durable first (uploading what is
     /// missing; a file that vanished is left out), then PUTs the index under the keys of
     /// the Data.db files it names. Files of unfinished SSTables are neither read nor named.
+    /// `previous` is what the directory's last index named: SSTables it named that are gone
+    /// from disk stay named while a complete SSTable (their replacement, perhaps) is not
+    /// durable.
     pub async fn write_index(
         &self,
         dir: &Path,
         data_files: &[PathBuf],
+        previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
-        let Some((dir_str, view, listed)) = self.listing(dir, cancel).await? else {
+        let Some((dir_str, view, listed)) = self.listing(dir, previous, cancel).await? else {
             return Ok(IndexWritten::default());
         };
         // An index goes under the key of each pending Data.db it names; a Data.db of an
@@ -71,7 +75,7 @@ impl Uploader {
         previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
-        let Some((dir_str, view, listed)) = self.listing(dir, cancel).await? else {
+        let Some((dir_str, view, listed)) = self.listing(dir, previous, cancel).await? else {
             return Ok(IndexWritten::default());
         };
         // A directory that never had a restore point and holds no SSTable (a data root, a
@@ -133,10 +137,12 @@ impl Uploader {
     }
 
     /// What an index of `dir` names now, every file of it durable: the directory (as UTF-8),
-    /// its view, and the names. `None` when the directory is gone.
+    /// its view, and the names. `None` when the directory is gone. `previous` is what the
+    /// last listing named (see the partial case below).
     async fn listing<'d>(
         &self,
         dir: &'d Path,
+        previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
@@ -155,7 +161,34 @@ impl Uploader {
             }
         };
         let mut listed = self.make_nameable_durable(dir, &view, cancel).await?;
-        self.drop_partial(dir, &view, &mut listed);
+        if self.drop_partial(dir, &view, &mut listed) {
+            // A complete SSTable is not durable (its key holds another node's file, it
+            // cannot be read): it may be the replacement of SSTables a compaction deleted.
+            // Those stay named (their objects are stored) until a later listing names a
+            // replacement: a restore point must not lose data it had.
+            // Whole SSTables only: one of its files gone brings back all it named.
+            let previous: Vec<&String> = previous.into_iter().flatten().collect();
+            let gone = |n: &String| {
+                std::fs::symlink_metadata(dir.join(n))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            };
+            let sstable = |n: &str| crate::cassandra::parse_name(n).map(|f| f.sstable.to_string());
+            let gone_sstables: std::collections::BTreeSet<String> = previous
+                .iter()
+                .filter(|n| gone(n))
+                .filter_map(|n| sstable(n))
+                .collect();
+            for n in previous {
+                let back = match sstable(n) {
+                    Some(s) => gone_sstables.contains(&s),
+                    None => gone(n),
+                };
+                if back && self.cfg.filter.accepts(n) && !listed.contains(n) {
+                    listed.push(n.clone());
+                }
+            }
+            listed.sort();
+        }
         let unfinished: Vec<String> = view
             .unfinished()
             .map(|(s, why)| format!("{s} ({why})"))
@@ -239,7 +272,12 @@ impl Uploader {
 
     /// Leaves out every SSTable with a component that is not durable: an SSTable is named
     /// whole or not at all.
-    fn drop_partial(&self, dir: &Path, view: &crate::cassandra::DirView, listed: &mut Vec<String>) {
+    fn drop_partial(
+        &self,
+        dir: &Path,
+        view: &crate::cassandra::DirView,
+        listed: &mut Vec<String>,
+    ) -> bool {
         // An SSTable is named whole or not at all: one component that is not durable (it
         // could not be read, or its key holds another node's file) leaves it out.
         let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
@@ -260,6 +298,7 @@ impl Uploader {
                 crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
             });
         }
+        !partial.is_empty()
     }
 }
 
