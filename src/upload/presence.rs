@@ -149,11 +149,11 @@ impl Uploader {
     }
 
     /// Whether this stored data file still needs an index of its own: its index is known to
-    /// be missing and no index of its directory was stored in or after the second its
-    /// object was (only answerable for directories covered by a LIST; otherwise `false`,
-    /// to avoid a request per file). An index missing because tablechop deleted it (an older
-    /// restore point, superseded by a kept newer one) is not missing: a restart after
-    /// tablechop must not write one listing per SSTable again.
+    /// be missing, and it was stored within the last day or no index of its directory was
+    /// stored in or after the second its object was. Only answerable for directories
+    /// covered by a LIST (otherwise `false`, to avoid a request per file). An older index
+    /// missing because tablechop deleted it (superseded by a kept newer one) is not missing:
+    /// a restart after tablechop must not write one listing per SSTable again.
     pub fn index_missing(&self, data_path: &Path) -> bool {
         let Ok(k) = key_of(&self.layout, data_path) else {
             return false;
@@ -164,8 +164,12 @@ impl Uploader {
         }
         let known = self.known.lock().unwrap();
         let newest = known.newest_index_at(layout::split_dir(&k).0);
+        // A Data.db stored within the last day keeps its own index whatever came after (a
+        // kill between its upload and its index: every Data.db gets one, as the original
+        // wrote them); an older one only needs it if no index of its directory is as new.
+        let young = chrono::Utc::now().timestamp() - crate::retention::INDEX_GRACE.num_seconds();
         match (newest, known.get(&k)) {
-            (Some(idx), Some(data)) => data.stored_at >= idx,
+            (Some(idx), Some(data)) => data.stored_at >= idx || data.stored_at > young,
             _ => true,
         }
     }
