@@ -132,12 +132,44 @@ fn index_of(bucket: &Path, data: &Path) -> Option<BTreeSet<String>> {
 }
 
 /// Waits (bounded) until `f` holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
+async fn until(what: &str, f: impl FnMut() -> bool) {
+    until_within(what, WAIT, f, String::new).await
+}
+
+/// Waits at most `within` until `f` holds; on a timeout the failure shows `state()`.
+async fn until_within(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
     let t0 = tokio::time::Instant::now();
     while !f() {
-        assert!(t0.elapsed() < WAIT, "timed out waiting until {what}");
+        assert!(
+            t0.elapsed() < within,
+            "timed out waiting until {what}{}",
+            state()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Flushes generations `a` and `b` into `t` and waits until the newest index names both:
+/// their file names, and all of them together.
+async fn two_flushes_indexed(
+    bucket: &Path,
+    t: &Path,
+    a: u32,
+    b: u32,
+) -> (Vec<String>, Vec<String>, BTreeSet<String>) {
+    let first = transaction(t, a, &[]);
+    let second = transaction(t, b, &[]);
+    let both: BTreeSet<String> = first.iter().chain(second.iter()).cloned().collect();
+    until(&format!("an index names nb-{a} and nb-{b}"), || {
+        newest_index(bucket, t).is_some_and(|(_, n)| n == both)
+    })
+    .await;
+    (first, second, both)
 }
 
 /// Every key in the file:// bucket (file paths below it, as keys).
@@ -328,13 +360,7 @@ async fn inputs_deleted_after_a_commit_leave_the_index_with_no_new_data_db() {
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
     let d = live(bucket.path(), vec![data.path().into()]).await;
-    let gen5 = transaction(&t, 5, &[]);
-    let gen6 = transaction(&t, 6, &[]);
-    let both: BTreeSet<String> = gen5.iter().chain(gen6.iter()).cloned().collect();
-    until("an index names nb-5 and nb-6", || {
-        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
-    })
-    .await;
+    let (gen5, gen6, _) = two_flushes_indexed(bucket.path(), &t, 5, 6).await;
 
     // nb-5 expires whole: REMOVE, COMMIT, its files deleted, then the log.
     let log = t.join("nb_txn_compaction_0000abcd-0a7f-11ef-9a2b-5b2d6c9d3a11.log");
@@ -348,15 +374,13 @@ async fn inputs_deleted_after_a_commit_leave_the_index_with_no_new_data_db() {
     }
     std::fs::remove_file(&log).unwrap();
     let only6: BTreeSet<String> = gen6.iter().cloned().collect();
-    let t0 = tokio::time::Instant::now();
-    while newest_index(bucket.path(), &t).is_none_or(|(_, n)| n != only6) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the newest index still names the deleted nb-5: {:?}",
-            newest_index(bucket.path(), &t)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_within(
+        "the newest index no longer names the deleted nb-5",
+        Duration::from_secs(10),
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == only6),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
     d.stop().await;
 }
 
@@ -372,13 +396,7 @@ async fn a_truncate_leaves_a_restore_point_that_names_nothing() {
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
     let d = live(bucket.path(), vec![data.path().into()]).await;
-    let gen1 = transaction(&t, 1, &[]);
-    let gen2 = transaction(&t, 2, &[]);
-    let both: BTreeSet<String> = gen1.iter().chain(gen2.iter()).cloned().collect();
-    until("an index names nb-1 and nb-2", || {
-        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
-    })
-    .await;
+    let (_, _, both) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
     let before = std::fs::read(object(
         bucket.path(),
         &layout::index_key(&key(&t.join("nb-2-big-Data.db"))),
@@ -624,18 +642,22 @@ async fn a_compaction_across_jbod_directories_leaves_no_zombie() {
     for l in &logs {
         std::fs::remove_file(l).unwrap();
     }
-    let t0 = tokio::time::Instant::now();
-    while !(newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen3))
-        && newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n.is_empty()))
-    {
-        assert!(
-            t0.elapsed() < WAIT,
-            "disk 1 must name nb-3 only, disk 2 nothing: disk 1 {:?}, disk 2 {:?}",
-            newest_index(bucket.path(), &t1),
-            newest_index(bucket.path(), &t2)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_within(
+        "disk 1 names nb-3 only, disk 2 nothing",
+        WAIT,
+        || {
+            newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen3))
+                && newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n.is_empty())
+        },
+        || {
+            format!(
+                ": disk 1 {:?}, disk 2 {:?}",
+                newest_index(bucket.path(), &t1),
+                newest_index(bucket.path(), &t2)
+            )
+        },
+    )
+    .await;
     d.stop().await;
 }
 
@@ -649,13 +671,7 @@ async fn inputs_stay_named_while_their_replacement_cannot_be_stored() {
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
     let d = live(bucket.path(), vec![data.path().into()]).await;
-    let gen1 = transaction(&t, 1, &[]);
-    let gen2 = transaction(&t, 2, &[]);
-    let both: BTreeSet<String> = gen1.iter().chain(gen2.iter()).cloned().collect();
-    until("an index names nb-1 and nb-2", || {
-        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == both)
-    })
-    .await;
+    let (gen1, gen2, both) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
     // Another node's nb-3 is already under nb-3's key (older, other bytes, other size).
     let foreign = object(bucket.path(), &key(&t.join("nb-3-big-Data.db")));
     std::fs::write(&foreign, b"another node's nb-3").unwrap();

@@ -53,8 +53,8 @@ pub struct Args {
     /// Parallel index fetches
     #[arg(short = 'j', long = "parallel", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), env = "TABLECHOP_PARALLEL")]
     pub parallel: u16,
-    /// Access key id (or TABLESNAP_AWS_KEY or the older TABLECHOP_KEY; default: AWS_ACCESS_KEY_ID, then the
-    /// instance role)
+    /// Access key id (or TABLECHOP_KEY, older, or TABLESNAP_AWS_KEY; default:
+    /// AWS_ACCESS_KEY_ID, then the instance role)
     #[arg(
         short = 'k',
         long = "key",
@@ -63,8 +63,8 @@ pub struct Args {
         hide_env_values = true
     )]
     pub key: Option<String>,
-    /// Secret key (or TABLESNAP_AWS_SECRET or the older TABLECHOP_SECRET; default: AWS_SECRET_ACCESS_KEY); prefer
-    /// the environment
+    /// Secret key (or TABLECHOP_SECRET, older, or TABLESNAP_AWS_SECRET; default:
+    /// AWS_SECRET_ACCESS_KEY); prefer the environment
     #[arg(
         short = 's',
         long = "secret",

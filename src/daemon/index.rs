@@ -14,8 +14,8 @@
 //! A directory is scheduled by a durable Data.db ([`IndexScheduler::schedule`]) or because
 //! what its index would name changed otherwise ([`IndexScheduler::touch`]: a file stored
 //! late, a TOC rewritten, a named file deleted after a compaction's COMMIT). A write with
-//! no Data.db of its own goes under the key of the newest Data.db it names (chosen when it
-//! starts, see `super::run`).
+//! no Data.db of its own is a restore point under a key of its own
+//! (`crate::upload::Uploader::write_restore_point`), written only if its listing changed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,12 +53,18 @@ impl IndexScheduler {
     pub fn schedule(&mut self, data: &Path, now: Instant, now_due: bool) {
         let Some(dir) = data.parent() else { return };
         let due = if now_due { now } else { now + self.delay };
-        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
+        self.pending_entry(dir, due, now)
+            .files
+            .insert(data.to_path_buf());
+    }
+
+    /// `dir`'s pending index, created (first scheduled `now`, due at `due`) if none is.
+    fn pending_entry(&mut self, dir: &Path, due: Instant, now: Instant) -> &mut Pending {
+        self.pending.entry(dir.to_path_buf()).or_insert(Pending {
             files: BTreeSet::new(),
             first: now,
             due,
-        });
-        p.files.insert(data.to_path_buf());
+        })
     }
 
     /// What an index of `dir` would name may have changed, with no new Data.db: an index
@@ -66,11 +72,7 @@ impl IndexScheduler {
     /// scheduling). Coalesced with whatever is pending; still one write in flight.
     pub fn touch(&mut self, dir: &Path, due: Instant, now: Instant) {
         let max_wait = self.max_wait;
-        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
-            files: BTreeSet::new(),
-            first: now,
-            due,
-        });
+        let p = self.pending_entry(dir, due, now);
         p.due = p.due.max(due).min(p.first + max_wait);
     }
 
@@ -133,17 +135,11 @@ impl IndexScheduler {
     /// The write for `dir` ended. `again` are Data.db files it did not index (the write
     /// failed, or their SSTable is not complete yet): pending again, due at `retry`.
     pub fn done(&mut self, dir: &Path, again: Vec<PathBuf>, retry: Instant, now: Instant) {
-        self.running.remove(dir);
         if again.is_empty() {
-            return;
+            self.running.remove(dir);
+        } else {
+            self.put_back(dir, again, retry, now);
         }
-        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
-            files: BTreeSet::new(),
-            first: now,
-            due: retry,
-        });
-        p.files.extend(again);
-        p.due = p.due.min(retry);
     }
 
     /// The write for `dir` did not happen (no permit, cancelled, failed): it is pending
@@ -151,11 +147,7 @@ impl IndexScheduler {
     /// what the directory names calls for must not be lost with its attempt).
     pub fn put_back(&mut self, dir: &Path, files: Vec<PathBuf>, due: Instant, now: Instant) {
         self.running.remove(dir);
-        let p = self.pending.entry(dir.to_path_buf()).or_insert(Pending {
-            files: BTreeSet::new(),
-            first: now,
-            due,
-        });
+        let p = self.pending_entry(dir, due, now);
         p.files.extend(files);
         p.due = p.due.min(due);
     }

@@ -13,7 +13,8 @@
 //!   and also whenever what the index would name changed otherwise: a file stored that the
 //!   last index does not name (a late component, a file left out for a passing reason), a
 //!   TOC stored, a file it names deleted (a compaction's inputs after its COMMIT); such an
-//!   index goes under the key of the newest `Data.db` it names. An index names complete
+//!   index goes under a key of its own (`DIR/tablesnap-<ms>-listdir.json`), never over an
+//!   earlier restore point. An index names complete
 //!   SSTables only ([`crate::cassandra`]), and `index.rs` schedules them: one write in
 //!   flight per directory, interleaved with file uploads.
 //! * Readiness comes once the watches are in place; the destination probe, the startup

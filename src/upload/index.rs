@@ -80,15 +80,13 @@ impl Uploader {
         };
         // A directory that never had a restore point and holds no SSTable (a data root, a
         // keyspace directory, a watched commit log directory) gets none: indexes are for
-        // tables, as the original wrote them only for a Data.db.
-        if previous.is_none() && view.sstables.is_empty() {
-            return Ok(IndexWritten {
-                names: listed,
-                ..Default::default()
-            });
-        }
-        if previous.is_some_and(|p| p.len() == listed.len() && listed.iter().all(|n| p.contains(n)))
-        {
+        // tables, as the original wrote them only for a Data.db. Nor one whose listing is
+        // the one it already has.
+        let nothing_to_write = match previous {
+            None => view.sstables.is_empty(),
+            Some(p) => p.len() == listed.len() && listed.iter().all(|n| p.contains(n)),
+        };
+        if nothing_to_write {
             return Ok(IndexWritten {
                 names: listed,
                 ..Default::default()
@@ -168,20 +166,21 @@ impl Uploader {
             // replacement: a restore point must not lose data it had.
             // Whole SSTables only: one of its files gone brings back all it named.
             let previous: Vec<&String> = previous.into_iter().flatten().collect();
-            let gone = |n: &String| {
-                std::fs::symlink_metadata(dir.join(n))
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            };
-            let sstable = |n: &str| crate::cassandra::parse_name(n).map(|f| f.sstable.to_string());
-            let gone_sstables: std::collections::BTreeSet<String> = previous
+            let gone: std::collections::BTreeSet<&String> = previous
                 .iter()
-                .filter(|n| gone(n))
-                .filter_map(|n| sstable(n))
+                .copied()
+                .filter(|n| {
+                    std::fs::symlink_metadata(dir.join(n))
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                })
                 .collect();
+            let sstable = |n: &str| crate::cassandra::parse_name(n).map(|f| f.sstable.to_string());
+            let gone_sstables: std::collections::BTreeSet<String> =
+                gone.iter().filter_map(|n| sstable(n)).collect();
             for n in previous {
                 let back = match sstable(n) {
                     Some(s) => gone_sstables.contains(&s),
-                    None => gone(n),
+                    None => gone.contains(n),
                 };
                 if back && self.cfg.filter.accepts(n) && !listed.contains(n) {
                     listed.push(n.clone());

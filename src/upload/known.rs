@@ -68,6 +68,21 @@ impl Dir {
         })
     }
 
+    /// The newest index known in this directory: (LastModified, name), the greatest name
+    /// among the same second.
+    fn newest_index(&self) -> Option<(i64, &str)> {
+        let listed = self
+            .listed
+            .iter()
+            .filter(|s| !s.gone() && !self.recorded.contains_key(self.name(s)))
+            .map(|s| (s.stored_at, self.name(s)));
+        let recorded = self.recorded.iter().map(|(n, k)| (k.stored_at, n.as_ref()));
+        listed
+            .chain(recorded)
+            .filter(|(_, n)| n.ends_with(crate::layout::INDEX_SUFFIX))
+            .max()
+    }
+
     fn is_empty(&self) -> bool {
         self.recorded.is_empty() && self.live == 0
     }
@@ -137,43 +152,17 @@ impl KnownSet {
     /// directory key and the name of its newest index (by LastModified, then name).
     pub(super) fn newest_indexes_under(&self, under: &str) -> Vec<(String, String)> {
         let top = under.trim_end_matches('/');
-        let mut out = Vec::new();
-        for (dk, d) in &self.dirs {
-            if !(dk.as_ref() == top || dk.starts_with(under)) {
-                continue;
-            }
-            let listed = d
-                .listed
-                .iter()
-                .filter(|s| !s.gone() && !d.recorded.contains_key(d.name(s)))
-                .map(|s| (s.stored_at, d.name(s)));
-            let recorded = d.recorded.iter().map(|(n, k)| (k.stored_at, n.as_ref()));
-            if let Some((_, n)) = listed
-                .chain(recorded)
-                .filter(|(_, n)| n.ends_with(crate::layout::INDEX_SUFFIX))
-                .max()
-            {
-                out.push((dk.to_string(), n.to_string()));
-            }
-        }
-        out
+        self.dirs
+            .iter()
+            .filter(|(dk, _)| dk.as_ref() == top || dk.starts_with(under))
+            .filter_map(|(dk, d)| Some((dk.to_string(), d.newest_index()?.1.to_string())))
+            .collect()
     }
 
     /// The LastModified (seconds) of the newest index known stored directly in directory
     /// key `dir` (`DIRKEY`, no trailing `/`), if any.
     pub(super) fn newest_index_at(&self, dir: &str) -> Option<i64> {
-        let d = self.dirs.get(dir)?;
-        let listed = d
-            .listed
-            .iter()
-            .filter(|s| !s.gone() && d.name(s).ends_with(crate::layout::INDEX_SUFFIX))
-            .map(|s| s.stored_at);
-        let recorded = d
-            .recorded
-            .iter()
-            .filter(|(n, _)| n.ends_with(crate::layout::INDEX_SUFFIX))
-            .map(|(_, k)| k.stored_at);
-        listed.chain(recorded).max()
+        Some(self.dirs.get(dir)?.newest_index()?.0)
     }
 
     /// Replaces what is known under `under` (`DIRKEY/`) by a LIST that started at

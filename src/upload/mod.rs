@@ -256,6 +256,14 @@ pub struct Uploader {
 /// size-and-age rule), so memory stays bounded over years of compactions.
 pub const MAX_GONE: usize = 500_000;
 
+/// Whether `path` names a component of an SSTable.
+fn is_component(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(crate::cassandra::parse_name)
+        .is_some()
+}
+
 fn key_of(layout: &Layout, path: &Path) -> Result<String, UploadError> {
     let s = path.to_str().ok_or_else(|| UploadError::NotUtf8 {
         path: path.to_path_buf(),
@@ -434,12 +442,7 @@ impl Uploader {
         // renamed over: an SSTable's name reused with perhaps other bytes. Never taken as
         // stored by its size, never uploaded over the object: the MD5s decide, and other
         // bytes are a collision (`differs`), so no restore point restores bytes it never saw.
-        let component = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(crate::cassandra::parse_name)
-            .is_some();
-        let reused = component && (replaced || self.gone.lock().unwrap().contains(&key));
+        let reused = is_component(path) && (replaced || self.gone.lock().unwrap().contains(&key));
         if reused {
             return self.reused_name(path, key, &meta, fp, cancel).await;
         }

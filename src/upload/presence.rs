@@ -123,12 +123,7 @@ impl Uploader {
             let was_stored = known.get(&k).is_some();
             known.remove(&k);
             drop(known);
-            let component = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(crate::cassandra::parse_name)
-                .is_some();
-            if was_stored && component {
+            if was_stored && is_component(path) {
                 let mut gone = self.gone.lock().unwrap();
                 if gone.len() >= MAX_GONE {
                     gone.clear();
