@@ -190,8 +190,14 @@ struct Known {
 }
 
 /// Clock skew allowed between this node and the store before a local file newer than its
-/// object is suspected of being another file (then MD5s decide).
-const SKEW_SECS: i64 = 15 * 60;
+/// object is suspected of being another file (then MD5s decide). A file is uploaded after
+/// it is written, so its object is never older than it but for skew; a name reused (a
+/// TRUNCATE and a restart, a replaced node) is written well after the object it meets:
+/// Cassandra's restart alone takes longer than this. It was 15 minutes (the skew S3
+/// signing tolerates): a reused `Data.db` of the same size written within them was taken
+/// as stored, and named with the old bytes. A clock further ahead of the store's than
+/// this costs MD5 reads at a restart, never a wrong restore point.
+pub const SKEW_SECS: i64 = 5;
 
 /// Whether the local file was modified well after the object was stored.
 fn newer_than(m: &std::fs::Metadata, stored_at: i64) -> bool {
