@@ -110,6 +110,32 @@ pub fn parse_name(name: &str) -> Option<SstableFile<'_>> {
     })
 }
 
+/// Whether a directory name is a 2.1+ table directory, `<table>-<32 hex id>`.
+pub fn is_table_dir(name: &str) -> bool {
+    TABLE_DIR.is_match(name)
+}
+
+/// `name` (an SSTable component with an integer generation) under generation `id`:
+/// `nb-3-big-Data.db` → `nb-13-big-Data.db`, `ks-t-ka-3-Data.db` → `ks-t-ka-13-Data.db`.
+/// `None` for a temporary name, a UUID generation or anything not an SSTable's.
+pub fn with_generation(name: &str, id: u64) -> Option<String> {
+    let f = parse_name(name)?;
+    if f.temporary || f.id.parse::<u64>().is_err() {
+        return None;
+    }
+    let sstable = match f.sstable.strip_suffix(f.id) {
+        // ≤ 2.1: the generation ends the SSTable's name.
+        Some(head) if head.ends_with('-') => format!("{head}{id}"),
+        // 2.2+: `<version>-<id>-<format>`.
+        _ => f.sstable.replacen(
+            &format!("{}-{}-", f.version, f.id),
+            &format!("{}-{id}-", f.version),
+            1,
+        ),
+    };
+    Some(format!("{sstable}-{}", f.component))
+}
+
 /// `Descriptor.TMP_EXT`: 3.0+ rewrites a component of a finished SSTable (Statistics.db on
 /// incremental repair or an LCS level change) as `<component>.tmp`, then renames it over
 /// the component; entire-SSTable streaming (4.0+) receives `<component>.<nanos>.tmp`.
@@ -552,6 +578,33 @@ fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn with_generation_renames_every_format_and_refuses_the_rest() {
+        assert_eq!(
+            with_generation("nb-3-big-Data.db", 13).as_deref(),
+            Some("nb-13-big-Data.db")
+        );
+        assert_eq!(
+            with_generation("da-3-bti-SAI+aa+GroupComplete.db", 40).as_deref(),
+            Some("da-40-bti-SAI+aa+GroupComplete.db")
+        );
+        assert_eq!(
+            with_generation("ks-t-ka-3-Data.db", 13).as_deref(),
+            Some("ks-t-ka-13-Data.db")
+        );
+        assert_eq!(
+            with_generation("ks-t.t_idx-jb-113-TOC.txt", 9).as_deref(),
+            Some("ks-t.t_idx-jb-9-TOC.txt")
+        );
+        assert_eq!(
+            with_generation("oa-3gaw_0k6p_3k5l22dr0nxs0lbvxw-big-Data.db", 1),
+            None
+        );
+        assert_eq!(with_generation("tmp-nb-3-big-Data.db", 1), None);
+        assert_eq!(with_generation("nb-3-big-Statistics.db.tmp", 1), None);
+        assert_eq!(with_generation("manifest.json", 1), None);
+    }
+
     use super::*;
     use std::path::Path;
 

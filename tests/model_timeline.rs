@@ -66,6 +66,32 @@ fn append(p: &Path, s: &str) {
 /// The components of the sample's nb SSTable, renamed to generation `g`, Data.db first and
 /// TOC last (as a flush writes them): (name, bytes).
 fn nb_components(g: u32) -> Vec<(String, Vec<u8>)> {
+    salted_components(g, 0)
+}
+
+/// [`nb_components`] with other bytes when `salt` is not 0: every byte of `Data.db` plus
+/// `salt`, and its `Digest.crc32` to match (a valid SSTable of other contents, as a later
+/// flush under a reused name would be).
+fn salted_components(g: u32, salt: u8) -> Vec<(String, Vec<u8>)> {
+    let mut v = sample_components(g);
+    if salt != 0 {
+        let mut crc = 0;
+        for (n, b) in v.iter_mut() {
+            if n.ends_with("Data.db") {
+                b.iter_mut().for_each(|x| *x = x.wrapping_add(salt));
+                crc = crc32fast::hash(b);
+            }
+        }
+        for (n, b) in v.iter_mut() {
+            if n.ends_with("Digest.crc32") {
+                *b = crc.to_string().into_bytes();
+            }
+        }
+    }
+    v
+}
+
+fn sample_components(g: u32) -> Vec<(String, Vec<u8>)> {
     let root = common::sample_sstables();
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(root.join(NB))
         .unwrap()
@@ -86,6 +112,11 @@ fn nb_components(g: u32) -> Vec<(String, Vec<u8>)> {
 /// REMOVE per input), every component, COMMIT, then (Cassandra's cleanup) the inputs and
 /// the log are deleted. Returns the names of the new SSTable's files.
 fn transaction(dir: &Path, g: u32, inputs: &[(u32, Vec<String>)]) -> Vec<String> {
+    salted_transaction(dir, g, 0, inputs)
+}
+
+/// [`transaction`] writing [`salted_components`].
+fn salted_transaction(dir: &Path, g: u32, salt: u8, inputs: &[(u32, Vec<String>)]) -> Vec<String> {
     let op = if inputs.is_empty() {
         "flush"
     } else {
@@ -105,7 +136,7 @@ fn transaction(dir: &Path, g: u32, inputs: &[(u32, Vec<String>)]) -> Vec<String>
         );
     }
     let mut names = vec![];
-    for (n, b) in nb_components(g) {
+    for (n, b) in salted_components(g, salt) {
         std::fs::write(dir.join(&n), b).unwrap();
         names.push(n);
     }
@@ -689,4 +720,182 @@ async fn inputs_stay_named_while_their_replacement_cannot_be_stored() {
     );
     assert!(!named.contains("nb-3-big-Data.db"), "{k}: {named:?}");
     assert_eq!(std::fs::read(&foreign).unwrap(), b"another node's nb-3");
+}
+
+/// The generation Cassandra gives its next SSTable in `dir`: one above the highest on disk.
+fn next_generation(dir: &Path) -> u32 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            tablesnap::cassandra::parse_name(&n).and_then(|f| f.id.parse::<u32>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+/// Item 4: a point-in-time restore onto the same host and path, then the node goes on.
+/// The bucket holds `nb-3` and `nb-4` of the abandoned timeline; restored `--as-of` before
+/// them, the node would number its next flush `nb-3` again, with other bytes: refused as a
+/// collision for ever, never backed up. tableslurp restores one SSTable above the bucket's
+/// highest generation, so the next flush takes a name the bucket never held; the abandoned
+/// timeline's restore points keep restoring their own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_goes_on_without_reusing_a_stored_name() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = live(bucket.path(), vec![data.path().into()]).await;
+    let (gen1, gen2, _) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_of = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The timeline the restore abandons: a compaction of both, then a flush.
+    let gen3 = salted_transaction(&t, 3, 7, &[(1, gen1), (2, gen2)]);
+    let gen4 = salted_transaction(&t, 4, 9, &[]);
+    let later: BTreeSet<String> = gen3.iter().chain(&gen4).cloned().collect();
+    until("the abandoned timeline is indexed", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == later)
+    })
+    .await;
+    d.stop().await;
+    let abandoned: Vec<(PathBuf, Vec<u8>)> = later
+        .iter()
+        .map(|n| {
+            let o = object(bucket.path(), &key(&t.join(n)));
+            let b = std::fs::read(&o).unwrap();
+            (o, b)
+        })
+        .collect();
+    let abandoned_index = newest_index(bucket.path(), &t).unwrap();
+
+    // Restore the table as it was before them, into its own (emptied) directory.
+    std::fs::remove_dir_all(&t).unwrap();
+    std::fs::create_dir_all(&t).unwrap();
+    let dest = format!("file://{}", bucket.path().display());
+    let origin = t.to_str().unwrap();
+    let (code, out) = common::run_bin(
+        env!("CARGO_BIN_EXE_tableslurp"),
+        &["-n", HOST, "--as-of", &as_of, &dest, origin, origin],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("restored as nb-5-big"), "{out}");
+    assert_eq!(
+        next_generation(&t),
+        6,
+        "restored {:?}",
+        std::fs::read_dir(&t)
+    );
+
+    // The node goes on: the daemon restarts (-B), Cassandra flushes its next generation.
+    let d = Running::start({
+        let mut c = config(bucket.path(), vec![data.path().into()]);
+        c.recursive = true;
+        c.auto_add = true;
+        c.backup = true;
+        c
+    })
+    .await;
+    let g = next_generation(&t);
+    let new = salted_transaction(&t, g, 11, &[]);
+    let live: BTreeSet<String> = std::fs::read_dir(&t)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(live.is_superset(&new.iter().cloned().collect()));
+    until_within(
+        "the newest restore point names the restored SSTables and the new flush",
+        WAIT,
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == live),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+    // Every name the newest restore point holds has the node's bytes in the bucket.
+    for n in &live {
+        assert_eq!(
+            std::fs::read(object(bucket.path(), &key(&t.join(n)))).unwrap(),
+            std::fs::read(t.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+    // The abandoned timeline is untouched: its objects and its restore point.
+    for (o, b) in &abandoned {
+        assert_eq!(&std::fs::read(o).unwrap(), b, "{}", o.display());
+    }
+    let abandoned_key = object(bucket.path(), &format!("{}/{}", key(&t), abandoned_index.0));
+    let body = std::fs::read(abandoned_key).unwrap();
+    let names: BTreeSet<String> = layout::parse_listing(&body)
+        .unwrap()
+        .names
+        .into_iter()
+        .collect();
+    assert_eq!(names, later);
+}
+
+/// Item 3's hole after a restart: the name of a stored SSTable is reused, same size, other
+/// bytes, a minute after its object was stored (a TRUNCATE, Cassandra restarted, a flush).
+/// The `-B` restart took the new Data.db as stored (same size, within 15 minutes of the
+/// object) and named it: that restore point restored the old bytes. Now the local file is
+/// suspect (written after its object) and the MD5s decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_takes_a_reused_name_of_the_same_size_as_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let gen1 = transaction(&t, 1, &[]);
+    let first = common::run_once(common::once_on_file(bucket.path(), data.path(), HOST)).await;
+    assert!(first.indexes_written >= 1, "{first}");
+    let old: Vec<(PathBuf, Vec<u8>)> = gen1
+        .iter()
+        .map(|n| {
+            let o = object(bucket.path(), &key(&t.join(n)));
+            // Stored a minute ago (a file:// object's LastModified is its mtime).
+            std::fs::File::open(&o)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+                .unwrap();
+            (o.clone(), std::fs::read(&o).unwrap())
+        })
+        .collect();
+    for n in &gen1 {
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    let again = salted_transaction(&t, 1, 5, &[]);
+    assert_eq!(again, gen1);
+    let mut c = common::once_on_file(bucket.path(), data.path(), HOST);
+    c.backup = true;
+    // Other bytes under a name the newest restore point holds: a collision (as for a
+    // replaced node reusing the host name), refused and reported, never named.
+    let after = tokio::time::timeout(
+        Duration::from_secs(120),
+        tablesnap::daemon::run(c, std::future::pending()),
+    )
+    .await
+    .expect("--once ends");
+    assert!(
+        matches!(
+            after,
+            Err(tablesnap::daemon::DaemonError::Incomplete { .. })
+        ),
+        "{after:?}"
+    );
+    let after = format!("{after:?}");
+    let (k, named) = newest_index(bucket.path(), &t).unwrap();
+    for n in &named {
+        assert_eq!(
+            std::fs::read(object(bucket.path(), &key(&t.join(n)))).unwrap(),
+            std::fs::read(t.join(n)).unwrap(),
+            "{k} names {n}, whose object holds other bytes than the file ({after})"
+        );
+    }
+    // The earlier restore point's bytes are kept.
+    for (o, b) in &old {
+        assert_eq!(&std::fs::read(o).unwrap(), b, "{}", o.display());
+    }
 }

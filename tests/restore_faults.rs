@@ -30,6 +30,7 @@ fn setup(target: &std::path::Path) -> (Cleanup, Store, RestoreOptions, Vec<u8>) 
         commitlogs: None,
         commitlog_target: None,
         mapping: Default::default(),
+        keep_generations: false,
     };
     (c, store, ro, body)
 }
@@ -167,6 +168,7 @@ fn an_object_shrinking_mid_download_fails_bounded_and_leaves_no_temp_file() {
             commitlogs: None,
             commitlog_target: None,
             mapping: Default::default(),
+            keep_generations: false,
         };
         let obj = object_file(&c, &key);
         let obj_now = obj.clone();
@@ -260,6 +262,7 @@ fn large_data_db_is_checked_by_its_digest_across_ranges() {
             commitlogs: None,
             commitlog_target: None,
             mapping: Default::default(),
+            keep_generations: false,
         };
         let e = ExecOptions {
             range_threshold: 1 << 20,

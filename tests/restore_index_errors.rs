@@ -64,6 +64,7 @@ async fn check(opts: StoreOptions, prefix: String, dir: &str, newest: String) {
         commitlogs: None,
         commitlog_target: None,
         mapping: Default::default(),
+        keep_generations: false,
     };
     let index_name = format!("nb-2-big-Data.db{}", layout::INDEX_SUFFIX);
 

@@ -107,6 +107,11 @@ pub struct Args {
         env = "TABLESLURP_NO_ID_MAPPING"
     )]
     pub no_id_mapping: bool,
+    /// Restore every SSTable under its own name, even when the bucket holds higher
+    /// generations of the table (by default one is renamed above them, so the node never
+    /// writes a name the bucket already holds with other bytes)
+    #[arg(long = "keep-generations", env = "TABLESLURP_KEEP_GENERATIONS")]
+    pub keep_generations: bool,
     /// Also restore the commit logs archived in PATH (on the backed-up host) that are newer
     /// than the oldest restored index
     #[arg(long, value_name = "PATH", env = "TABLESLURP_COMMITLOGS")]
@@ -261,6 +266,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Vec::new()
             },
         },
+        keep_generations: a.keep_generations,
     };
     let threads = usize::from(a.threads);
     let plan = match restore::prepare(&store, &opts, threads).await {
@@ -280,6 +286,17 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "{} -> {}: restored into the existing directory of the re-created table",
                 escape(&t.dir),
                 escape(to)
+            );
+        }
+        if let (Some(r), false) = (&t.renumbered, a.verify) {
+            tracing::info!(
+                "{}: {} restored as {}: the bucket holds generations of this table up to {} \
+                 (a later timeline), so the node goes on above them and never writes a name \
+                 stored with other bytes (--keep-generations: keep every name)",
+                escape(&t.dir),
+                escape(&r.from),
+                escape(&r.to),
+                r.above
             );
         }
     }
@@ -619,6 +636,11 @@ fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_
                 "unusable": c.unusable,
             })).collect::<Vec<_>>(),
             "mapped_to": t.mapped_to,
+            "renumbered": t.renumbered.as_ref().map(|r| json!({
+                "from": r.from,
+                "to": r.to,
+                "above": r.above,
+            })),
             "files": t.files.len(),
             "bytes": t.bytes(),
             "present": t.files.iter().filter(|f| f.already_present()).count(),

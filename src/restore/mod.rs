@@ -42,6 +42,7 @@ use crate::store::{ErrorKind, Store, StoreError};
 mod commit;
 pub mod dirs;
 pub mod fetch;
+pub mod generations;
 pub mod inventory;
 mod mapping;
 pub mod plan;

@@ -41,6 +41,9 @@ pub struct RestoreOptions {
     pub commitlog_target: Option<PathBuf>,
     /// With `-r`: restoring into table directories that exist under another id.
     pub mapping: TableMapping,
+    /// `--keep-generations`: never rename an SSTable to keep the node from reusing a
+    /// generation the bucket holds ([`super::generations`]).
+    pub keep_generations: bool,
 }
 
 impl RestoreOptions {
@@ -154,6 +157,9 @@ pub struct TablePlan {
     /// Restored into this existing `KS/TABLE-ID` (a re-created table), not its own.
     pub mapped_to: Option<String>,
     pub files: Vec<PlannedFile>,
+    /// The SSTable restored under a higher generation, so the node goes on above every
+    /// generation the bucket holds for the table ([`super::generations`]).
+    pub renumbered: Option<super::generations::Renumbered>,
 }
 
 impl TablePlan {
@@ -560,7 +566,14 @@ pub fn plan(
             checks,
             mapped_to: c.mapped_to.clone(),
             files,
+            renumbered: None,
         });
+    }
+    if !opts.keep_generations {
+        let max = super::generations::bucket_max(listing, &opts.layout);
+        for (i, r) in super::generations::avoid_reuse(&mut plan, &max) {
+            plan.tables[i].renumbered = Some(r);
+        }
     }
     refuse_shared_destinations(&mut plan);
     if opts.commitlogs.is_some() && plan.tables.is_empty() {

@@ -23,6 +23,7 @@ fn opts(sel: Selection) -> RestoreOptions {
         commitlogs: None,
         commitlog_target: None,
         mapping: Default::default(),
+        keep_generations: false,
     }
 }
 
@@ -518,4 +519,91 @@ fn the_one_table_restore_includes_its_secondary_index_directories() {
             .iter()
             .any(|f| f.dest == std::path::Path::new("/restore/.t_idx/nb-1-big-Data.db"))
     );
+}
+
+/// Issue #15 item 4: restored `--as-of` an earlier point, every restored generation is below
+/// what the bucket holds of the table (the abandoned timeline); Cassandra would number its
+/// next flush into those names. One SSTable (the smallest) is restored above them; every
+/// other file keeps its name (and so is found stored by the next backup).
+#[test]
+fn an_older_restore_point_goes_on_above_every_stored_generation() {
+    let id = "0123456789abcdef0123456789abcdef";
+    let dir = format!("/d/ks/t-{id}");
+    let mut l = Vec::new();
+    let mut b = HashMap::new();
+    // Two SSTables live at t=200 (nb-2 small, nb-3 big), then gens up to 7 later.
+    for (g, size, t) in [
+        (2u64, 10u64, 150i64),
+        (3, 500, 200),
+        (6, 70, 300),
+        (7, 80, 400),
+    ] {
+        let data = format!("h:{dir}/nb-{g}-big-Data.db");
+        l.push(obj(&data, size, t));
+        l.push(obj(&format!("h:{dir}/nb-{g}-big-TOC.txt"), 5, t));
+    }
+    let mut point = |name: &str, t: i64, names: &[&str]| {
+        let ik = layout::index_key(&format!("h:{dir}/{name}"));
+        l.push(obj(&ik, 10, t));
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        b.insert(ik, Bytes::from(layout::listdir_json(&dir, &names)));
+    };
+    let two = [
+        "nb-2-big-Data.db",
+        "nb-2-big-TOC.txt",
+        "nb-3-big-Data.db",
+        "nb-3-big-TOC.txt",
+    ];
+    point("nb-3-big-Data.db", 200, &two);
+    point(
+        "nb-7-big-Data.db",
+        400,
+        &["nb-7-big-Data.db", "nb-7-big-TOC.txt"],
+    );
+    let mut o = opts(Selection::Recursive);
+    o.as_of = Some(Utc.timestamp_opt(250, 0).unwrap());
+    let p = plan(&l, &b, None, &o).unwrap();
+    let t = &p.tables[0];
+    let files: Vec<(String, String, PathBuf)> = t
+        .files
+        .iter()
+        .map(|f| (f.key.clone(), f.name.clone(), f.dest.clone()))
+        .collect();
+    let target = PathBuf::from(format!("/restore/ks/t-{id}"));
+    let row = |g: u64, c: &str, to: u64| {
+        (
+            format!("h:{dir}/nb-{g}-big-{c}"),
+            format!("nb-{to}-big-{c}"),
+            target.join(format!("nb-{to}-big-{c}")),
+        )
+    };
+    assert_eq!(
+        files,
+        [
+            row(2, "Data.db", 8),
+            row(2, "TOC.txt", 8),
+            row(3, "Data.db", 3),
+            row(3, "TOC.txt", 3)
+        ]
+    );
+    assert_eq!(
+        t.renumbered,
+        Some(super::super::generations::Renumbered {
+            from: "nb-2-big".into(),
+            to: "nb-8-big".into(),
+            above: 7
+        })
+    );
+    // The Digest check still reads the stored object of the SSTable it belongs to.
+    // The newest restore point holds the highest generation: nothing is renamed.
+    o.as_of = None;
+    let p = plan(&l, &b, None, &o).unwrap();
+    assert!(p.tables[0].renumbered.is_none());
+    assert!(p.tables[0].files.iter().all(|f| f.key.ends_with(&f.name)));
+    // --keep-generations: every name kept.
+    o.as_of = Some(Utc.timestamp_opt(250, 0).unwrap());
+    o.keep_generations = true;
+    let p = plan(&l, &b, None, &o).unwrap();
+    assert!(p.tables[0].renumbered.is_none());
+    assert!(p.tables[0].files.iter().all(|f| f.key.ends_with(&f.name)));
 }

@@ -28,6 +28,15 @@ impl Plan {
                     esc(to)
                 );
             }
+            if let Some(r) = &t.renumbered {
+                let _ = writeln!(
+                    out,
+                    "  renumbered: {} restored as {} (the bucket holds generations up to {}: the node goes on above them)",
+                    esc(&r.from),
+                    esc(&r.to),
+                    r.above
+                );
+            }
             for ch in t.checks.iter().filter(|ch| ch.key != t.index_key) {
                 let _ = writeln!(
                     out,

@@ -132,6 +132,7 @@ mod tests {
                 checks: vec![],
                 mapped_to: None,
                 files: vec![file("a", 700, None), file("b", 300, Some(300))],
+                renumbered: None,
             }],
             ..Plan::default()
         };
