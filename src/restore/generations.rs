@@ -84,7 +84,7 @@ fn integer_generation(name: &str) -> Option<u64> {
 /// Returns what it renamed, per table plan index.
 pub fn avoid_reuse(plan: &mut Plan, max: &HashMap<String, u64>) -> Vec<(usize, Renumbered)> {
     // Per target table: the restored SSTables (plan index, name) and their sizes.
-    let mut groups: BTreeMap<String, BTreeMap<(usize, String), (u64, u64)>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Restored> = BTreeMap::new();
     for (i, t) in plan.tables.iter().enumerate() {
         let Some(group) = target_table(t) else {
             continue;
@@ -150,6 +150,9 @@ pub fn avoid_reuse(plan: &mut Plan, max: &HashMap<String, u64>) -> Vec<(usize, R
     }
     out
 }
+
+/// The restored SSTables of one table: (plan index, SSTable name) -> (generation, bytes).
+type Restored = BTreeMap<(usize, String), (u64, u64)>;
 
 /// The table a plan restores into: its target directory's `ks/table-id[/.idx]`.
 fn target_table(t: &TablePlan) -> Option<String> {
