@@ -428,11 +428,16 @@ async fn a_truncate_leaves_a_restore_point_that_names_nothing() {
     let t = table(data.path());
     let d = live(bucket.path(), vec![data.path().into()]).await;
     let (_, _, both) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
-    let before = std::fs::read(object(
+    // The newest listing naming both may be nb-1's index; nb-2's own follows it.
+    let nb2_index = object(
         bucket.path(),
         &layout::index_key(&key(&t.join("nb-2-big-Data.db"))),
-    ))
-    .unwrap();
+    );
+    until("nb-2 has its own index", || {
+        index_of(bucket.path(), &t.join("nb-2-big-Data.db")).is_some_and(|n| n == both)
+    })
+    .await;
+    let before = std::fs::read(&nb2_index).unwrap();
     // The restore points' LastModified are whole seconds apart from here on.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let as_of_before = chrono::Utc::now().to_rfc3339();
@@ -817,17 +822,9 @@ async fn a_point_in_time_restore_goes_on_without_reusing_a_stored_name() {
     let summary = d.stop().await;
     assert_eq!(summary.failures, 0, "{summary}");
     // Every name the newest restore point holds has the node's bytes in the bucket.
-    for n in &live {
-        assert_eq!(
-            std::fs::read(object(bucket.path(), &key(&t.join(n)))).unwrap(),
-            std::fs::read(t.join(n)).unwrap(),
-            "{n}"
-        );
-    }
+    holds_the_files(bucket.path(), &t, &live, "the newest restore point");
     // The abandoned timeline is untouched: its objects and its restore point.
-    for (o, b) in &abandoned {
-        assert_eq!(&std::fs::read(o).unwrap(), b, "{}", o.display());
-    }
+    unchanged(&abandoned);
     let abandoned_key = object(bucket.path(), &format!("{}/{}", key(&t), abandoned_index.0));
     let body = std::fs::read(abandoned_key).unwrap();
     let names: BTreeSet<String> = layout::parse_listing(&body)
@@ -885,17 +882,31 @@ async fn a_restart_never_takes_a_reused_name_of_the_same_size_as_stored() {
         ),
         "{after:?}"
     );
-    let after = format!("{after:?}");
     let (k, named) = newest_index(bucket.path(), &t).unwrap();
-    for n in &named {
+    holds_the_files(bucket.path(), &t, &named, &format!("{k} ({after:?})"));
+    // The earlier restore point's bytes are kept.
+    unchanged(&old);
+}
+
+/// Each of `names` in the file:// `bucket` holds the bytes of the file of that name in `dir`.
+fn holds_the_files(bucket: &Path, dir: &Path, names: &BTreeSet<String>, what: &str) {
+    for n in names {
         assert_eq!(
-            std::fs::read(object(bucket.path(), &key(&t.join(n)))).unwrap(),
-            std::fs::read(t.join(n)).unwrap(),
-            "{k} names {n}, whose object holds other bytes than the file ({after})"
+            std::fs::read(object(bucket, &key(&dir.join(n)))).unwrap(),
+            std::fs::read(dir.join(n)).unwrap(),
+            "{what} names {n}, whose object holds other bytes than the file"
         );
     }
-    // The earlier restore point's bytes are kept.
-    for (o, b) in &old {
-        assert_eq!(&std::fs::read(o).unwrap(), b, "{}", o.display());
+}
+
+/// Each object still holds the bytes it had.
+fn unchanged(objects: &[(PathBuf, Vec<u8>)]) {
+    for (o, b) in objects {
+        assert_eq!(
+            &std::fs::read(o).unwrap(),
+            b,
+            "{} was overwritten",
+            o.display()
+        );
     }
 }
