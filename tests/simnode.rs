@@ -1367,7 +1367,7 @@ fn stored_at<'a>(
 ) -> Stored<'a> {
     let Some(v) = versions
         .get(path)
-        .and_then(|vs| vs.iter().filter(|d| d.last_modified <= t + SLACK).last())
+        .and_then(|vs| vs.iter().rfind(|d| d.last_modified <= t + SLACK))
     else {
         return Stored::Never;
     };
@@ -1449,13 +1449,16 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
             let mut ok_maps: Vec<&Files> = Vec::new();
             for &c in &cands {
                 let s = &j.ssts[c];
-                let w = if s.complete_at.is_none() {
+                let w = if let Some(done) = s.complete_at.filter(|&d| d > wb) {
+                    Some(format!(
+                        "an SSTable before its transaction committed (at {})",
+                        at(done)
+                    ))
+                } else if s.complete_at.is_none() {
                     Some(format!(
                         "an SSTable that never completed{}",
                         if s.aborted { " (aborted)" } else { "" }
                     ))
-                } else if s.complete_at.unwrap() > wb {
-                    Some("an SSTable before its transaction committed".to_string())
                 } else {
                     let maps: Vec<&Files> = s
                         .maps_in(wa, wb)
@@ -1473,13 +1476,13 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                         None
                     }
                 };
-                if w.is_none() {
-                    if s.gone_at.is_some_and(|g| {
+                if w.is_none()
+                    && s.gone_at.is_some_and(|g| {
                         g + Duration::from_secs(10) < l
                             && s.lives.last().is_some_and(|x| x.1.is_some())
-                    }) {
-                        v.stale_names += 1;
-                    }
+                    })
+                {
+                    v.stale_names += 1;
                 }
                 why = why.or(w.filter(|_| c == *cands.last().unwrap()));
             }
@@ -1703,8 +1706,7 @@ fn check_deletions(seen: &Seen, v: &mut Verdict) {
         // The newest when it was still there, and any written until it was seen gone.
         let mut newest: Vec<&&IndexObs> = ixs
             .iter()
-            .filter(|x| x.last_modified <= d.after)
-            .last()
+            .rfind(|x| x.last_modified <= d.after)
             .into_iter()
             .collect();
         newest.extend(
