@@ -751,11 +751,11 @@ fn run_node(node: Shared<Node>, j: Shared<Journal>, stop: Arc<AtomicBool>, seed:
             }
             73..77 => {
                 let mut n = node.lock().unwrap();
-                if n.tables[t].compacting || n.tables[t].frozen || (op >= 75 && alive.len() <= 2) {
+                if n.tables[t].compacting || n.tables[t].frozen || (op >= 76 && alive.len() <= 2) {
                     continue;
                 }
                 let mut jj = j.lock().unwrap();
-                let drop_it = op >= 75;
+                let drop_it = op >= 76;
                 let tag = format!(
                     "{}-{}-t{t}",
                     if drop_it { "dropped" } else { "truncated" },
@@ -1010,7 +1010,10 @@ fn pit_restore(
     }
     Some(format!(
         "{} --as-of {as_of_s}: {} SSTables back, generations go on from {high} (were at {was})",
-        dirs[0].display(),
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
         back.len()
     ))
 }
@@ -1381,6 +1384,45 @@ fn stored_at<'a>(
     Stored::Held(v)
 }
 
+/// Whose bytes a stored object under `base`'s component `f` holds, when they are not the
+/// ones an index written at `l` should name: an earlier state of the same SSTable (a TOC
+/// an SAI build rewrote), or an earlier incarnation of the name (generation reuse).
+fn bytes_hint(
+    j: &Journal,
+    base: &Path,
+    f: &str,
+    got: &(String, u64),
+    cands: &[usize],
+    l: SystemTime,
+) -> String {
+    for &c in cands {
+        let s = &j.ssts[c];
+        if let Some((until, _)) = s.history.iter().find(|(_, hm)| hm.get(f) == Some(got)) {
+            let sai = f.ends_with("TOC.txt") && s.files.keys().any(|k| k.contains("-SAI+"));
+            return format!(
+                "; those are the node's bytes of {f} until {} (rewritten then{})",
+                at(*until),
+                if sai {
+                    ": the TOC an SAI build replaced, the stored TOC kept, issue #15 item 6"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    for &c in j.incs(base) {
+        let s = &j.ssts[c];
+        if !cands.contains(&c) && s.born < l && s.all_maps().any(|m| m.get(f) == Some(got)) {
+            return format!(
+                "; those are the bytes of an earlier {} (born {}), of the timeline a point-in-time restore abandoned: generation reuse, issue #15 items 3/4",
+                s.base.display(),
+                at(s.born)
+            );
+        }
+    }
+    String::new()
+}
+
 /// `id`'s data is in what `named` names: itself, a committed compaction output descending
 /// from it, or (a replacement that could not be stored) all its inputs.
 fn covered(j: &Journal, id: usize, named: &HashSet<PathBuf>) -> bool {
@@ -1535,29 +1577,7 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                     Stored::Held(d) if &d.sha == wsha && d.size == *wlen => None,
                     Stored::Held(d) => {
                         let got = (d.sha.clone(), d.size);
-                        let mut hint = String::new();
-                        for &c in j.incs(base) {
-                            let s = &j.ssts[c];
-                            if let Some((until, _)) =
-                                s.history.iter().find(|(_, hm)| hm.get(*f) == Some(&got))
-                            {
-                                hint = format!(
-                                    "; those are the node's bytes of {f} until {} (rewritten then{})",
-                                    at(*until),
-                                    if f.ends_with("TOC.txt") {
-                                        ": the TOC an SAI build replaced, stored TOC kept, issue #15 item 6"
-                                    } else {
-                                        ""
-                                    }
-                                );
-                            } else if !cands.contains(&c) && s.files.get(*f) == Some(&got) {
-                                hint = format!(
-                                    "; those are the bytes of an earlier {} (born {}), abandoned by a point-in-time restore: generation reuse, issue #15 items 3/4",
-                                    f,
-                                    at(s.born)
-                                );
-                            }
-                        }
+                        let hint = bytes_hint(j, base, f, &got, &cands, l);
                         Some(format!(
                             "{} (written {}) names {}/{f}: the object stored at {} holds {} bytes sha256 {}, the node's {f} then had {wlen} bytes sha256 {}{hint}",
                             ix.key,
@@ -1815,9 +1835,35 @@ fn check_restores(
                     .filter(|(k, s)| got.get(*k).is_some_and(|g| g != *s))
                     .map(|(k, _)| k)
                     .collect();
+                // Whose bytes came back instead (an SAI build's old TOC, item 6).
+                let mut why = Vec::new();
+                for k in &differ {
+                    let g = &got[*k];
+                    for &l in &tb.live {
+                        let s = &j.ssts[l];
+                        if let Some((until, _)) = s
+                            .history
+                            .iter()
+                            .find(|(_, m)| m.get(*k).is_some_and(|(sh, _)| sh == g))
+                        {
+                            why.push(format!(
+                                "{k} came back with the node's bytes from before {}{}",
+                                at(*until),
+                                if k.ends_with("TOC.txt")
+                                    && s.files.keys().any(|f| f.contains("-SAI+"))
+                                {
+                                    " (the TOC before an SAI build: issue #15 item 6)"
+                                } else {
+                                    ""
+                                }
+                            ));
+                        }
+                    }
+                }
                 bad.push(format!(
-                    "restore of {}: missing {missing:?}, not on the node {extra:?}, different bytes {differ:?}",
-                    dir.display()
+                    "restore of {}: missing {missing:?}, not on the node {extra:?}, different bytes {differ:?}{}",
+                    dir.display(),
+                    if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
                 ));
             }
         }
