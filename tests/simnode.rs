@@ -1252,6 +1252,9 @@ struct Verdict {
     /// Live, complete SSTables an index covered neither itself nor through a descendant.
     lost_live: Vec<String>,
     lost_live_indexes: usize,
+    /// Names of SSTables no longer live that nothing justifies naming.
+    dead_names: Vec<String>,
+    dead_indexes: usize,
     /// Objects deleted while the newest restore point of their directory named them.
     deleted_named: Vec<String>,
     /// Indexes of `snapshots/` or `backups/` directories (none with default events).
@@ -1421,6 +1424,14 @@ fn bytes_hint(
         }
     }
     String::new()
+}
+
+/// `a` is one of the SSTables `y` was compacted from (transitively).
+fn ancestor(j: &Journal, a: usize, y: usize) -> bool {
+    j.ssts[y]
+        .inputs
+        .iter()
+        .any(|&i| i == a || ancestor(j, a, i))
 }
 
 /// `id`'s data is in what `named` names: itself, a committed compaction output descending
@@ -1622,6 +1633,57 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                 }
             ));
         }
+        // Nor data that is no longer live (deleted longer than VIEW before), unless it is
+        // what a live SSTable left out was made of (a replacement that cannot be stored).
+        let live_unnamed: Vec<usize> = j
+            .by_dir
+            .get(&dir)
+            .map_or(&[][..], |v| v.as_slice())
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let s = &j.ssts[id];
+                !named.contains(&s.base)
+                    && s.lives
+                        .iter()
+                        .any(|&(c, g)| c <= l && g.is_none_or(|g| g > l))
+            })
+            .collect();
+        let dead_before = v.dead_names.len();
+        for base in &named {
+            let cands = j.candidates(base, l);
+            let live_then = cands.iter().any(|&c| {
+                j.ssts[c]
+                    .lives
+                    .iter()
+                    .any(|&(a, g)| a <= l + SLACK && g.is_none_or(|g| g + VIEW >= l))
+            });
+            if live_then || cands.iter().all(|&c| j.ssts[c].lives.is_empty()) {
+                continue;
+            }
+            if live_unnamed
+                .iter()
+                .any(|&y| cands.iter().any(|&c| ancestor(j, c, y)))
+            {
+                continue;
+            }
+            let s = &j.ssts[*cands.last().unwrap()];
+            v.dead_names.push(format!(
+                "{} (written {}) names {}, deleted from the node at {} and not what a live SSTable left out was made of{}",
+                ix.key,
+                at(l),
+                base.display(),
+                s.gone_at.map_or("?".into(), at),
+                match live_unnamed.iter().find(|&&y| j.ssts[y].reused) {
+                    Some(&y) => format!(
+                        "; meanwhile {} (a reused name: generation reuse after a point-in-time restore, issue #15 items 3/4) is live and not named: the daemon keeps naming what is gone while a complete SSTable cannot be stored, here the abandoned timeline",
+                        j.ssts[y].base.display()
+                    ),
+                    None => String::new(),
+                }
+            ));
+        }
+        v.dead_indexes += (v.dead_names.len() > dead_before) as usize;
         v.bad_index_versions += (v.bad_indexes.len() > bad_before) as usize;
         v.unseen_bytes_indexes += (v.unseen_bytes.len() > unseen_before) as usize;
         v.lost_live_indexes += (v.lost_live.len() > lost_before) as usize;
@@ -2101,8 +2163,12 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         v.never_completed_bytes
     );
     eprintln!(
-        "index versions checked at their time:   {}; naming an unfinished or incomplete SSTable: {}; that lost live data: {}; that named unseen bytes: {}",
-        v.index_versions_checked, v.bad_index_versions, v.lost_live_indexes, v.unseen_bytes_indexes
+        "index versions checked at their time:   {}; naming an unfinished or incomplete SSTable: {}; that lost live data: {}; that named unseen bytes: {}; that named deleted SSTables: {}",
+        v.index_versions_checked,
+        v.bad_index_versions,
+        v.lost_live_indexes,
+        v.unseen_bytes_indexes,
+        v.dead_indexes
     );
     eprintln!(
         "snapshot/backup bytes sent (default events):    {} ({} objects, {} indexes)",
@@ -2152,6 +2218,10 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         &v.unseen_bytes,
     );
     fail("indexes that lost live data", &v.lost_live);
+    fail(
+        "indexes naming SSTables deleted from the node (not live data)",
+        &v.dead_names,
+    );
     fail(
         "objects deleted while the newest restore point named them",
         &v.deleted_named,
@@ -2467,6 +2537,25 @@ fn lineage_checks_catch_lost_data_unseen_bytes_and_deletions() {
     check_latency(&j, &seen, &[], &mut v);
     assert_eq!(v.max_wait, s(30), "{}", v.max_wait_sst);
     assert!(v.waited_too_long.is_empty(), "{:?}", v.waited_too_long);
+    // Naming the gone nb-4 is right while its replacement nb-5 is left out (not stored),
+    // wrong beside it.
+    let four = ["nb-4-big-Data.db", "nb-4-big-TOC.txt"];
+    let seen2 = Seen {
+        indexes: vec![
+            ix("justified", t0 + s(100), &with(&one_sai, &four)),
+            ix(
+                "dead",
+                t0 + s(100),
+                &with(&with(&one_sai, &five_all), &four),
+            ),
+        ],
+        ..Default::default()
+    };
+    let mut v = Verdict::default();
+    check_indexes(&j, &seen2, &[], &mut v);
+    assert_eq!(v.dead_indexes, 1, "{:?}", v.dead_names);
+    assert!(v.dead_names[0].starts_with("dead "), "{}", v.dead_names[0]);
+    assert!(v.lost_live.is_empty(), "{:?}", v.lost_live);
     // A name reused for other bytes: an index naming the old object under it is caught.
     let mut again = Sst::new(dir.join("nb-4-big"), files("4", "toc4b"), t0 + s(70));
     again.complete(t0 + s(71));
