@@ -1578,12 +1578,29 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                         short(wsha)
                     )),
                     Stored::Deleted(d) => Some(format!(
-                        "{} (written {}) names {}/{f}: its object was deleted from the bucket between {} and {}, before the index was written",
+                        "{} (written {}) names {}/{f}: its object was deleted from the bucket between {} and {}, before the index was written{}",
                         ix.key,
                         at(l),
                         ix.dir,
                         at(d.after),
-                        at(d.before)
+                        at(d.before),
+                        match stored_at(&versions, &HashMap::new(), &format!("{}/{f}", ix.dir), l) {
+                            Stored::Held(o) => {
+                                let reused = cands
+                                    .iter()
+                                    .any(|&c| j.ssts[c].reused && j.ssts[c].born > o.last_modified);
+                                format!(
+                                    " (the object was stored at {}{})",
+                                    at(o.last_modified),
+                                    if reused {
+                                        ", by the timeline a point-in-time restore abandoned: the daemon took that old object, same bytes, as the copy of a reused name (generation reuse, issue #15 items 3/4) while tablechop, seeing no kept index name it, deleted it"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            }
+                            _ => String::new(),
+                        }
                     )),
                     Stored::Held(d) if &d.sha == wsha && d.size == *wlen => None,
                     Stored::Held(d) => {
@@ -2264,6 +2281,10 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
             );
         }
         eprintln!("---- tablesnap log tail ----\n{}", bin.log_tail(30));
+        let keep = std::env::temp_dir().join(format!("simnode-{seed}-tablesnap.log"));
+        if std::fs::copy(&bin.log, &keep).is_ok() {
+            eprintln!("---- the whole tablesnap log: {} ----", keep.display());
+        }
     }
     assert!(
         kills as u64 >= secs.saturating_sub(30) / 30,
