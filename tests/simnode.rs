@@ -1387,6 +1387,21 @@ fn stored_at<'a>(
     Stored::Held(v)
 }
 
+/// The kind of an `unseen_bytes` line, rarest first: the failure list shows those first.
+fn unseen_kind(line: &str) -> (usize, &'static str) {
+    if line.contains("item 6") {
+        (4, "an SAI build's old TOC (item 6)")
+    } else if line.contains("items 3/4") {
+        (3, "generation reuse (items 3/4)")
+    } else if line.contains("deleted from the bucket") {
+        (1, "deleted from the bucket")
+    } else if line.contains("was seen stored") {
+        (2, "never stored")
+    } else {
+        (0, "other bytes")
+    }
+}
+
 /// Whose bytes a stored object under `base`'s component `f` holds, when they are not the
 /// ones an index written at `l` should name: an earlier state of the same SSTable (a TOC
 /// an SAI build rewrote), or an earlier incarnation of the name (generation reuse).
@@ -2136,6 +2151,11 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
     check_latency(&j, &s, &down, &mut v);
     check_deletions(&s, &mut v);
     let (restored, bad_restores) = check_restores(&s3, &prefix, &n, &j, &work_dir);
+    v.unseen_bytes.sort_by_key(|l| unseen_kind(l).0);
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &v.unseen_bytes {
+        *kinds.entry(unseen_kind(l).1).or_default() += 1;
+    }
     let completed = j.ssts.iter().filter(|x| x.complete_at.is_some()).count();
     let live_tables = n.tables.iter().filter(|t| !t.dropped).count();
 
@@ -2180,7 +2200,7 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         v.never_completed_bytes
     );
     eprintln!(
-        "index versions checked at their time:   {}; naming an unfinished or incomplete SSTable: {}; that lost live data: {}; that named unseen bytes: {}; that named deleted SSTables: {}",
+        "index versions checked at their time:   {}; naming an unfinished or incomplete SSTable: {}; that lost live data: {}; that named unseen bytes: {} (names: {kinds:?}); that named deleted SSTables: {}",
         v.index_versions_checked,
         v.bad_index_versions,
         v.lost_live_indexes,
