@@ -1604,13 +1604,21 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                                 let reused = cands
                                     .iter()
                                     .any(|&c| j.ssts[c].reused && j.ssts[c].born > o.last_modified);
+                                let same = m.get(*f) == Some(&(o.sha.clone(), o.size));
                                 format!(
                                     " (the object was stored at {}{})",
                                     at(o.last_modified),
                                     if reused {
-                                        ", by the timeline a point-in-time restore abandoned: the daemon took that old object, same bytes, as the copy of a reused name (generation reuse, issue #15 items 3/4) while tablechop, seeing no kept index name it, deleted it"
+                                        format!(
+                                            ", by the timeline a point-in-time restore abandoned, {} the node's file under this reused name: the daemon named an object of the abandoned timeline (taken as stored, or kept from the restore point before the restore) while tablechop, seeing no kept index name it, deleted it; generation reuse, issue #15 items 3/4",
+                                            if same {
+                                                "the same bytes as"
+                                            } else {
+                                                "other bytes than"
+                                            }
+                                        )
                                     } else {
-                                        ""
+                                        String::new()
                                     }
                                 )
                             }
