@@ -1391,10 +1391,10 @@ fn stored_at<'a>(
 fn unseen_kind(line: &str) -> (usize, &'static str) {
     if line.contains("item 6") {
         (4, "an SAI build's old TOC (item 6)")
+    } else if line.contains("deleted from the bucket") {
+        (1, "deleted from the bucket (tablechop)")
     } else if line.contains("items 3/4") {
         (3, "generation reuse (items 3/4)")
-    } else if line.contains("deleted from the bucket") {
-        (1, "deleted from the bucket")
     } else if line.contains("was seen stored") {
         (2, "never stored")
     } else {
