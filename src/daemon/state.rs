@@ -75,6 +75,12 @@ pub(super) struct Daemon<'a> {
     /// an index waits for its own directory's uploads, not for the whole queue.
     pub(super) busy_dirs: HashMap<PathBuf, usize>,
     pub(super) owed: HashSet<PathBuf>,
+    /// Files a scan queued that have not been tried once yet, and how many per directory:
+    /// while a directory has some (its backfill), its index waits for them, `max_wait` or
+    /// not, so a backfill writes one listing of it, not one per `max_wait` (each uploading
+    /// the rest itself, serially). A file that failed once no longer holds it.
+    pub(super) untried: HashSet<PathBuf>,
+    pub(super) untried_dirs: HashMap<PathBuf, usize>,
     pub(super) indexes: IndexScheduler,
     /// What the last index this run wrote for each directory named: a file stored that it
     /// does not name, or one it names deleted, makes a new index due.
@@ -118,6 +124,8 @@ impl<'a> Daemon<'a> {
             attempts: HashMap::new(),
             busy_dirs: HashMap::new(),
             owed: HashSet::new(),
+            untried: HashSet::new(),
+            untried_dirs: HashMap::new(),
             indexes: IndexScheduler::new(cfg.index_delay),
             last_named: HashMap::new(),
             rechecked: HashSet::new(),
@@ -138,6 +146,21 @@ impl<'a> Daemon<'a> {
         if self.owed.insert(p.to_path_buf()) {
             if let Some(d) = p.parent() {
                 *self.busy_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// `p` was tried once (whatever came of it): it no longer holds its directory's index.
+    fn tried(&mut self, p: &Path) {
+        if !self.untried.remove(p) {
+            return;
+        }
+        if let Some(d) = p.parent() {
+            if let Some(n) = self.untried_dirs.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    self.untried_dirs.remove(d);
+                }
             }
         }
     }
@@ -297,7 +320,12 @@ impl<'a> Daemon<'a> {
             .files_present
             .fetch_add(f.scan.stored, Ordering::Relaxed);
         for p in f.scan.ready {
-            self.enqueue(p);
+            self.enqueue(p.clone());
+            if self.queued.contains(&p) && self.untried.insert(p.clone()) {
+                if let Some(d) = p.parent() {
+                    *self.untried_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
+                }
+            }
         }
         if !f.scan.unsettled.is_empty() {
             self.unsettled
@@ -469,8 +497,11 @@ impl<'a> Daemon<'a> {
         }
         // A due index goes before the queue: the recovery point must move under a backlog.
         // It waits only for its own directory's uploads (at most ten quiet periods).
-        let busy = &self.busy_dirs;
-        if let Some((dir, files)) = self.indexes.start(now, |d| busy.contains_key(d)) {
+        let (busy, held) = (&self.busy_dirs, &self.untried_dirs);
+        if let Some((dir, files)) =
+            self.indexes
+                .start_unless_held(now, |d| busy.contains_key(d), |d| held.contains_key(d))
+        {
             return Some(Task::Index(dir, files));
         }
         if let Some(p) = self.queue.pop_front() {
@@ -548,6 +579,7 @@ impl<'a> Daemon<'a> {
         match done {
             Done::File(p, r) => {
                 self.running.remove(&p);
+                self.tried(&p);
                 match r {
                     Ok(outcome) => {
                         self.progress.file_done(&p, &outcome);
