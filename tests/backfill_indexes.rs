@@ -7,6 +7,8 @@
 //! other keys. On `file://` a copy is a hard link, so the bucket shows how many listings
 //! were really sent (distinct inodes). Counts only, no times.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -136,4 +138,54 @@ async fn a_first_backfill_writes_one_listing_under_every_data_db_key() {
         "{} distinct listings stored for one directory backfilled once",
         inodes.len()
     );
+}
+
+/// The same against S3 (Garage): the copies are CopyObject, and keep what the layout asks
+/// of an index (`Content-Type: application/json`, the exact body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_the_other_keys_are_copies_with_the_index_content_type() {
+    const N: usize = 60;
+    let s3 = common::s3();
+    let prefix = s3.unique_prefix("backfill-copies");
+    let data = tempfile::tempdir().unwrap();
+    let (dir, names) = table(data.path(), N);
+    let mut c = config(Path::new("/unused"), data.path());
+    c.store = s3.store_options();
+    c.layout = Layout::new(&prefix, HOST, ":");
+    let s = tokio::time::timeout(
+        Duration::from_secs(300),
+        daemon::run(c, std::future::pending()),
+    )
+    .await
+    .expect("--once did not finish")
+    .expect("--once failed");
+    assert_eq!(s.indexes_written, N as u64, "{s}");
+    let dir_key = Layout::new(&prefix, HOST, ":").data_key(dir.to_str().unwrap());
+    let keys: Vec<String> = s3
+        .raw_keys(&prefix)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with("-listdir.json"))
+        .collect();
+    let expected: BTreeSet<String> = names
+        .iter()
+        .filter(|n| n.ends_with("Data.db"))
+        .map(|n| format!("{dir_key}/{n}-listdir.json"))
+        .collect();
+    assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    let want = tablesnap::layout::listdir_json(
+        dir.to_str().unwrap(),
+        &names.iter().cloned().collect::<Vec<_>>(),
+    );
+    for k in &keys {
+        let body = s3.raw_get(k).await.unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), want, "body of {k}");
+        let (_, _, ct) = s3.raw_head(k).await.unwrap();
+        assert_eq!(
+            ct.as_deref(),
+            Some("application/json"),
+            "content type of {k}"
+        );
+    }
 }
