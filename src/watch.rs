@@ -476,6 +476,20 @@ pub fn scan_closed_except(
     out
 }
 
+thread_local! {
+    static DIR_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many directory reads the checks of waiting files ([`ready_now`]) made on this
+/// thread: tests use it to see that the daemon's main loop makes none.
+pub fn dir_reads() -> u64 {
+    DIR_READS.with(|c| c.get())
+}
+
+fn count_dir_read() {
+    DIR_READS.with(|c| c.set(c.get() + 1));
+}
+
 /// Whether a file a scan left waiting may be uploaded now: it still exists, and it is not
 /// part of an unfinished SSTable and (if not an SSTable's) settled. `None`: gone.
 pub fn ready_now(path: &Path) -> Option<bool> {
@@ -487,14 +501,92 @@ pub fn ready_now(path: &Path) -> Option<bool> {
         let dir = path.parent().unwrap_or(Path::new("/"));
         // While a compaction runs (hours), this is asked every few seconds: the logs
         // alone answer, without reading every TOC of the directory.
+        count_dir_read();
         if crate::cassandra::in_open_transaction(dir, f.sstable) {
             return Some(false);
         }
+        count_dir_read();
         let v = crate::cassandra::view_dir(dir).ok()?;
         Some(!v.is_unfinished(n))
     } else {
         Some(crate::upload::settled(path))
     }
+}
+
+/// A file waiting to be uploaded, as [`check_waiting`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub path: PathBuf,
+    /// An event brought it (it is closed): only an open transaction holds it back.
+    pub event: bool,
+    /// `Some(true)`: upload it now; `Some(false)`: wait; `None`: gone.
+    pub ready: Option<bool>,
+}
+
+/// [`ready_now`] for many files of one directory (`event`: an event brought the file, it is
+/// closed, and only an open transaction of its SSTable holds it back), with one read of the
+/// directory and of its transaction logs whatever their number, and the TOCs read only if
+/// some file needs them. Blocking: run it beside the daemon's main loop.
+pub fn check_waiting(dir: &Path, files: &[(PathBuf, bool)]) -> Vec<Waiting> {
+    use crate::cassandra::{self, TxnState};
+    count_dir_read();
+    let mut names = std::collections::BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                if let Ok(n) = e.file_name().into_string() {
+                    names.insert(n);
+                }
+            }
+        }
+    }
+    let read = |n: &str| -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        crate::localfs::open_regular(&dir.join(n))
+            .ok()?
+            .take(1 << 20)
+            .read_to_end(&mut buf)
+            .ok()?;
+        Some(buf)
+    };
+    let mut open = std::collections::HashSet::new();
+    for log in names.iter().filter(|n| cassandra::is_txn_log(n)) {
+        if let Some(c) = read(log) {
+            let l = cassandra::parse_txn_log(&c);
+            if l.state == TxnState::InProgress {
+                open.extend(l.added);
+            }
+        }
+    }
+    let mut view: Option<cassandra::DirView> = None;
+    files
+        .iter()
+        .map(|(path, event)| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ready = if !names.contains(name) {
+                None
+            } else if let Some(f) = cassandra::parse_name(name) {
+                if open.contains(f.sstable) {
+                    Some(false)
+                } else if *event {
+                    Some(true)
+                } else {
+                    let v = view.get_or_insert_with(|| {
+                        cassandra::DirView::classify(names.iter().map(String::as_str), read)
+                    });
+                    Some(!v.is_unfinished(name))
+                }
+            } else {
+                Some(*event || crate::upload::settled(path))
+            };
+            Waiting {
+                path: path.clone(),
+                event: *event,
+                ready,
+            }
+        })
+        .collect()
 }
 
 /// Whether an event for this file should upload it: never a transaction log (bookkeeping
