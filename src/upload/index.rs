@@ -50,7 +50,7 @@ impl Uploader {
             self.space_from_last_index(dir, cancel).await?;
         }
         // One listing under every key: PUT once, then copied inside the store (no bytes
-        // sent again: a backfill of N SSTables is not N times the listing).
+        // sent again: a backfill of N SSTables is not N times the listing; see put_index).
         let mut stored: Option<String> = None;
         for data in &named {
             stored = Some(
@@ -126,7 +126,14 @@ impl Uploader {
             user: vec![],
         };
         let key = layout::index_key(&key_of(&self.layout, data)?);
-        let copied = match copy_of {
+        // Not on file://: a copy there is a hard link, and the keys would share one
+        // LastModified (touching one touches all) where retention and --as-of read each
+        // key's own; a local PUT sends nothing over a network anyway.
+        let local = matches!(
+            self.store.destination(),
+            crate::store::Destination::Local { .. }
+        );
+        let copied = match copy_of.filter(|_| !local) {
             Some(from) => tokio::select! {
                 r = self.store.copy(from, &key) => r.inspect_err(|e| tracing::debug!("{e}; PUT instead")).is_ok(),
                 _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.to_path_buf() }),
