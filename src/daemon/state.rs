@@ -60,7 +60,8 @@ pub(super) struct Checked {
 /// it is dropped.
 pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How soon a Data.db of an SSTable that was not complete is looked at again (also at
-/// once when a transaction log of its directory goes away).
+/// once when a transaction log of its directory goes away): one look per directory for
+/// all its waiting files, beside the main loop (`Daemon::start_checks`).
 pub(super) const RECHECK: Duration = Duration::from_secs(5);
 
 pub(super) struct Daemon<'a> {
