@@ -531,13 +531,28 @@ pub fn check_waiting(dir: &Path, files: &[(PathBuf, bool)]) -> Vec<Waiting> {
     use crate::cassandra::{self, TxnState};
     count_dir_read();
     let mut names = std::collections::BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
-                if let Ok(n) = e.file_name().into_string() {
-                    names.insert(n);
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    if let Ok(n) = e.file_name().into_string() {
+                        names.insert(n);
+                    }
                 }
             }
+        }
+        // Unreadable now (out of file descriptors?): a closed file is uploaded as an event
+        // would have it (the upload reports what is wrong), a waiting one is dropped as
+        // `ready_now` drops it (the next rescan finds it).
+        Err(_) => {
+            return files
+                .iter()
+                .map(|(path, event)| Waiting {
+                    path: path.clone(),
+                    event: *event,
+                    ready: (*event && path.exists()).then_some(true),
+                })
+                .collect();
         }
     }
     let read = |n: &str| -> Option<Vec<u8>> {
