@@ -686,4 +686,59 @@ mod tests {
         assert_eq!(s.stored, 5);
         assert_eq!(asked.len(), 6, "asked once per closed file");
     }
+
+    /// One look answers for every file waiting in a directory, as `ready_now` and the
+    /// event rule did one by one: an open transaction holds back both; an event's closed
+    /// file needs nothing else, a scan's needs its SSTable complete; a file gone is None.
+    #[test]
+    fn one_look_answers_for_every_waiting_file_of_a_directory() {
+        use crate::cassandra::{Record, RecordType};
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path();
+        let log = Record::new(RecordType::Add, &format!("{}/nb-1-big", t.display()));
+        std::fs::write(
+            t.join("nb_txn_flush_00000000-0000-0000-0000-000000000001.log"),
+            format!("{log}\n"),
+        )
+        .unwrap();
+        for f in [
+            "nb-1-big-Data.db",
+            "nb-2-big-Data.db",
+            "nb-3-big-Data.db",
+            "manifest.json",
+        ] {
+            std::fs::write(t.join(f), b"x").unwrap();
+        }
+        std::fs::write(t.join("nb-3-big-TOC.txt"), b"Data.db\nTOC.txt\n").unwrap();
+        let q = |n: &str, event: bool| (t.join(n), event);
+        let before = dir_reads();
+        let got: Vec<Option<bool>> = check_waiting(
+            t,
+            &[
+                q("nb-1-big-Data.db", true),  // in the open flush
+                q("nb-1-big-Data.db", false), // the same, looked at again
+                q("nb-2-big-Data.db", true),  // closed, no transaction: upload
+                q("nb-2-big-Data.db", false), // no TOC yet: wait
+                q("nb-3-big-Data.db", false), // complete
+                q("nb-4-big-Data.db", true),  // gone
+                q("manifest.json", true),
+            ],
+        )
+        .into_iter()
+        .map(|w| w.ready)
+        .collect();
+        assert_eq!(
+            got,
+            [
+                Some(false),
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(true),
+                None,
+                Some(true)
+            ]
+        );
+        assert_eq!(dir_reads() - before, 1);
+    }
 }
