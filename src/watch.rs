@@ -476,6 +476,20 @@ pub fn scan_closed_except(
     out
 }
 
+thread_local! {
+    static DIR_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many directory reads the checks of waiting files ([`ready_now`]) made on this
+/// thread: tests use it to see that the daemon's main loop makes none.
+pub fn dir_reads() -> u64 {
+    DIR_READS.with(|c| c.get())
+}
+
+fn count_dir_read() {
+    DIR_READS.with(|c| c.set(c.get() + 1));
+}
+
 /// Whether a file a scan left waiting may be uploaded now: it still exists, and it is not
 /// part of an unfinished SSTable and (if not an SSTable's) settled. `None`: gone.
 pub fn ready_now(path: &Path) -> Option<bool> {
@@ -487,14 +501,107 @@ pub fn ready_now(path: &Path) -> Option<bool> {
         let dir = path.parent().unwrap_or(Path::new("/"));
         // While a compaction runs (hours), this is asked every few seconds: the logs
         // alone answer, without reading every TOC of the directory.
+        count_dir_read();
         if crate::cassandra::in_open_transaction(dir, f.sstable) {
             return Some(false);
         }
+        count_dir_read();
         let v = crate::cassandra::view_dir(dir).ok()?;
         Some(!v.is_unfinished(n))
     } else {
         Some(crate::upload::settled(path))
     }
+}
+
+/// A file waiting to be uploaded, as [`check_waiting`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub path: PathBuf,
+    /// An event brought it (it is closed): only an open transaction holds it back.
+    pub event: bool,
+    /// `Some(true)`: upload it now; `Some(false)`: wait; `None`: gone.
+    pub ready: Option<bool>,
+}
+
+/// [`ready_now`] for many files of one directory (`event`: an event brought the file, it is
+/// closed, and only an open transaction of its SSTable holds it back), with one read of the
+/// directory and of its transaction logs whatever their number, and the TOCs read only if
+/// some file needs them. Blocking: run it beside the daemon's main loop.
+pub fn check_waiting(dir: &Path, files: &[(PathBuf, bool)]) -> Vec<Waiting> {
+    use crate::cassandra::{self, TxnState};
+    count_dir_read();
+    let mut names = std::collections::BTreeSet::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    if let Ok(n) = e.file_name().into_string() {
+                        names.insert(n);
+                    }
+                }
+            }
+        }
+        // Unreadable now (out of file descriptors?): a closed file is uploaded as an event
+        // would have it (the upload reports what is wrong), a waiting one is dropped as
+        // `ready_now` drops it (the next rescan finds it).
+        Err(_) => {
+            return files
+                .iter()
+                .map(|(path, event)| Waiting {
+                    path: path.clone(),
+                    event: *event,
+                    ready: (*event && path.exists()).then_some(true),
+                })
+                .collect();
+        }
+    }
+    let read = |n: &str| -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        crate::localfs::open_regular(&dir.join(n))
+            .ok()?
+            .take(1 << 20)
+            .read_to_end(&mut buf)
+            .ok()?;
+        Some(buf)
+    };
+    let mut open = std::collections::HashSet::new();
+    for log in names.iter().filter(|n| cassandra::is_txn_log(n)) {
+        if let Some(c) = read(log) {
+            let l = cassandra::parse_txn_log(&c);
+            if l.state == TxnState::InProgress {
+                open.extend(l.added);
+            }
+        }
+    }
+    let mut view: Option<cassandra::DirView> = None;
+    files
+        .iter()
+        .map(|(path, event)| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ready = if !names.contains(name) {
+                None
+            } else if let Some(f) = cassandra::parse_name(name) {
+                if open.contains(f.sstable) {
+                    Some(false)
+                } else if *event {
+                    Some(true)
+                } else {
+                    let v = view.get_or_insert_with(|| {
+                        cassandra::DirView::classify(names.iter().map(String::as_str), read)
+                    });
+                    Some(!v.is_unfinished(name))
+                }
+            } else {
+                Some(*event || crate::upload::settled(path))
+            };
+            Waiting {
+                path: path.clone(),
+                event: *event,
+                ready,
+            }
+        })
+        .collect()
 }
 
 /// Whether an event for this file should upload it: never a transaction log (bookkeeping
@@ -578,5 +685,60 @@ mod tests {
         assert_eq!(s.ready, vec![t.join("nb-2-big-Data.db")]);
         assert_eq!(s.stored, 5);
         assert_eq!(asked.len(), 6, "asked once per closed file");
+    }
+
+    /// One look answers for every file waiting in a directory, as `ready_now` and the
+    /// event rule did one by one: an open transaction holds back both; an event's closed
+    /// file needs nothing else, a scan's needs its SSTable complete; a file gone is None.
+    #[test]
+    fn one_look_answers_for_every_waiting_file_of_a_directory() {
+        use crate::cassandra::{Record, RecordType};
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path();
+        let log = Record::new(RecordType::Add, &format!("{}/nb-1-big", t.display()));
+        std::fs::write(
+            t.join("nb_txn_flush_00000000-0000-0000-0000-000000000001.log"),
+            format!("{log}\n"),
+        )
+        .unwrap();
+        for f in [
+            "nb-1-big-Data.db",
+            "nb-2-big-Data.db",
+            "nb-3-big-Data.db",
+            "manifest.json",
+        ] {
+            std::fs::write(t.join(f), b"x").unwrap();
+        }
+        std::fs::write(t.join("nb-3-big-TOC.txt"), b"Data.db\nTOC.txt\n").unwrap();
+        let q = |n: &str, event: bool| (t.join(n), event);
+        let before = dir_reads();
+        let got: Vec<Option<bool>> = check_waiting(
+            t,
+            &[
+                q("nb-1-big-Data.db", true),  // in the open flush
+                q("nb-1-big-Data.db", false), // the same, looked at again
+                q("nb-2-big-Data.db", true),  // closed, no transaction: upload
+                q("nb-2-big-Data.db", false), // no TOC yet: wait
+                q("nb-3-big-Data.db", false), // complete
+                q("nb-4-big-Data.db", true),  // gone
+                q("manifest.json", true),
+            ],
+        )
+        .into_iter()
+        .map(|w| w.ready)
+        .collect();
+        assert_eq!(
+            got,
+            [
+                Some(false),
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(true),
+                None,
+                Some(true)
+            ]
+        );
+        assert_eq!(dir_reads() - before, 1);
     }
 }

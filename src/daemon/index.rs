@@ -95,10 +95,24 @@ impl IndexScheduler {
     /// The next index to write: due, no write of the same directory in flight, and (unless
     /// it has waited `max_wait`) no upload of its directory in flight (`busy`). The
     /// directory is marked running until [`IndexScheduler::done`].
+    #[cfg(test)]
     pub fn start(
         &mut self,
         now: Instant,
         busy: impl Fn(&Path) -> bool,
+    ) -> Option<(PathBuf, Vec<PathBuf>)> {
+        self.start_unless_held(now, busy, |_| false)
+    }
+
+    /// [`Self::start`], where a directory for which `held` is true waits whatever
+    /// `max_wait` says: files a scan found there are still to be tried once (a backfill).
+    /// An index written then would upload them itself, one after the other, and the
+    /// Data.db files the uploads store meanwhile would each call for the same listing again.
+    pub fn start_unless_held(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(&Path) -> bool,
+        held: impl Fn(&Path) -> bool,
     ) -> Option<(PathBuf, Vec<PathBuf>)> {
         let dir = self
             .pending
@@ -107,6 +121,7 @@ impl IndexScheduler {
                 p.due <= now
                     && !self.running.contains(*d)
                     && (!busy(d) || now >= p.first + self.max_wait)
+                    && !held(d)
             })
             .min_by_key(|(_, p)| p.due)
             .map(|(d, _)| d.clone())?;

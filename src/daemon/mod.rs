@@ -18,7 +18,13 @@
 //!   SSTables only ([`crate::cassandra`]), and `index.rs` schedules them: one write in
 //!   flight per directory, interleaved with file uploads.
 //! * Readiness comes once the watches are in place; the destination probe, the startup
-//!   `-B` LIST and scan and every periodic rescan run beside the main loop, never in it.
+//!   `-B` LIST and scan, every periodic rescan, the scan of a new directory and the looks
+//!   at files waiting for their SSTable's COMMIT (one per directory per round, whatever
+//!   the number of files waiting there) run beside the main loop, never in it: the loop
+//!   reads no directory.
+//! * A backfill writes one listing of a directory: its index waits until every file the
+//!   scan queued there was tried once (not only `max_wait`), and one listing goes under
+//!   every Data.db key, PUT once and copied inside the store.
 //! * Shutdown: stop watching, let in-flight uploads and the indexes they make due finish
 //!   within a deadline, then cancel every request still running (multipart uploads are
 //!   aborted), and return a summary.

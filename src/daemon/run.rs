@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
-use super::state::{CANCEL_GRACE, Daemon, Done, Found, Task};
+use super::state::{CANCEL_GRACE, Checked, Daemon, Done, Found, Task};
 use crate::upload::UploadError;
 use crate::watch::{WatchEvent, Watcher};
 
@@ -38,6 +38,9 @@ pub(super) async fn main_loop(
     });
     let mut fatal = None;
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel::<Found>();
+    let (checked_tx, mut checked_rx) = tokio::sync::mpsc::unbounded_channel::<Checked>();
+    d.found_tx = Some(found_tx.clone());
+    d.checked_tx = Some(checked_tx);
     if d.cfg.backup || d.cfg.once {
         d.metrics.rescan("startup");
         d.spawn_scan("startup", true, &found_tx);
@@ -80,6 +83,7 @@ pub(super) async fn main_loop(
             }
             Some(done) = tasks.join_next_with_id() => d.joined(done, &mut owners),
             Some(found) = found_rx.recv() => d.found(found),
+            Some(c) = checked_rx.recv() => d.checked(c),
             evs = async { watcher.as_mut().unwrap().next().await }, if watcher.is_some() => {
                 match evs {
                     Ok(evs) => on_events(d, watcher.as_mut().unwrap(), evs, &found_tx),

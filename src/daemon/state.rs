@@ -47,11 +47,21 @@ pub(super) struct Found {
     pub(super) stored_points: Vec<(PathBuf, BTreeSet<String>)>,
 }
 
+/// What one look at a directory ([`crate::watch::check_waiting`]) said of files waiting
+/// there.
+pub(super) struct Checked {
+    pub(super) dir: PathBuf,
+    pub(super) files: Vec<crate::watch::Waiting>,
+    /// Directory reads it made (one).
+    pub(super) reads: u64,
+}
+
 /// How long a cancelled request may take to clean up (abort its multipart upload) before
 /// it is dropped.
 pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How soon a Data.db of an SSTable that was not complete is looked at again (also at
-/// once when a transaction log of its directory goes away).
+/// once when a transaction log of its directory goes away): one look per directory for
+/// all its waiting files, beside the main loop (`Daemon::start_checks`).
 pub(super) const RECHECK: Duration = Duration::from_secs(5);
 
 pub(super) struct Daemon<'a> {
@@ -75,6 +85,25 @@ pub(super) struct Daemon<'a> {
     /// an index waits for its own directory's uploads, not for the whole queue.
     pub(super) busy_dirs: HashMap<PathBuf, usize>,
     pub(super) owed: HashSet<PathBuf>,
+    /// Files a scan queued that have not been tried once yet, and how many per directory:
+    /// while a directory has some (its backfill), its index waits for them, `max_wait` or
+    /// not, so a backfill writes one listing of it, not one per `max_wait` (each uploading
+    /// the rest itself, serially). A file that failed once no longer holds it.
+    pub(super) untried: HashSet<PathBuf>,
+    pub(super) untried_dirs: HashMap<PathBuf, usize>,
+    /// Files to look at again, per directory (with whether an event brought them: a closed
+    /// file, which only an open transaction holds back), and the directories whose look is
+    /// in flight: one look per directory per round, beside the main loop (a readdir of a
+    /// 50,000-entry directory and its transaction logs per waiting file stalled it).
+    pub(super) to_check: BTreeMap<PathBuf, Vec<(PathBuf, bool)>>,
+    pub(super) checking: HashSet<PathBuf>,
+    /// Directories whose transaction log went away while their look was in flight: what
+    /// it finds still waiting is looked at again at once.
+    pub(super) hurried: HashSet<PathBuf>,
+    /// Where the looks answer ([`Checked`]), and where scans of new directories do
+    /// ([`Found`]); without them (unit tests) they run in place.
+    pub(super) checked_tx: Option<tokio::sync::mpsc::UnboundedSender<Checked>>,
+    pub(super) found_tx: Option<tokio::sync::mpsc::UnboundedSender<Found>>,
     pub(super) indexes: IndexScheduler,
     /// What the last index this run wrote for each directory named: a file stored that it
     /// does not name, or one it names deleted, makes a new index due.
@@ -118,6 +147,13 @@ impl<'a> Daemon<'a> {
             attempts: HashMap::new(),
             busy_dirs: HashMap::new(),
             owed: HashSet::new(),
+            untried: HashSet::new(),
+            untried_dirs: HashMap::new(),
+            to_check: BTreeMap::new(),
+            checking: HashSet::new(),
+            hurried: HashSet::new(),
+            checked_tx: None,
+            found_tx: None,
             indexes: IndexScheduler::new(cfg.index_delay),
             last_named: HashMap::new(),
             rechecked: HashSet::new(),
@@ -138,6 +174,21 @@ impl<'a> Daemon<'a> {
         if self.owed.insert(p.to_path_buf()) {
             if let Some(d) = p.parent() {
                 *self.busy_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// `p` was tried once (whatever came of it): it no longer holds its directory's index.
+    fn tried(&mut self, p: &Path) {
+        if !self.untried.remove(p) {
+            return;
+        }
+        if let Some(d) = p.parent() {
+            if let Some(n) = self.untried_dirs.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    self.untried_dirs.remove(d);
+                }
             }
         }
     }
@@ -297,7 +348,12 @@ impl<'a> Daemon<'a> {
             .files_present
             .fetch_add(f.scan.stored, Ordering::Relaxed);
         for p in f.scan.ready {
-            self.enqueue(p);
+            self.enqueue(p.clone());
+            if self.queued.contains(&p) && self.untried.insert(p.clone()) {
+                if let Some(d) = p.parent() {
+                    *self.untried_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
+                }
+            }
         }
         if !f.scan.unsettled.is_empty() {
             self.unsettled
@@ -325,26 +381,28 @@ impl<'a> Daemon<'a> {
                     self.indexes.activity(dir, now);
                     // A closed component of an SSTable an open transaction ADDs may still be
                     // aborted: it waits for the COMMIT (the log's removal hurries it).
+                    // Whether one is open is read beside the loop (the directory's logs).
                     let sstable = p
                         .file_name()
                         .and_then(|n| n.to_str())
                         .and_then(crate::cassandra::parse_name)
-                        .map(|f| f.sstable.to_string());
-                    if let Some(s) = sstable {
-                        if crate::cassandra::in_open_transaction(dir, &s) {
-                            self.unsettled.entry(now + RECHECK).or_default().push(p);
-                            return;
-                        }
+                        .is_some();
+                    if sstable {
+                        self.to_check
+                            .entry(dir.to_path_buf())
+                            .or_default()
+                            .push((p, true));
+                        return;
                     }
                 }
                 self.enqueue(p);
             }
             WatchEvent::NewDir(dir) => {
                 tracing::info!(dir = %dir.display(), "new directory: watching and scanning it");
-                self.take_scan(scan_closed(&dir, false, self.hardlinks()));
+                self.scan_new_dir(dir, false);
             }
             WatchEvent::Unwatched(dir) => {
-                self.take_scan(scan_closed(&dir, true, self.hardlinks()));
+                self.scan_new_dir(dir, true);
             }
             WatchEvent::Gone(p) => {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -406,8 +464,101 @@ impl<'a> Daemon<'a> {
             });
         }
         self.unsettled.retain(|_, v| !v.is_empty());
+        if self.checking.contains(dir) {
+            self.hurried.insert(dir.to_path_buf());
+        }
         if !moved.is_empty() {
             self.unsettled.entry(now).or_default().extend(moved);
+        }
+    }
+
+    /// Scans a new directory (with `recursive`, its subtree) beside the main loop.
+    fn scan_new_dir(&mut self, dir: PathBuf, recursive: bool) {
+        let hardlinks = self.hardlinks();
+        let (Some(tx), Ok(rt)) = (self.found_tx.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return self.take_scan(scan_closed(&dir, recursive, hardlinks));
+        };
+        self.scans += 1;
+        rt.spawn_blocking(move || {
+            let _ = tx.send(Found {
+                reason: "new directory",
+                scan: scan_closed(&dir, recursive, hardlinks),
+                missing_index: vec![],
+                stored_points: vec![],
+            });
+        });
+    }
+
+    /// Starts one look at each directory with files to look at again and none in flight,
+    /// beside the main loop; the answers come back as [`Checked`].
+    fn start_checks(&mut self) {
+        let dirs: Vec<PathBuf> = self
+            .to_check
+            .keys()
+            .filter(|d| !self.checking.contains(*d))
+            .cloned()
+            .collect();
+        for dir in dirs {
+            let Some(files) = self.to_check.remove(&dir) else {
+                continue;
+            };
+            let look = move |dir: PathBuf| {
+                let before = crate::watch::dir_reads();
+                let files = crate::watch::check_waiting(&dir, &files);
+                let reads = crate::watch::dir_reads() - before;
+                Checked { dir, files, reads }
+            };
+            match (
+                self.checked_tx.clone(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                (Some(tx), Ok(rt)) => {
+                    self.checking.insert(dir.clone());
+                    rt.spawn_blocking(move || {
+                        let _ = tx.send(look(dir));
+                    });
+                }
+                _ => {
+                    let c = look(dir);
+                    self.checked(c);
+                }
+            }
+        }
+    }
+
+    /// A look at a directory answered: files ready are queued, others wait again.
+    pub(super) fn checked(&mut self, c: Checked) {
+        self.checking.remove(&c.dir);
+        let hurried = self.hurried.remove(&c.dir);
+        tracing::trace!(dir = %c.dir.display(), files = c.files.len(), reads = c.reads, "looked at files waiting there");
+        let now = Instant::now();
+        for w in c.files {
+            match w.ready {
+                Some(true) => self.enqueue(w.path),
+                Some(false)
+                    if self.cfg.once
+                        && !w.event
+                        && crate::cassandra::parse_name(
+                            w.path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+                        )
+                        .is_some() =>
+                {
+                    // A run that ends cannot wait for a compaction: a later one takes it.
+                    tracing::warn!(path = %w.path.display(), "its SSTable is not complete (being written?): not uploaded by this run");
+                }
+                Some(false) => {
+                    let at = if hurried {
+                        now
+                    } else if w.event {
+                        now + RECHECK
+                    } else {
+                        now + RECHECK.min(crate::upload::SETTLE * 2)
+                    };
+                    self.unsettled.entry(at).or_default().push(w.path);
+                }
+                None => {}
+            }
         }
     }
 
@@ -428,28 +579,13 @@ impl<'a> Daemon<'a> {
             if *e.key() > now {
                 break;
             }
+            // Looked at again beside the loop: one look per directory (`start_checks`).
             for p in e.remove() {
-                match crate::watch::ready_now(&p) {
-                    Some(true) => self.enqueue(p),
-                    Some(false)
-                        if self.cfg.once
-                            && crate::cassandra::parse_name(
-                                p.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-                            )
-                            .is_some() =>
-                    {
-                        // A run that ends cannot wait for a compaction: a later one takes it.
-                        tracing::warn!(path = %p.display(), "its SSTable is not complete (being written?): not uploaded by this run");
-                    }
-                    Some(false) => self
-                        .unsettled
-                        .entry(now + RECHECK.min(crate::upload::SETTLE * 2))
-                        .or_default()
-                        .push(p),
-                    None => {}
-                }
+                let dir = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+                self.to_check.entry(dir).or_default().push((p, false));
             }
         }
+        self.start_checks();
         if let Some(mut e) = self.retry_at.first_entry() {
             if *e.key() <= now {
                 let p = e.get_mut().pop();
@@ -469,8 +605,11 @@ impl<'a> Daemon<'a> {
         }
         // A due index goes before the queue: the recovery point must move under a backlog.
         // It waits only for its own directory's uploads (at most ten quiet periods).
-        let busy = &self.busy_dirs;
-        if let Some((dir, files)) = self.indexes.start(now, |d| busy.contains_key(d)) {
+        let (busy, held) = (&self.busy_dirs, &self.untried_dirs);
+        if let Some((dir, files)) =
+            self.indexes
+                .start_unless_held(now, |d| busy.contains_key(d), |d| held.contains_key(d))
+        {
             return Some(Task::Index(dir, files));
         }
         if let Some(p) = self.queue.pop_front() {
@@ -524,6 +663,8 @@ impl<'a> Daemon<'a> {
             && self.retry_at.is_empty()
             && self.indexes.is_idle()
             && self.unsettled.is_empty()
+            && self.to_check.is_empty()
+            && self.checking.is_empty()
             && self.scans == 0
     }
 
@@ -548,6 +689,7 @@ impl<'a> Daemon<'a> {
         match done {
             Done::File(p, r) => {
                 self.running.remove(&p);
+                self.tried(&p);
                 match r {
                     Ok(outcome) => {
                         self.progress.file_done(&p, &outcome);
@@ -930,5 +1072,93 @@ mod tests {
         assert!(d.pending_order.is_empty());
         d.update_gauges(0, None);
         assert_eq!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed), 0);
+    }
+
+    /// Issue #15: every component waiting for its SSTable's COMMIT was re-checked every
+    /// 4-5 s with its own readdir and transaction-log reads, on the main loop: hundreds of
+    /// outputs of a compaction in a 50,000-entry LCS directory stalled it. A recheck round
+    /// is one look at each directory, beside the loop; the loop itself reads no directory.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_recheck_round_reads_each_directory_once_and_never_on_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("ks/t-0123456789abcdef0123456789abcdef");
+        std::fs::create_dir_all(&t).unwrap();
+        // A compaction with 300 outputs, still running (no COMMIT): their 600 closed
+        // components wait; and 5,000 other entries in the directory.
+        let mut log = String::new();
+        let mut waiting = vec![];
+        for g in 1..=300 {
+            let add = crate::cassandra::Record::new(
+                crate::cassandra::RecordType::Add,
+                &format!("{}/nb-{g}-big", t.display()),
+            );
+            log.push_str(&format!("{add}\n"));
+            let p = t.join(format!("nb-{g}-big-Data.db"));
+            std::fs::write(&p, b"x").unwrap();
+            let toc = t.join(format!("nb-{g}-big-TOC.txt"));
+            std::fs::write(&toc, b"Data.db\nTOC.txt\n").unwrap();
+            waiting.extend([p, toc]);
+        }
+        std::fs::write(
+            t.join("nb_txn_compaction_00000000-0000-0000-0000-000000000001.log"),
+            log,
+        )
+        .unwrap();
+        for g in 1000..6000 {
+            std::fs::write(t.join(format!("nb-{g}-big-Filter.db")), b"").unwrap();
+        }
+        let cfg = Config::new(
+            StoreOptions {
+                destination: format!("file://{}", dir.path().join("b").display()),
+                ..Default::default()
+            },
+            Layout::new("", "h", ":"),
+            vec![dir.path().into()],
+        );
+        let up = Arc::new(Uploader::new(
+            Store::open(&cfg.store).unwrap(),
+            cfg.layout.clone(),
+            cfg.upload.clone(),
+        ));
+        let mut d = Daemon::new(
+            &cfg,
+            up,
+            Arc::new(Metrics::default()),
+            vec![dir.path().into()],
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        d.checked_tx = Some(tx);
+        d.unsettled
+            .entry(Instant::now())
+            .or_default()
+            .extend(waiting.iter().cloned());
+        let before = crate::watch::dir_reads();
+        assert!(d.next_task().is_none(), "nothing is ready");
+        assert_eq!(
+            crate::watch::dir_reads() - before,
+            0,
+            "the main loop read the directory"
+        );
+        // One look at the directory for the 600, its answer an event.
+        let c = rx.recv().await.expect("the round's answer");
+        assert_eq!(c.reads, 1, "one directory read per directory per round");
+        d.checked(c);
+        assert!(d.queue.is_empty(), "still in the transaction");
+        let waiting_now: usize = d.unsettled.values().map(Vec::len).sum();
+        assert_eq!(waiting_now, 600);
+        // The COMMIT: the log goes, the waiting files are looked at again at once (one
+        // more look) and queued.
+        std::fs::remove_file(t.join("nb_txn_compaction_00000000-0000-0000-0000-000000000001.log"))
+            .unwrap();
+        d.on_event(WatchEvent::Gone(t.join(
+            "nb_txn_compaction_00000000-0000-0000-0000-000000000001.log",
+        )));
+        assert!(d.next_task().is_none(), "answered beside the loop");
+        assert_eq!(crate::watch::dir_reads() - before, 0);
+        let c = rx.recv().await.expect("the round's answer");
+        assert_eq!(c.reads, 1);
+        d.checked(c);
+        assert!(d.unsettled.is_empty());
+        assert_eq!(d.queue.len(), 600);
     }
 }

@@ -49,8 +49,14 @@ impl Uploader {
         if !named.is_empty() {
             self.space_from_last_index(dir, cancel).await?;
         }
+        // One listing under every key: PUT once, then copied inside the store (no bytes
+        // sent again: a backfill of N SSTables is not N times the listing; see put_index).
+        let mut stored: Option<String> = None;
         for data in &named {
-            self.put_index(dir, data, body.clone(), cancel).await?;
+            stored = Some(
+                self.put_index(dir, data, body.clone(), stored.as_deref(), cancel)
+                    .await?,
+            );
         }
         Ok(IndexWritten {
             names: listed,
@@ -96,7 +102,7 @@ impl Uploader {
         let name = layout::restore_point_name(chrono::Utc::now());
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let at = dir.join(name);
-        self.put_index(dir, &at, body, cancel).await?;
+        self.put_index(dir, &at, body, None, cancel).await?;
         Ok(IndexWritten {
             names: listed,
             indexed: vec![at],
@@ -104,25 +110,44 @@ impl Uploader {
         })
     }
 
-    /// PUTs one index body under the index key of `data` (a file of `dir`).
+    /// Stores one index body under the index key of `data` (a file of `dir`) and returns
+    /// that key: a copy inside the store of `copy_of` (the key just PUT with this very
+    /// body) when given, else (or if the copy fails) a PUT.
     async fn put_index(
         &self,
         dir: &Path,
         data: &Path,
         body: Bytes,
+        copy_of: Option<&str>,
         cancel: &CancellationToken,
-    ) -> Result<(), UploadError> {
+    ) -> Result<String, UploadError> {
         let meta = PutMeta {
             content_type: Some(layout::INDEX_CONTENT_TYPE.into()),
             user: vec![],
         };
         let key = layout::index_key(&key_of(&self.layout, data)?);
-        tokio::select! {
+        // Not on file://: a copy there is a hard link, and the keys would share one
+        // LastModified (touching one touches all) where retention and --as-of read each
+        // key's own; a local PUT sends nothing over a network anyway.
+        let local = matches!(
+            self.store.destination(),
+            crate::store::Destination::Local { .. }
+        );
+        let copied = match copy_of.filter(|_| !local) {
+            Some(from) => tokio::select! {
+                r = self.store.copy(from, &key) => r.inspect_err(|e| tracing::debug!("{e}; PUT instead")).is_ok(),
+                _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.to_path_buf() }),
+            },
+            None => false,
+        };
+        if !copied {
+            tokio::select! {
             r = self.store.put(&key, body.clone(), &meta) => r.map_err(|source| UploadError::Store {
                 path: data.to_path_buf(),
                 source: Box::new(source),
             })?,
             _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: data.to_path_buf() }),
+            }
         }
         self.mark(&key, body.len() as u64, true, None);
         self.unindexed.lock().unwrap().remove(data);
@@ -131,7 +156,7 @@ impl Uploader {
             .lock()
             .unwrap()
             .insert(dir.to_path_buf(), tokio::time::Instant::now());
-        Ok(())
+        Ok(key)
     }
 
     /// What an index of `dir` names now, every file of it durable: the directory (as UTF-8),
