@@ -79,6 +79,48 @@ pub fn restore_point_name(at: chrono::DateTime<chrono::Utc>) -> String {
 /// See [`restore_point_name`].
 pub const RESTORE_POINT_PREFIX: &str = "tablesnap-";
 
+/// The name under which the bytes a reused file name held are kept when this node stores
+/// other bytes under it (a generation Cassandra numbered again after a TRUNCATE or a
+/// point-in-time restore, a TOC rewritten by an index build): `tablesnap-was-<unix ms>-NAME`,
+/// in the same directory. Restore points older than the copy are restored from it (see
+/// [`superseded_source`]); no Cassandra file has such a name, and no index names it.
+pub fn superseded_name(at: chrono::DateTime<chrono::Utc>, name: &str) -> String {
+    format!("{SUPERSEDED_PREFIX}{}-{name}", at.timestamp_millis())
+}
+
+/// See [`superseded_name`].
+pub const SUPERSEDED_PREFIX: &str = "tablesnap-was-";
+
+/// The file name whose older bytes `name` keeps, and the time in its name (unix ms), if
+/// `name` is a [`superseded_name`].
+pub fn parse_superseded(name: &str) -> Option<(i64, &str)> {
+    let rest = name.strip_prefix(SUPERSEDED_PREFIX)?;
+    let (ms, original) = rest.split_once('-')?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) || original.is_empty() {
+        return None;
+    }
+    Some((ms.parse().ok()?, original))
+}
+
+/// Which object holds the bytes a restore point made at `index_time` names as `name`:
+/// `copies` are the [`superseded_name`] copies of `name` in its directory, as (their
+/// LastModified, their key). The bytes a name held when an index was written are the
+/// first copy made at or after that index (each copy is made just before other bytes are
+/// stored under the name, and the daemon writes no index of the directory in the copy's
+/// second: see `Uploader::supersede`); with no such copy, the object under the name itself.
+pub fn superseded_source<'a, T: PartialOrd + Copy>(
+    copies: impl IntoIterator<Item = (T, &'a str)>,
+    index_time: T,
+) -> Option<&'a str> {
+    let mut best: Option<(T, &'a str)> = None;
+    for (t, key) in copies {
+        if t >= index_time && best.is_none_or(|(b, _)| t < b) {
+            best = Some((t, key));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
 /// Whether an uploaded file gets an index: the original writes one for every file whose
 /// name contains `Data.db`.
 pub fn wants_index(file_name: &str) -> bool {
@@ -592,6 +634,51 @@ pub fn sstable_generation(name: &str) -> Option<Generation> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_superseded_copy_names_its_file_and_time_and_nothing_else_parses() {
+        let at = chrono::DateTime::from_timestamp_millis(1_733_280_000_123).unwrap();
+        let n = superseded_name(at, "nb-1-big-Data.db");
+        assert_eq!(n, "tablesnap-was-1733280000123-nb-1-big-Data.db");
+        assert_eq!(
+            parse_superseded(&n),
+            Some((1_733_280_000_123, "nb-1-big-Data.db"))
+        );
+        // Not an SSTable's file, not an index, not a restore point's name.
+        assert!(crate::cassandra::parse_name(&n).is_none());
+        assert!(data_key_of_index(&n).is_none());
+        for other in [
+            "tablesnap-1733280000123",
+            "tablesnap-was--nb-1-big-Data.db",
+            "tablesnap-was-12x-nb-1-big-Data.db",
+            "tablesnap-was-12-",
+            "nb-1-big-Data.db",
+        ] {
+            assert_eq!(parse_superseded(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_restore_point_takes_the_first_copy_made_at_or_after_it() {
+        let copies = [(10, "k@10"), (30, "k@30"), (20, "k@20")];
+        assert_eq!(superseded_source(copies, 5), Some("k@10"));
+        assert_eq!(
+            superseded_source(copies, 10),
+            Some("k@10"),
+            "same second: the index saw the old bytes"
+        );
+        assert_eq!(superseded_source(copies, 11), Some("k@20"));
+        assert_eq!(superseded_source(copies, 30), Some("k@30"));
+        assert_eq!(
+            superseded_source(copies, 31),
+            None,
+            "newer than every copy: the name itself"
+        );
+        assert_eq!(
+            superseded_source(std::iter::empty::<(i32, &str)>(), 0),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -49,6 +49,7 @@ pub mod plan;
 mod points;
 mod render;
 pub mod space;
+pub mod superseded;
 pub mod verify;
 
 pub use fetch::{execute, gid_of, uid_of};

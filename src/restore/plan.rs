@@ -445,6 +445,7 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     let choices = choose(listing, opts)?;
     let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
+    let superseded = super::superseded::Superseded::new(listing, &opts.layout);
     let mut plan = Plan {
         host: opts.layout.name.clone(),
         target: opts.target.clone(),
@@ -532,15 +533,17 @@ pub fn plan(
             .map(String::as_str)
             .collect();
         let mut files = Vec::with_capacity(names.len());
+        // A name stored again with other bytes after this index: its bytes of then.
+        let source = |key: String| superseded.source(&key, index.last_modified).to_string();
         for name in &names {
-            let data_key = opts.layout.data_key(&format!("{}/{}", c.dir, name));
+            let data_key = source(opts.layout.data_key(&format!("{}/{}", c.dir, name)));
             let Some(o) = by_key.get(data_key.as_str()) else {
                 continue;
             };
             let digest = crate::digest::digest_for_data(name)
                 .filter(|(d, _)| present.contains(d.as_str()))
                 .map(|(d, alg)| DigestRef {
-                    key: opts.layout.data_key(&format!("{}/{}", c.dir, d)),
+                    key: source(opts.layout.data_key(&format!("{}/{}", c.dir, d))),
                     alg,
                     sstable: name.trim_end_matches("Data.db").to_string(),
                     dir: c.dir.clone(),
