@@ -167,6 +167,12 @@ impl Metrics {
             l(&up.files_vanished),
         );
         one(
+            "tablesnap_files_superseded_total",
+            "counter",
+            "Stored objects kept under a tablesnap-was- name before a reused SSTable name took other bytes.",
+            l(&up.files_superseded),
+        );
+        one(
             "tablesnap_indexes_written_total",
             "counter",
             "-listdir.json indexes written.",

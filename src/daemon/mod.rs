@@ -173,13 +173,15 @@ pub struct Summary {
     pub pending: usize,
     /// Hard links stored by a copy inside the store (no bytes sent).
     pub files_copied: u64,
+    /// Stored objects kept under a `tablesnap-was-` name before other bytes took their name.
+    pub files_superseded: u64,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} files ({} bytes) uploaded, {} already stored, {} vanished before upload, {} indexes written, {} failed attempts, {} still pending, {} hard links copied in the store",
+            "{} files ({} bytes) uploaded, {} already stored, {} vanished before upload, {} indexes written, {} failed attempts, {} still pending, {} hard links copied in the store, {} superseded objects kept",
             self.files_uploaded,
             self.bytes_uploaded,
             self.files_present,
@@ -187,7 +189,8 @@ impl std::fmt::Display for Summary {
             self.indexes_written,
             self.failures,
             self.pending,
-            self.files_copied
+            self.files_copied,
+            self.files_superseded
         )
     }
 }

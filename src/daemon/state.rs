@@ -341,6 +341,7 @@ impl<'a> Daemon<'a> {
             if self.last_named.contains_key(&dir) || !dir.is_dir() {
                 continue;
             }
+            self.uploader.retire_unnamed(&dir, &names);
             self.last_named.insert(dir.clone(), names);
             self.touch_index(&dir);
         }
@@ -647,6 +648,7 @@ impl<'a> Daemon<'a> {
             indexes_written: s.indexes_written.load(Ordering::Relaxed),
             failures: self.failures,
             files_copied: s.files_copied.load(Ordering::Relaxed),
+            files_superseded: s.files_superseded.load(Ordering::Relaxed),
             pending: pending_files + self.indexes.pending_len() + self.indexes.running_len(),
         };
         tracing::info!("tablesnap stopped: {summary}");

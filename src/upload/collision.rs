@@ -4,6 +4,8 @@
 
 use super::*;
 
+const RETIRED: &str = "an SSTable name that the directory's newest restore point does not name, with other bytes (Cassandra numbered a generation again after a TRUNCATE, a re-CREATE or a point-in-time restore)";
+
 impl Uploader {
     /// The object under `key` is not the local file (another size, or another MD5). Whose
     /// is it? Never overwrite another node's SSTable that its indexes name (issue #10,
@@ -22,9 +24,19 @@ impl Uploader {
     ) -> Result<Outcome, UploadError> {
         let size = meta.len();
         if self.cfg.overwrite_collisions {
-            tracing::warn!(path = %path.display(), key, "the stored object holds other bytes; overwriting it (--overwrite-collisions)");
-            return self.upload_now(path, key, size, fp, cancel).await;
+            return self
+                .supersede(
+                    path,
+                    key,
+                    info,
+                    size,
+                    fp,
+                    cancel,
+                    "the stored object holds other bytes (--overwrite-collisions)",
+                )
+                .await;
         }
+        let retired = self.retired.lock().unwrap().contains(&key);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let sstable = crate::cassandra::parse_name(name);
         if info.size == size && (!suspect || sstable.is_none()) {
@@ -46,6 +58,11 @@ impl Uploader {
                 tracing::warn!(path = %path.display(), key, "the stored object is a torn prefix of this file (written by an older tablesnap while the file grew); replacing it");
                 return self.upload_now(path, key, size, fp, cancel).await;
             }
+            if retired {
+                return self
+                    .supersede(path, key, info, size, fp, cancel, RETIRED)
+                    .await;
+            }
             return Err(UploadError::Collision {
                 path: path.to_path_buf(),
                 key,
@@ -55,6 +72,17 @@ impl Uploader {
         // Statistics.db re-marked repaired) if its Data.db is the one stored.
         let data = path.with_file_name(format!("{}-Data.db", f.sstable));
         match self.same_as_stored(&data).await? {
+            // An index built on this SSTable (SAI, `SSTable.registerComponents`) lists its
+            // new components in a rewritten TOC: the restore points from now on need it,
+            // the earlier ones keep theirs.
+            Some(true) if f.component == "TOC.txt" => {
+                self.supersede(path, key, info, size, fp, cancel, "the TOC of a stored SSTable was rewritten (an index built on it added components)")
+                    .await
+            }
+            Some(false) if retired => {
+                self.supersede(path, key, info, size, fp, cancel, RETIRED)
+                    .await
+            }
             Some(true) => {
                 tracing::info!(path = %path.display(), key, "component rewritten since it was stored; keeping the stored copy, which belongs to the same SSTable");
                 self.mark(&key, info.size, true, Some(fp));
@@ -66,6 +94,76 @@ impl Uploader {
             }),
             // No Data.db stored under this SSTable's name: nothing an index can name.
             None => self.upload_now(path, key, size, fp, cancel).await,
+        }
+    }
+
+    /// Stores the local file under `key`, which holds other bytes (`info`) that restore
+    /// points may name: those bytes are first copied inside the store to
+    /// [`layout::superseded_name`] in the same directory (keeping their metadata), where
+    /// tableslurp finds them for every restore point older than the copy and tablechop
+    /// keeps them while such a restore point is kept. The directory's next index waits a
+    /// second after the copy, so no restore point naming the new bytes shares its second.
+    /// If the copy fails, nothing is overwritten (the error is retried like any other).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn supersede(
+        &self,
+        path: &Path,
+        key: String,
+        info: &ObjectInfo,
+        size: u64,
+        fp: (u64, i64, i64),
+        cancel: &CancellationToken,
+        why: &str,
+    ) -> Result<Outcome, UploadError> {
+        let store_err = |source| UploadError::Store {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let dir_key = key.strip_suffix(name).unwrap_or(&key).trim_end_matches('/');
+        let kept = format!(
+            "{dir_key}/{}",
+            layout::superseded_name(chrono::Utc::now(), name)
+        );
+        self.store.copy(&key, &kept).await.map_err(store_err)?;
+        if let Some(dir) = path.parent() {
+            self.last_index
+                .lock()
+                .unwrap()
+                .insert(dir.to_path_buf(), tokio::time::Instant::now());
+        }
+        self.stats.files_superseded.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %path.display(), key, kept, stored = info.size, local = size, "{why}: the stored bytes are kept under the superseded name for the restore points that name them; storing the new file");
+        self.retired.lock().unwrap().remove(&key);
+        self.gone.lock().unwrap().remove(&key);
+        self.upload_now(path, key, size, fp, cancel).await
+    }
+
+    /// Records what the newest stored restore point of `dir` names (found at startup):
+    /// every stored SSTable component of `dir` it does not name is of the node's own
+    /// earlier timeline ([`Uploader::retired`]).
+    pub fn retire_unnamed(&self, dir: &Path, names: &std::collections::BTreeSet<String>) {
+        let Ok(dir_key) = key_of(&self.layout, dir) else {
+            return;
+        };
+        let unnamed: Vec<String> = self
+            .known
+            .lock()
+            .unwrap()
+            .names_in(&dir_key)
+            .into_iter()
+            .filter(|n| !names.contains(n) && crate::cassandra::parse_name(n).is_some())
+            .map(|n| format!("{dir_key}/{n}"))
+            .collect();
+        for k in unnamed.iter().filter(|k| layout::wants_index(k)) {
+            self.displace(k);
+        }
+        let mut retired = self.retired.lock().unwrap();
+        for k in unnamed {
+            if retired.len() >= MAX_GONE {
+                retired.clear();
+            }
+            retired.insert(k);
         }
     }
 

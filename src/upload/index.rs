@@ -51,10 +51,23 @@ impl Uploader {
         }
         // One listing under every key: PUT once, then copied inside the store (no bytes
         // sent again: a backfill of N SSTables is not N times the listing; see put_index).
+        // A Data.db whose name held another SSTable before (a generation numbered again):
+        // its index key holds that SSTable's restore point, which stays; this listing goes
+        // under a restore point name of its own instead (once).
         let mut stored: Option<String> = None;
+        let mut displaced_written = false;
         for data in &named {
+            let at = if self.displaced(data) {
+                if displaced_written {
+                    continue;
+                }
+                displaced_written = true;
+                dir.join(layout::restore_point_name(chrono::Utc::now()))
+            } else {
+                data.clone()
+            };
             stored = Some(
-                self.put_index(dir, data, body.clone(), stored.as_deref(), cancel)
+                self.put_index(dir, &at, body.clone(), stored.as_deref(), cancel)
                     .await?,
             );
         }

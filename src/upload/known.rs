@@ -148,6 +148,21 @@ impl KnownSet {
         self.dirs.values().map(Dir::len).sum()
     }
 
+    /// The names known stored directly in directory key `dir` (`DIRKEY`, no trailing `/`).
+    pub(super) fn names_in(&self, dir: &str) -> Vec<String> {
+        let Some(d) = self.dirs.get(dir) else {
+            return vec![];
+        };
+        let listed = d
+            .listed
+            .iter()
+            .filter(|s| !s.gone() && !d.recorded.contains_key(d.name(s)))
+            .map(|s| d.name(s).to_string());
+        listed
+            .chain(d.recorded.keys().map(|n| n.to_string()))
+            .collect()
+    }
+
     /// For each directory key at or below `under` (`DIRKEY/`) that holds an index: the
     /// directory key and the name of its newest index (by LastModified, then name).
     pub(super) fn newest_indexes_under(&self, under: &str) -> Vec<(String, String)> {

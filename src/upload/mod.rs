@@ -171,6 +171,9 @@ pub struct Stats {
     pub corrupt_sstables: AtomicU64,
     /// Hard links stored by a copy inside the store.
     pub files_copied: AtomicU64,
+    /// Stored objects whose bytes were kept under a `tablesnap-was-` name before other
+    /// bytes were stored under their name ([`Uploader::supersede`]).
+    pub files_superseded: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +238,17 @@ pub struct Uploader {
     /// under such a name (Cassandra reusing a generation) is compared with the object by
     /// MD5 before anything is taken as stored or overwritten. Bounded by [`MAX_GONE`].
     gone: Mutex<std::collections::HashSet<String>>,
+    /// Keys of SSTable components stored under a directory whose newest stored restore
+    /// point (found at startup) does not name them: the node's own earlier timeline (its
+    /// SSTables compacted away, truncated, or left behind by a point-in-time restore). A new
+    /// file with other bytes under such a name supersedes the object (its bytes are kept)
+    /// instead of being refused as another node's. Bounded by [`MAX_GONE`].
+    retired: Mutex<std::collections::HashSet<String>>,
+    /// Keys of Data.db files whose name held another SSTable of this directory before (in
+    /// [`Uploader::gone`] or [`Uploader::retired`] once): the index key of such a name may
+    /// hold that SSTable's restore point, so a new index goes under a restore point name of
+    /// its own. Bounded by [`MAX_GONE`].
+    displaced: Mutex<std::collections::HashSet<String>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -296,6 +310,8 @@ impl Uploader {
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
             gone: Mutex::new(Default::default()),
+            retired: Mutex::new(Default::default()),
+            displaced: Mutex::new(Default::default()),
             pool: Arc::new(BufPool::new(
                 (mem_units * MEM_UNIT / part).max(1) as usize,
                 part as usize,
@@ -509,8 +525,13 @@ impl Uploader {
                 self.mark(&key, size, true, Some(fp));
                 Outcome::Present
             }
+            // This run saw the file under this name deleted: Cassandra numbered a
+            // generation again (a TRUNCATE, a DROP and re-CREATE with the same id). The
+            // old bytes stay restorable for the restore points that name them.
+            Some(info) if self.gone.lock().unwrap().contains(&key) => {
+                self.supersede(path, key.clone(), &info, size, fp, cancel, "an SSTable name this directory used before, for a file deleted since, with other bytes (Cassandra numbered a generation again after a TRUNCATE or a re-CREATE)").await?
+            }
             Some(info) => {
-                tracing::warn!(path = %path.display(), key, "an SSTable name used before in this directory, with other bytes than the object stored under it (Cassandra reused a generation after a TRUNCATE, a restart or a point-in-time restore)");
                 return self.differs(path, key, &info, meta, true, fp, cancel).await;
             }
         };

@@ -124,6 +124,9 @@ impl Uploader {
             known.remove(&k);
             drop(known);
             if was_stored && is_component(path) {
+                if layout::wants_index(&k) {
+                    self.displace(&k);
+                }
                 let mut gone = self.gone.lock().unwrap();
                 if gone.len() >= MAX_GONE {
                     gone.clear();
@@ -131,6 +134,21 @@ impl Uploader {
                 gone.insert(k);
             }
         }
+    }
+
+    /// See [`Uploader::displaced`].
+    pub(super) fn displace(&self, data_key: &str) {
+        let mut d = self.displaced.lock().unwrap();
+        if d.len() >= MAX_GONE {
+            d.clear();
+        }
+        d.insert(data_key.to_string());
+    }
+
+    /// Whether the index key of local `data` may hold the restore point of another SSTable
+    /// that had its name ([`Uploader::displaced`]).
+    pub fn displaced(&self, data: &Path) -> bool {
+        key_of(&self.layout, data).is_ok_and(|k| self.displaced.lock().unwrap().contains(&k))
     }
 
     /// Whether this Data.db was uploaded during this run and its index is not written yet.
