@@ -13,6 +13,9 @@
 //! 4. no object younger than AGE is deleted (it may belong to an index not yet written);
 //! 5. nothing outside `PREFIX+NAME+SEP+PATH/` is ever touched;
 //! 6. a kept index that cannot be read keeps everything under its directory;
+//! 8. a superseded copy (`DIR/tablesnap-was-<ms>-NAME`, the bytes NAME held before
+//!    tablesnap stored other bytes under it) is kept while a kept index of its directory made
+//!    at or before it names NAME: tableslurp restores that index's NAME from it;
 //! 7. whatever AGE (even 0), no object stored in the same second as its directory's newest
 //!    index or later is deleted, while that index is kept: tablesnap stores files before the index that names them,
 //!    so such an object may be named by the next index (tablechop running beside the
@@ -98,6 +101,9 @@ pub enum Reason {
     /// Not older than its directory's newest index (or, with no index, than
     /// [`INDEX_GRACE`]): the next index may name it (rule 7).
     AwaitingIndex,
+    /// A superseded copy (`tablesnap-was-<ms>-NAME`) of the bytes a kept index made before
+    /// it names under NAME (rule 8).
+    Superseded,
     /// Older than AGE_DAYS and named by no kept index.
     Old,
 }
@@ -112,6 +118,9 @@ impl Reason {
             Reason::Young => "younger than AGE_DAYS",
             Reason::AwaitingIndex => {
                 "not older than its directory's newest index (the next index may name it)"
+            }
+            Reason::Superseded => {
+                "the bytes a kept older index names under a name stored again since"
             }
             Reason::Old => "older than AGE_DAYS and named by no kept index",
         }
@@ -353,6 +362,19 @@ impl Tables {
                     None => young(e.modified, now, INDEX_GRACE),
                 }
         };
+        // Rule 8: the oldest kept index of the directory; a superseded copy made after it
+        // may hold what a kept index names (each is restored from the first copy made at
+        // or after it), so it stays while such an index names its file.
+        let oldest_kept = entries
+            .iter()
+            .filter(|e| kept_idx.contains_key(&*e.name))
+            .map(|e| e.modified)
+            .min();
+        let needed_copy = |e: &Entry| {
+            layout::parse_superseded(&e.name).is_some_and(|(_, original)| {
+                kept.named(dir, original) && oldest_kept.is_some_and(|t| t <= e.modified)
+            })
+        };
         let mut order: Vec<&Entry> = entries.iter().collect();
         order.sort_by(|a, b| a.name.cmp(&b.name));
         for e in order {
@@ -360,6 +382,8 @@ impl Tables {
                 *r
             } else if kept.named(dir, &e.name) {
                 Reason::Named
+            } else if needed_copy(e) {
+                Reason::Superseded
             } else if whole {
                 Reason::UnreadableIndex
             } else if awaiting(e) {
@@ -525,6 +549,46 @@ mod tests {
     }
 
     #[test]
+    fn a_superseded_copy_is_kept_as_such_only_after_a_kept_index_naming_its_file() {
+        let scope = Scope::new(Layout::new("", "h", ":"), "/d");
+        let mut t = Tables::new(scope);
+        for (k, a) in [
+            ("h:/d/t/nb-1-big-Data.db-listdir.json", 3.0),
+            ("h:/d/t/tablesnap-was-1-nb-1-big-Data.db", 2.5),
+            ("h:/d/t/tablesnap-was-2-nb-2-big-Data.db", 2.5),
+            ("h:/d/t/tablesnap-was-0-nb-1-big-Data.db", 3.5),
+            ("h:/d/t/nb-1-big-Data.db", 2.5),
+        ] {
+            t.add(&obj(k, a));
+        }
+        let mut kept = Kept::default();
+        kept.add("/d/t", "/d/t", "nb-1-big-Data.db");
+        let mut reasons = BTreeMap::new();
+        t.decide_dir(
+            "/d/t",
+            &kept,
+            Utc.timestamp_opt(NOW, 0).unwrap(),
+            Duration::days(0),
+            |v| {
+                reasons.insert(v.key.to_string(), (v.reason, v.delete));
+            },
+        );
+        let r = |k: &str| reasons[&format!("h:/d/t/{k}")];
+        assert_eq!(
+            r("tablesnap-was-1-nb-1-big-Data.db"),
+            (Reason::Superseded, false)
+        );
+        // The newest index names no nb-2: that copy only waits like any later object.
+        assert_eq!(
+            r("tablesnap-was-2-nb-2-big-Data.db"),
+            (Reason::AwaitingIndex, false)
+        );
+        // Made before every kept index: no kept restore point reads it.
+        assert_eq!(r("tablesnap-was-0-nb-1-big-Data.db"), (Reason::Old, true));
+        assert_eq!(r("nb-1-big-Data.db"), (Reason::Named, false));
+    }
+
+    #[test]
     fn decide_table_of_cases() {
         let cases = vec![
             Case {
@@ -661,6 +725,34 @@ mod tests {
                 )],
                 age_days: 0,
                 delete: vec!["h:/d/t/a-0-Data.db"],
+            },
+            Case {
+                name: "rule 8: once no kept index is older than the copy, it goes",
+                objects: vec![
+                    ("h:/d/t/nb-1-big-Data.db-listdir.json", 5.0),
+                    ("h:/d/t/tablesnap-was-1-nb-1-big-Data.db", 4.5),
+                    ("h:/d/t/tablesnap-was-2-nb-2-big-Data.db", 4.5),
+                    ("h:/d/t/nb-1-big-Data.db", 3.0),
+                    ("h:/d/t/tablesnap-1-listdir.json", 2.0),
+                ],
+                bodies: vec![
+                    (
+                        "h:/d/t/nb-1-big-Data.db-listdir.json",
+                        "/d/t",
+                        vec!["nb-1-big-Data.db"],
+                    ),
+                    (
+                        "h:/d/t/tablesnap-1-listdir.json",
+                        "/d/t",
+                        vec!["nb-1-big-Data.db"],
+                    ),
+                ],
+                age_days: 4,
+                delete: vec![
+                    "h:/d/t/nb-1-big-Data.db-listdir.json",
+                    "h:/d/t/tablesnap-was-1-nb-1-big-Data.db",
+                    "h:/d/t/tablesnap-was-2-nb-2-big-Data.db",
+                ],
             },
             Case {
                 name: "rule 7: with no index at all, a day's grace whatever AGE",
