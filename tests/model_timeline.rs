@@ -543,23 +543,21 @@ async fn a_truncate_while_the_daemon_is_down_is_seen_at_the_restart() {
     assert!(k.starts_with(layout::RESTORE_POINT_PREFIX), "{k}");
 }
 
-/// Item 3: a name reused with other bytes while the daemon runs. The table is truncated
-/// (every SSTable deleted) and Cassandra writes `nb-1-big-*` again, as it does after a
-/// restart or a point-in-time restore, here with a `Data.db` of the same size and other
-/// bytes. The daemon had forgotten the deleted files: it took the new Data.db as already
-/// stored (same size, not much newer), or with a LIST behind it uploaded it over the old
-/// object, so one restore point or the other restored bytes it never saw. The stored objects
-/// are never overwritten with other bytes, and the new SSTable is refused as a collision
-/// (counted, alerted) rather than named with the old bytes.
+/// Item 3: after a TRUNCATE, Cassandra numbers the table's generations from 1 again. The new
+/// `nb-1-big-*` either overwrote the objects the pre-truncate restore point names (which
+/// then silently restored the new bytes) or, refused as a collision, was never backed up.
+/// Now the old bytes are kept under `tablesnap-was-<ms>-NAME` before the new ones are stored:
+/// the newest restore point names the new SSTable, and a restore `--as-of` before the
+/// TRUNCATE still brings back exactly the old bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reused_name_never_overwrites_what_an_earlier_restore_point_names() {
+async fn a_reused_name_keeps_what_an_earlier_restore_point_names() {
     reused_name(false).await;
 }
 
 /// The same with `-B`: the directory is covered by the startup LIST, so a name not known
 /// stored was uploaded at once, over the old objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reused_name_never_overwrites_what_an_earlier_restore_point_names_with_b() {
+async fn a_reused_name_keeps_what_an_earlier_restore_point_names_with_b() {
     reused_name(true).await;
 }
 
@@ -581,6 +579,10 @@ async fn reused_name(backup: bool) {
         newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == names)
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_of = chrono::Utc::now().to_rfc3339();
+    // Restore points are told apart by the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let before: Vec<(String, Vec<u8>)> = gen1
         .iter()
         .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
@@ -592,37 +594,79 @@ async fn reused_name(backup: bool) {
         newest_index(bucket.path(), &t).is_some_and(|(_, n)| n.is_empty())
     })
     .await;
-    // nb-1 again, as a flush writes it, its Data.db the same size with other bytes.
-    let log = t.join("nb_txn_flush_00000001-0a7f-11ef-9a2b-5b2d6c9d3a12.log");
-    append(
-        &log,
-        &record(RecordType::Add, &format!("{}/nb-1-big", t.display())),
-    );
-    for (n, mut b) in nb_components(1) {
-        if n.ends_with("Data.db") {
-            b.iter_mut().for_each(|x| *x = x.wrapping_add(1));
-        }
-        std::fs::write(t.join(&n), b).unwrap();
-    }
-    append(&log, &record(RecordType::Commit, ""));
-    std::fs::remove_file(&log).unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // nb-1 again, as a flush writes it: every component, the Data.db the same size with
+    // other bytes (and so its Digest).
+    let again = salted_transaction(&t, 1, 3, &[]);
+    assert_eq!(again, gen1);
+    until_within(
+        "the newest restore point names the new nb-1",
+        WAIT,
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == names),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
     let summary = d.stop().await;
-    // Nor is the new SSTable taken as "already stored" (same size, within 15 minutes): a
-    // restore point naming nb-1 would restore the old bytes for it. It is refused, visibly.
-    let (k, newest) = newest_index(bucket.path(), &t).unwrap();
-    assert!(
-        !newest.contains("nb-1-big-Data.db"),
-        "{k} names the new nb-1, whose bytes the bucket does not hold: {newest:?}"
+    assert_eq!(summary.failures, 0, "{summary}");
+    // The newest restore point's objects are the node's new bytes.
+    holds_the_files(bucket.path(), &t, &names, "the newest restore point");
+    // The old bytes are kept, each under one superseded name of its own (the Data.db and
+    // its Digest here).
+    let dir_obj = object(bucket.path(), &key(&t));
+    for (n, bytes) in &before {
+        let copies: Vec<PathBuf> = std::fs::read_dir(&dir_obj)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                layout::parse_superseded(&e.file_name().to_string_lossy())
+                    .is_some_and(|(_, o)| o == n)
+            })
+            .map(|e| e.path())
+            .collect();
+        // Components with the same bytes as before are simply the same object.
+        let same = std::fs::read(t.join(n)).unwrap() == *bytes;
+        assert_eq!(copies.len(), usize::from(!same), "{n}: {copies:?}");
+        if !same {
+            assert_eq!(&std::fs::read(&copies[0]).unwrap(), bytes, "{n}");
+        }
+    }
+    // A restore before the TRUNCATE brings back the old bytes, Digest checked; the newest
+    // restore point the new ones.
+    let dest = format!("file://{}", bucket.path().display());
+    let origin = t.to_str().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    let (code, out) = common::run_bin(
+        env!("CARGO_BIN_EXE_tableslurp"),
+        &[
+            "-n",
+            HOST,
+            "--as-of",
+            &as_of,
+            &dest,
+            origin,
+            old.path().to_str().unwrap(),
+        ],
+        &[],
     );
-    assert!(summary.failures >= 1, "no collision counted: {summary}");
+    assert_eq!(code, 0, "{out}");
     for (n, bytes) in &before {
         assert_eq!(
-            std::fs::read(object(bucket.path(), &key(&t.join(n))))
-                .ok()
-                .as_ref(),
-            Some(bytes),
-            "{n} was overwritten with other bytes"
+            &std::fs::read(old.path().join(n)).unwrap_or_else(|e| panic!("{n}: {e}: {out}")),
+            bytes,
+            "restored {n} as of {as_of}: {out}"
+        );
+    }
+    let newest = tempfile::tempdir().unwrap();
+    let (code, out) = common::run_bin(
+        env!("CARGO_BIN_EXE_tableslurp"),
+        &["-n", HOST, &dest, origin, newest.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    for n in &names {
+        assert_eq!(
+            std::fs::read(newest.path().join(n)).unwrap(),
+            std::fs::read(t.join(n)).unwrap(),
+            "restored {n} from the newest restore point: {out}"
         );
     }
 }

@@ -940,7 +940,10 @@ fn pit_restore(
                         .or_default()
                         .insert(f, (sha(&body), body.len() as u64));
                 }
-                None => problems.push(format!("restore of {ds} brought back {f}, no SSTable")),
+                None => {
+                    problems.push(format!("restore of {ds} brought back {f}, no SSTable"));
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         let matched = {
@@ -971,6 +974,11 @@ fn pit_restore(
                     base.display(),
                     files.keys().collect::<Vec<_>>()
                 ));
+                // Counted above; off the disk again so that the journal (which cannot own
+                // bytes the node never wrote) still matches what the node holds.
+                for f in files.keys() {
+                    let _ = std::fs::remove_file(d.join(f));
+                }
                 continue;
             };
             let s = &mut jj.ssts[i];
