@@ -1246,6 +1246,8 @@ struct Verdict {
     never_completed: Vec<String>,
     txn_log_objects: Vec<String>,
     unknown_objects: Vec<String>,
+    /// `tablesnap-was-` objects seen (each checked as the bytes of its name).
+    superseded_copies: usize,
     snapshot_bytes: u64,
     snapshot_objects: u64,
     /// What is wrong with each bad index (one line per SSTable named wrongly).
@@ -1324,7 +1326,20 @@ fn check_objects(j: &Journal, seen: &Seen, v: &mut Verdict) {
             v.txn_log_objects.push(d.path.clone());
             continue;
         }
-        let incs: Vec<&Sst> = sst_of(&d.path)
+        // A superseded copy (`tablesnap-was-<ms>-NAME`): the bytes some incarnation of NAME
+        // had, checked as NAME's.
+        let (path, name) = match tablesnap::layout::parse_superseded(&name) {
+            Some((_, orig)) => (
+                Path::new(&d.path)
+                    .with_file_name(orig)
+                    .to_string_lossy()
+                    .into_owned(),
+                std::borrow::Cow::Owned(orig.to_string()),
+            ),
+            None => (d.path.clone(), name),
+        };
+        v.superseded_copies += usize::from(path != d.path);
+        let incs: Vec<&Sst> = sst_of(&path)
             .map(|(b, _)| j.incs(&b).iter().map(|&i| &j.ssts[i]).collect())
             .unwrap_or_default();
         if incs.is_empty() {
@@ -2238,8 +2253,9 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         bad_restores.len()
     );
     eprintln!(
-        "other:       {} transaction logs stored, {} unknown objects, {} unparsable indexes, {} names of SSTables deleted > 10 s before their index, {} objects deleted while the newest index named them",
+        "other:       {} transaction logs stored, {} superseded copies, {} unknown objects, {} unparsable indexes, {} names of SSTables deleted > 10 s before their index, {} objects deleted while the newest index named them",
         v.txn_log_objects.len(),
+        v.superseded_copies,
         v.unknown_objects.len(),
         s.bad_index_bodies.len(),
         v.stale_names,

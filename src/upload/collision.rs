@@ -4,7 +4,8 @@
 
 use super::*;
 
-const RETIRED: &str = "an SSTable name that the directory's newest restore point does not name, with other bytes (Cassandra numbered a generation again after a TRUNCATE, a re-CREATE or a point-in-time restore)";
+const HELD_BEFORE: &str = "an SSTable name whose local bytes are the ones this node stored under it before (a point-in-time restore brought them back), with the bytes of a later timeline stored under it";
+const RETIRED: &str = "an SSTable name of this directory that its newest restore point did not name or that was not on disk at startup, with other bytes (Cassandra numbered a generation again after a TRUNCATE, a re-CREATE or a point-in-time restore)";
 
 impl Uploader {
     /// The object under `key` is not the local file (another size, or another MD5). Whose
@@ -39,6 +40,20 @@ impl Uploader {
         let retired = self.retired.lock().unwrap().contains(&key);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let sstable = crate::cassandra::parse_name(name);
+        let renewed = sstable.as_ref().is_some_and(|f| {
+            let data = path.with_file_name(format!("{}-Data.db", f.sstable));
+            key_of(&self.layout, &data).is_ok_and(|k| self.renewed.lock().unwrap().contains(&k))
+        });
+        if info.size == size
+            && sstable.is_some()
+            && !suspect
+            && (retired || renewed || self.held_before(path, &key, size).await?)
+        {
+            // Not bit rot: a name of the node's earlier timeline (see below).
+            return self
+                .supersede(path, key, info, size, fp, cancel, HELD_BEFORE)
+                .await;
+        }
         if info.size == size && (!suspect || sstable.is_none()) {
             // Same size, different MD5, and the file is not newer than the object (or not
             // an SSTable's, where no other node is to be feared): bit rot on this disk is
@@ -63,6 +78,11 @@ impl Uploader {
                     .supersede(path, key, info, size, fp, cancel, RETIRED)
                     .await;
             }
+            if self.held_before(path, &key, size).await? {
+                return self
+                    .supersede(path, key, info, size, fp, cancel, HELD_BEFORE)
+                    .await;
+            }
             return Err(UploadError::Collision {
                 path: path.to_path_buf(),
                 key,
@@ -79,8 +99,20 @@ impl Uploader {
                 self.supersede(path, key, info, size, fp, cancel, "the TOC of a stored SSTable was rewritten (an index built on it added components)")
                     .await
             }
-            Some(false) if retired => {
+            // A name of the node's earlier timeline: whatever its Data.db holds now (this
+            // run may have just superseded it), the stored component is the old SSTable's.
+            Some(_) if retired => {
                 self.supersede(path, key, info, size, fp, cancel, RETIRED)
+                    .await
+            }
+            // Its Data.db took other bytes under this name in this run: the stored
+            // component is the SSTable that had the name before.
+            Some(true) if renewed => {
+                self.supersede(path, key, info, size, fp, cancel, "a component of an SSTable whose Data.db superseded the one stored under its name")
+                    .await
+            }
+            Some(false) if self.held_before(path, &key, size).await? => {
+                self.supersede(path, key, info, size, fp, cancel, HELD_BEFORE)
                     .await
             }
             Some(true) => {
@@ -136,23 +168,42 @@ impl Uploader {
         tracing::info!(path = %path.display(), key, kept, stored = info.size, local = size, "{why}: the stored bytes are kept under the superseded name for the restore points that name them; storing the new file");
         self.retired.lock().unwrap().remove(&key);
         self.gone.lock().unwrap().remove(&key);
+        if layout::wants_index(&key) {
+            let mut r = self.renewed.lock().unwrap();
+            if r.len() >= MAX_GONE {
+                r.clear();
+            }
+            r.insert(key.clone());
+        }
         self.upload_now(path, key, size, fp, cancel).await
     }
 
-    /// Records what the newest stored restore point of `dir` names (found at startup):
-    /// every stored SSTable component of `dir` it does not name is of the node's own
-    /// earlier timeline ([`Uploader::retired`]).
+    /// Records what the newest stored restore point of `dir` names and what `dir` holds
+    /// (found at startup): every stored SSTable component of `dir` that the restore point
+    /// does not name, or that is not on disk now, is of the node's own earlier timeline
+    /// ([`Uploader::retired`]): compacted away, truncated, or abandoned by a point-in-time
+    /// restore (the restored directory holds an older point's SSTables, the bucket the
+    /// newer ones under the names Cassandra will number again).
     pub fn retire_unnamed(&self, dir: &Path, names: &std::collections::BTreeSet<String>) {
         let Ok(dir_key) = key_of(&self.layout, dir) else {
             return;
         };
+        // Unreadable: only what the restore point does not name.
+        let local: Option<std::collections::HashSet<String>> = std::fs::read_dir(dir).ok().map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        });
         let unnamed: Vec<String> = self
             .known
             .lock()
             .unwrap()
             .names_in(&dir_key)
             .into_iter()
-            .filter(|n| !names.contains(n) && crate::cassandra::parse_name(n).is_some())
+            .filter(|n| {
+                crate::cassandra::parse_name(n).is_some()
+                    && (!names.contains(n) || local.as_ref().is_some_and(|l| !l.contains(n)))
+            })
             .map(|n| format!("{dir_key}/{n}"))
             .collect();
         for k in unnamed.iter().filter(|k| layout::wants_index(k)) {
@@ -165,6 +216,35 @@ impl Uploader {
             }
             retired.insert(k);
         }
+    }
+
+    /// Whether a superseded copy of `key` (known stored at startup or since) holds the local
+    /// file's bytes: the node stored them under this name before, and a point-in-time
+    /// restore brought them back. HEADs only the copies of this very name (none: no I/O).
+    async fn held_before(&self, path: &Path, key: &str, size: u64) -> Result<bool, UploadError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let dir_key = key.strip_suffix(name).unwrap_or(key).trim_end_matches('/');
+        let copies: Vec<String> = self
+            .known
+            .lock()
+            .unwrap()
+            .names_in(dir_key)
+            .into_iter()
+            .filter(|n| layout::parse_superseded(n).is_some_and(|(_, orig)| orig == name))
+            .collect();
+        for c in copies {
+            let k = format!("{dir_key}/{c}");
+            let info = self.store.head(&k).await.map_err(|source| UploadError::Store {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+            if let Some(info) = info {
+                if info.size == size && self.same_md5(path, &info).await? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether the stored object of local `data` holds the same bytes (None: no object, or

@@ -249,6 +249,10 @@ pub struct Uploader {
     /// hold that SSTable's restore point, so a new index goes under a restore point name of
     /// its own. Bounded by [`MAX_GONE`].
     displaced: Mutex<std::collections::HashSet<String>>,
+    /// Keys of Data.db objects superseded in this run: another component of that SSTable
+    /// with other bytes than its object supersedes it too (the object is the component of
+    /// the SSTable that had the name before). Bounded by [`MAX_GONE`].
+    renewed: Mutex<std::collections::HashSet<String>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -312,6 +316,7 @@ impl Uploader {
             gone: Mutex::new(Default::default()),
             retired: Mutex::new(Default::default()),
             displaced: Mutex::new(Default::default()),
+            renewed: Mutex::new(Default::default()),
             pool: Arc::new(BufPool::new(
                 (mem_units * MEM_UNIT / part).max(1) as usize,
                 part as usize,
@@ -464,7 +469,10 @@ impl Uploader {
         // renamed over: an SSTable's name reused with perhaps other bytes. Never taken as
         // stored by its size, never uploaded over the object: the MD5s decide, and other
         // bytes are a collision (`differs`), so no restore point restores bytes it never saw.
-        let reused = is_component(path) && (replaced || self.gone.lock().unwrap().contains(&key));
+        let reused = is_component(path)
+            && (replaced
+                || self.gone.lock().unwrap().contains(&key)
+                || self.retired.lock().unwrap().contains(&key));
         if reused {
             return self.reused_name(path, key, &meta, fp, cancel).await;
         }
@@ -523,6 +531,7 @@ impl Uploader {
             None => self.upload_now(path, key.clone(), size, fp, cancel).await?,
             Some(info) if info.size == size && self.same_md5(path, &info).await? => {
                 self.mark(&key, size, true, Some(fp));
+                self.retired.lock().unwrap().remove(&key);
                 Outcome::Present
             }
             // This run saw the file under this name deleted: Cassandra numbered a
