@@ -924,6 +924,26 @@ fn pit_restore(
                 out.trim()
             ));
         }
+        // tableslurp may restore one SSTable under the generation above the bucket's
+        // highest (the node then goes on above the abandoned timeline): its log says
+        // `DIR: FROM restored as TO: ...`. TO → FROM.
+        let renamed: BTreeMap<String, String> = out
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(&format!("{ds}: "))?;
+                let (from, rest) = rest.split_once(" restored as ")?;
+                let (to, _) = rest.split_once(':')?;
+                Some((to.trim().to_string(), from.trim().to_string()))
+            })
+            .collect();
+        let unrename = |f: &str| -> String {
+            for (to, from) in &renamed {
+                if let Some(c) = f.strip_prefix(&format!("{to}-")) {
+                    return format!("{from}-{c}");
+                }
+            }
+            f.to_string()
+        };
         // What came back: whole SSTables, each the bytes of one incarnation of its name.
         let mut got: BTreeMap<PathBuf, Files> = BTreeMap::new();
         let mut names = BTreeSet::new();
@@ -932,7 +952,7 @@ fn pit_restore(
                 continue;
             }
             let f = e.file_name().to_string_lossy().into_owned();
-            names.insert(f.clone());
+            names.insert(unrename(&f));
             let body = std::fs::read(e.path()).unwrap();
             match sst_of(e.path().to_str().unwrap()) {
                 Some((base, _)) => {
@@ -961,13 +981,33 @@ fn pit_restore(
         }
         let mut jj = j.lock().unwrap();
         for (base, files) in got {
-            let inc = jj.incs(&base).iter().rev().copied().find(|&i| {
+            // A renamed one: the bytes of an incarnation of the name it had, under its new
+            // name a new SSTable of the node's (no component holds its generation).
+            let bn = base.file_name().unwrap().to_string_lossy().into_owned();
+            let (look, lfiles) = match renamed.get(&bn) {
+                Some(from) => (
+                    base.with_file_name(from),
+                    files
+                        .iter()
+                        .map(|(f, v)| (unrename(f), v.clone()))
+                        .collect(),
+                ),
+                None => (base.clone(), files.clone()),
+            };
+            let inc = jj.incs(&look).iter().rev().copied().find(|&i| {
                 let s = &jj.ssts[i];
                 s.complete_at.is_some()
-                    && files
-                        .iter()
-                        .all(|(f, v)| s.all_maps().any(|m| m.get(f) == Some(v)))
+                    && lfiles.iter().all(|(f, v): (&String, &(String, u64))| {
+                        s.all_maps().any(|m| m.get(f) == Some(v))
+                    })
             });
+            if let (Some(_), true) = (inc, look != base) {
+                let at = now();
+                let mut s = Sst::new(base.clone(), files, at);
+                s.complete(at);
+                back.push(jj.add(s));
+                continue;
+            }
             let Some(i) = inc else {
                 problems.push(format!(
                     "restore of {ds} brought back {} with bytes the node never wrote for it: {:?}",
@@ -1390,10 +1430,19 @@ enum Stored<'a> {
 
 fn stored_at<'a>(
     versions: &HashMap<&str, Vec<&'a DataObs>>,
+    copies: &HashMap<String, Vec<&'a DataObs>>,
     dels: &HashMap<&str, Vec<&'a Deletion>>,
     path: &str,
     t: SystemTime,
 ) -> Stored<'a> {
+    // A superseded copy made at or after `t` holds what the name held then (tableslurp
+    // restores an index written at `t` from the first such copy).
+    if let Some(c) = copies
+        .get(path)
+        .and_then(|cs| cs.iter().find(|d| d.last_modified >= t))
+    {
+        return Stored::Held(c);
+    }
     let Some(v) = versions
         .get(path)
         .and_then(|vs| vs.iter().rfind(|d| d.last_modified <= t + SLACK))
@@ -1499,6 +1548,20 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
     for vs in versions.values_mut() {
         vs.sort_by_key(|d| d.last_modified);
     }
+    let mut copies: HashMap<String, Vec<&DataObs>> = HashMap::new();
+    for d in &seen.data {
+        let name = Path::new(&d.path).file_name().unwrap().to_string_lossy();
+        if let Some((_, orig)) = tablesnap::layout::parse_superseded(&name) {
+            let p = Path::new(&d.path).with_file_name(orig);
+            copies
+                .entry(p.to_string_lossy().into_owned())
+                .or_default()
+                .push(d);
+        }
+    }
+    for cs in copies.values_mut() {
+        cs.sort_by_key(|d| d.last_modified);
+    }
     let mut dels: HashMap<&str, Vec<&Deletion>> = HashMap::new();
     for d in &seen.deletions {
         if let Some(p) = &d.path {
@@ -1592,7 +1655,7 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                 .iter()
                 .map(|f| {
                     let p = format!("{}/{f}", ix.dir);
-                    (f, stored_at(&versions, &dels, &p, l))
+                    (f, stored_at(&versions, &copies, &dels, &p, l))
                 })
                 .collect();
             let fits = ok_maps.iter().any(|m| {
@@ -1622,7 +1685,13 @@ fn check_indexes(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
                         ix.dir,
                         at(d.after),
                         at(d.before),
-                        match stored_at(&versions, &HashMap::new(), &format!("{}/{f}", ix.dir), l) {
+                        match stored_at(
+                            &versions,
+                            &copies,
+                            &HashMap::new(),
+                            &format!("{}/{f}", ix.dir),
+                            l
+                        ) {
                             Stored::Held(o) => {
                                 let reused = cands
                                     .iter()
