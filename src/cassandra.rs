@@ -545,6 +545,30 @@ pub fn view_dir(dir: &std::path::Path) -> std::io::Result<DirView> {
     }))
 }
 
+/// The time (unix seconds) of the newest TRUNCATE or DROP of the table in `dir`, from the
+/// snapshot Cassandra takes first (`auto_snapshot`): `snapshots/truncated-<ms>-TABLE` or
+/// `snapshots/dropped-<ms>-TABLE` (`Keyspace.getTimestampedSnapshotNameWithPrefix`). None:
+/// no such snapshot (or `auto_snapshot: false`).
+pub fn truncated_at(dir: &std::path::Path) -> Option<i64> {
+    std::fs::read_dir(dir.join("snapshots"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| snapshot_cut(e.file_name().to_str()?))
+        .max()
+}
+
+/// `truncated-<ms>-TABLE` / `dropped-<ms>-TABLE` → seconds.
+fn snapshot_cut(tag: &str) -> Option<i64> {
+    let rest = tag
+        .strip_prefix("truncated-")
+        .or_else(|| tag.strip_prefix("dropped-"))?;
+    let (ms, table) = rest.split_once('-')?;
+    if table.is_empty() || ms.len() < 10 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(ms.parse::<i64>().ok()? / 1000)
+}
+
 /// Whether a transaction log of `dir` without a final record ADDs `sstable`: its files,
 /// even those already closed, belong to a flush or compaction that may still be aborted.
 /// Cheap enough for every event (a readdir and the logs, a few hundred bytes each).
@@ -578,6 +602,39 @@ fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_truncate_or_drop_snapshot_tells_when_and_nothing_else_does() {
+        use super::snapshot_cut;
+        assert_eq!(
+            snapshot_cut("truncated-1733300000123-users"),
+            Some(1733300000)
+        );
+        assert_eq!(
+            snapshot_cut("dropped-1733300009999-users"),
+            Some(1733300009)
+        );
+        for other in [
+            "1733300000123-users",
+            "truncated-users",
+            "truncated-1733300000123-",
+            "truncated-17333x0000123-users",
+            "pre-upgrade",
+            "dropped-12-users",
+        ] {
+            assert_eq!(snapshot_cut(other), None, "{other}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(super::truncated_at(d.path()), None);
+        for t in [
+            "truncated-1733300000123-t",
+            "dropped-1733400000000-t",
+            "daily",
+        ] {
+            std::fs::create_dir_all(d.path().join("snapshots").join(t)).unwrap();
+        }
+        assert_eq!(super::truncated_at(d.path()), Some(1733400000));
+    }
+
     #[test]
     fn with_generation_renames_every_format_and_refuses_the_rest() {
         assert_eq!(

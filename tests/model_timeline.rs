@@ -609,10 +609,23 @@ async fn reused_name(backup: bool) {
     assert_eq!(summary.failures, 0, "{summary}");
     // The newest restore point's objects are the node's new bytes.
     holds_the_files(bucket.path(), &t, &names, "the newest restore point");
+    superseded_then_restored(bucket.path(), &t, &before, &names, &as_of);
+}
+
+/// The old bytes are kept, each under one superseded name of its own; a restore `--as-of`
+/// before the TRUNCATE brings them back (Digest checked), the newest restore point the new
+/// ones.
+fn superseded_then_restored(
+    bucket: &Path,
+    t: &Path,
+    before: &[(String, Vec<u8>)],
+    names: &BTreeSet<String>,
+    as_of: &str,
+) {
     // The old bytes are kept, each under one superseded name of its own (the Data.db and
     // its Digest here).
-    let dir_obj = object(bucket.path(), &key(&t));
-    for (n, bytes) in &before {
+    let dir_obj = object(bucket, &key(t));
+    for (n, bytes) in before {
         let copies: Vec<PathBuf> = std::fs::read_dir(&dir_obj)
             .unwrap()
             .flatten()
@@ -631,7 +644,7 @@ async fn reused_name(backup: bool) {
     }
     // A restore before the TRUNCATE brings back the old bytes, Digest checked; the newest
     // restore point the new ones.
-    let dest = format!("file://{}", bucket.path().display());
+    let dest = format!("file://{}", bucket.display());
     let origin = t.to_str().unwrap();
     let old = tempfile::tempdir().unwrap();
     let (code, out) = common::run_bin(
@@ -648,7 +661,7 @@ async fn reused_name(backup: bool) {
         &[],
     );
     assert_eq!(code, 0, "{out}");
-    for (n, bytes) in &before {
+    for (n, bytes) in before {
         assert_eq!(
             &std::fs::read(old.path().join(n)).unwrap_or_else(|e| panic!("{n}: {e}: {out}")),
             bytes,
@@ -662,7 +675,7 @@ async fn reused_name(backup: bool) {
         &[],
     );
     assert_eq!(code, 0, "{out}");
-    for n in &names {
+    for n in names {
         assert_eq!(
             std::fs::read(newest.path().join(n)).unwrap(),
             std::fs::read(t.join(n)).unwrap(),
@@ -930,6 +943,65 @@ async fn a_restart_never_takes_a_reused_name_of_the_same_size_as_stored() {
     holds_the_files(bucket.path(), &t, &named, &format!("{k} ({after:?})"));
     // The earlier restore point's bytes are kept.
     unchanged(&old);
+}
+
+/// Item 3 after a restart, as a node does it: TRUNCATE (Cassandra first snapshots the table
+/// as `snapshots/truncated-<ms>-TABLE`), a flush numbering `nb-1` again, all while tablesnap
+/// was down. The snapshot tells the old objects from a replaced node's: they were stored
+/// before the TRUNCATE, so they are superseded (kept) and the new SSTable is backed up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_truncate_backs_up_the_reused_name_and_keeps_the_old_bytes() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let gen1 = transaction(&t, 1, &[]);
+    let names: BTreeSet<String> = gen1.iter().cloned().collect();
+    let first = common::run_once(common::once_on_file(bucket.path(), data.path(), HOST)).await;
+    assert!(first.indexes_written >= 1, "{first}");
+    // The objects and their index were stored a while ago (a file:// object's
+    // LastModified is its mtime).
+    for e in std::fs::read_dir(object(bucket.path(), &key(&t)))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::File::open(e.path())
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
+    }
+    let as_of = (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339();
+    let before: Vec<(String, Vec<u8>)> = gen1
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
+        .collect();
+    // TRUNCATE: the snapshot (hard links), then every SSTable deleted.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let snap = t.join(format!("snapshots/truncated-{ms}-t"));
+    std::fs::create_dir_all(&snap).unwrap();
+    for n in &gen1 {
+        std::fs::hard_link(t.join(n), snap.join(n)).unwrap();
+        std::fs::remove_file(t.join(n)).unwrap();
+    }
+    let again = salted_transaction(&t, 1, 5, &[]);
+    assert_eq!(again, gen1);
+    let mut c = common::once_on_file(bucket.path(), data.path(), HOST);
+    c.backup = true;
+    let after = tokio::time::timeout(
+        Duration::from_secs(120),
+        tablesnap::daemon::run(c, std::future::pending()),
+    )
+    .await
+    .expect("--once ends")
+    .expect("the reused names are backed up, not refused");
+    assert_eq!(after.failures, 0, "{after}");
+    assert!(after.files_superseded >= 1, "{after}");
+    let (k, named) = newest_index(bucket.path(), &t).unwrap();
+    assert_eq!(named, names, "{k}");
+    holds_the_files(bucket.path(), &t, &names, &k);
+    superseded_then_restored(bucket.path(), &t, &before, &names, &as_of);
 }
 
 /// Each of `names` in the file:// `bucket` holds the bytes of the file of that name in `dir`.

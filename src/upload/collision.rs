@@ -189,23 +189,37 @@ impl Uploader {
             return;
         };
         // Unreadable: only what the restore point does not name.
-        let local: Option<std::collections::HashSet<String>> = std::fs::read_dir(dir).ok().map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .collect()
-        });
-        let unnamed: Vec<String> = self
-            .known
-            .lock()
-            .unwrap()
+        let local: Option<std::collections::HashSet<String>> =
+            std::fs::read_dir(dir).ok().map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            });
+        // A TRUNCATE or DROP since (Cassandra's `truncated-<ms>-TABLE` / `dropped-<ms>-TABLE`
+        // snapshot, auto_snapshot): every object stored before it is of the old timeline,
+        // even under a name on disk again (flushed after the TRUNCATE while tablesnap was
+        // down).
+        let cut = crate::cassandra::truncated_at(dir);
+        let known = self.known.lock().unwrap();
+        let unnamed: Vec<String> = known
             .names_in(&dir_key)
             .into_iter()
             .filter(|n| {
+                let stored_before_cut = || {
+                    cut.is_some_and(|c| {
+                        known
+                            .get(&format!("{dir_key}/{n}"))
+                            .is_some_and(|k| k.stored_at < c)
+                    })
+                };
                 crate::cassandra::parse_name(n).is_some()
-                    && (!names.contains(n) || local.as_ref().is_some_and(|l| !l.contains(n)))
+                    && (!names.contains(n)
+                        || local.as_ref().is_some_and(|l| !l.contains(n))
+                        || stored_before_cut())
             })
             .map(|n| format!("{dir_key}/{n}"))
             .collect();
+        drop(known);
         for k in unnamed.iter().filter(|k| layout::wants_index(k)) {
             self.displace(k);
         }
@@ -234,10 +248,14 @@ impl Uploader {
             .collect();
         for c in copies {
             let k = format!("{dir_key}/{c}");
-            let info = self.store.head(&k).await.map_err(|source| UploadError::Store {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })?;
+            let info = self
+                .store
+                .head(&k)
+                .await
+                .map_err(|source| UploadError::Store {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?;
             if let Some(info) = info {
                 if info.size == size && self.same_md5(path, &info).await? {
                     return Ok(true);
