@@ -668,6 +668,14 @@ fn superseded_then_restored(
             "restored {n} as of {as_of}: {out}"
         );
     }
+    let got: BTreeSet<String> = std::fs::read_dir(old.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let want: BTreeSet<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(got, want, "restored as of {as_of}: {out}");
     let newest = tempfile::tempdir().unwrap();
     let (code, out) = common::run_bin(
         env!("CARGO_BIN_EXE_tableslurp"),
@@ -682,6 +690,66 @@ fn superseded_then_restored(
             "restored {n} from the newest restore point: {out}"
         );
     }
+}
+
+/// Item 6: an index built on an existing SSTable (SAI, `SSTable.registerComponents`) writes
+/// its components, then a new `TOC.txt` listing them (`TOC.txt.tmp` renamed over it). The
+/// stored TOC was kept (earlier restore points name it), so later restore points brought
+/// the SAI files back beside a TOC that did not list them. Now the old TOC is kept under a
+/// superseded name: the newest restore point names the SAI files and the new TOC, one from
+/// before the build the old TOC and no SAI file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_rewrites_the_toc_and_each_restore_point_restores_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let d = live(bucket.path(), vec![data.path().into()]).await;
+    let gen1 = transaction(&t, 1, &[]);
+    let old: BTreeSet<String> = gen1.iter().cloned().collect();
+    until("an index names nb-1", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == old)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_of = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before: Vec<(String, Vec<u8>)> = gen1
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
+        .collect();
+    let toc = t.join("nb-1-big-TOC.txt");
+    let old_toc = std::fs::read_to_string(&toc).unwrap();
+    let sai = [
+        "SAI+aa+GroupComplete.db",
+        "SAI+aa+GroupMeta.db",
+        "SAI+aa+TokenValues.db",
+        "SAI+aa+events_idx+ColumnComplete.db",
+        "SAI+aa+events_idx+Meta.db",
+    ];
+    for (i, c) in sai.iter().enumerate() {
+        std::fs::write(t.join(format!("nb-1-big-{c}")), vec![i as u8 + 1; 100 + i]).unwrap();
+    }
+    let new_toc = format!("{old_toc}{}\n", sai.join("\n"));
+    std::fs::write(t.join("nb-1-big-TOC.txt.tmp"), &new_toc).unwrap();
+    std::fs::rename(t.join("nb-1-big-TOC.txt.tmp"), &toc).unwrap();
+    let mut all = old.clone();
+    all.extend(sai.iter().map(|c| format!("nb-1-big-{c}")));
+    until_within(
+        "the newest restore point names the SAI files",
+        WAIT,
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == all),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+    assert_eq!(summary.files_superseded, 1, "the TOC only: {summary}");
+    holds_the_files(bucket.path(), &t, &all, "the newest restore point");
+    superseded_then_restored(bucket.path(), &t, &before, &all, &as_of);
+    assert_eq!(
+        std::fs::read_to_string(object(bucket.path(), &key(&toc))).unwrap(),
+        new_toc
+    );
 }
 
 /// Item 2: JBOD. A compaction reads `nb-1` from one data directory and `nb-2` from the
