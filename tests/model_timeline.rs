@@ -653,7 +653,7 @@ fn superseded_then_restored(
             "-n",
             HOST,
             "--as-of",
-            &as_of,
+            as_of,
             &dest,
             origin,
             old.path().to_str().unwrap(),
