@@ -573,20 +573,7 @@ async fn reused_name(backup: bool) {
         c
     })
     .await;
-    let gen1 = transaction(&t, 1, &[]);
-    let names: BTreeSet<String> = gen1.iter().cloned().collect();
-    until("an index names nb-1", || {
-        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == names)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let as_of = chrono::Utc::now().to_rfc3339();
-    // Restore points are told apart by the second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let before: Vec<(String, Vec<u8>)> = gen1
-        .iter()
-        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
-        .collect();
+    let (gen1, names, as_of, before) = flushed_and_indexed(bucket.path(), &t).await;
     for n in &gen1 {
         std::fs::remove_file(t.join(n)).unwrap();
     }
@@ -610,6 +597,34 @@ async fn reused_name(backup: bool) {
     // The newest restore point's objects are the node's new bytes.
     holds_the_files(bucket.path(), &t, &names, "the newest restore point");
     superseded_then_restored(bucket.path(), &t, &before, &names, &as_of);
+}
+
+/// nb-1 flushed into `t` and named by its directory's newest restore point, then a time
+/// after that restore point (restore points are told apart by the second): the files'
+/// names, as a set, that time (RFC 3339) and every file's bytes.
+async fn flushed_and_indexed(
+    bucket: &Path,
+    t: &Path,
+) -> (
+    Vec<String>,
+    BTreeSet<String>,
+    String,
+    Vec<(String, Vec<u8>)>,
+) {
+    let gen1 = transaction(t, 1, &[]);
+    let names: BTreeSet<String> = gen1.iter().cloned().collect();
+    until("an index names nb-1", || {
+        newest_index(bucket, t).is_some_and(|(_, n)| n == names)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_of = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = gen1
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
+        .collect();
+    (gen1, names, as_of, before)
 }
 
 /// The old bytes are kept, each under one superseded name of its own; a restore `--as-of`
@@ -704,19 +719,7 @@ async fn an_index_build_rewrites_the_toc_and_each_restore_point_restores_its_own
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
     let d = live(bucket.path(), vec![data.path().into()]).await;
-    let gen1 = transaction(&t, 1, &[]);
-    let old: BTreeSet<String> = gen1.iter().cloned().collect();
-    until("an index names nb-1", || {
-        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == old)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let as_of = chrono::Utc::now().to_rfc3339();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let before: Vec<(String, Vec<u8>)> = gen1
-        .iter()
-        .map(|n| (n.clone(), std::fs::read(t.join(n)).unwrap()))
-        .collect();
+    let (_, old, as_of, before) = flushed_and_indexed(bucket.path(), &t).await;
     let toc = t.join("nb-1-big-TOC.txt");
     let old_toc = std::fs::read_to_string(&toc).unwrap();
     let sai = [
