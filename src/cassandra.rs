@@ -401,6 +401,29 @@ pub struct DirView {
     pub txn_logs: BTreeSet<String>,
     /// Temporary names ([`is_temporary`]): never named, never part of an SSTable.
     pub temporary: BTreeSet<String>,
+    /// What each committed transaction log still in the directory replaced: its outputs
+    /// hold the data of its inputs (see [`Lineage`]).
+    pub committed: Vec<Lineage>,
+}
+
+/// What a committed transaction replaced: its `ADD` SSTables hold the data of its `REMOVE`
+/// ones (a compaction's outputs cover its inputs). The log is deleted soon after the
+/// COMMIT, so whoever needs it remembers it when it is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    pub outputs: BTreeSet<String>,
+    pub inputs: BTreeSet<String>,
+}
+
+impl TxnLog {
+    /// The lineage of a committed log that removed something (None otherwise: a flush, an
+    /// abort, a log still open).
+    pub fn lineage(&self) -> Option<Lineage> {
+        (self.state == TxnState::Committed && !self.removed.is_empty()).then(|| Lineage {
+            outputs: self.added.iter().cloned().collect(),
+            inputs: self.removed.iter().cloned().collect(),
+        })
+    }
 }
 
 impl DirView {
@@ -443,6 +466,7 @@ impl DirView {
                 continue;
             };
             let log = parse_txn_log(&content);
+            v.committed.extend(log.lineage());
             for a in &log.added {
                 let why = match log.state {
                     TxnState::InProgress => NotComplete::InTransaction {
@@ -589,7 +613,9 @@ pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
     })
 }
 
-fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
+/// The content of a small file (a TOC, a transaction log): at most 1 MiB, None if it cannot
+/// be opened as a regular file or read.
+pub fn read_small(p: &std::path::Path) -> Option<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::new();
     crate::localfs::open_regular(p)

@@ -117,6 +117,16 @@ fn transaction(dir: &Path, g: u32, inputs: &[(u32, Vec<String>)]) -> Vec<String>
 
 /// [`transaction`] writing [`salted_components`].
 fn salted_transaction(dir: &Path, g: u32, salt: u8, inputs: &[(u32, Vec<String>)]) -> Vec<String> {
+    transaction_of(dir, g, salted_components(g, salt), inputs)
+}
+
+/// [`transaction`] writing `components` as generation `g`.
+fn transaction_of(
+    dir: &Path,
+    g: u32,
+    components: Vec<(String, Vec<u8>)>,
+    inputs: &[(u32, Vec<String>)],
+) -> Vec<String> {
     let op = if inputs.is_empty() {
         "flush"
     } else {
@@ -136,7 +146,7 @@ fn salted_transaction(dir: &Path, g: u32, salt: u8, inputs: &[(u32, Vec<String>)
         );
     }
     let mut names = vec![];
-    for (n, b) in salted_components(g, salt) {
+    for (n, b) in components {
         std::fs::write(dir.join(&n), b).unwrap();
         names.push(n);
     }
@@ -853,6 +863,90 @@ async fn inputs_stay_named_while_their_replacement_cannot_be_stored() {
     );
     assert!(!named.contains("nb-3-big-Data.db"), "{k}: {named:?}");
     assert_eq!(std::fs::read(&foreign).unwrap(), b"another node's nb-3");
+}
+
+/// Item 13: a compaction's output held back every index of its directory while it
+/// uploaded: a flush right after the COMMIT waited 24 s behind a 64 MiB output at
+/// `--max-bandwidth 2M` (a 200 GB output: hours). Its inputs are stored and named, and hold
+/// its data: the flush's index names them in its place, and the output's own index
+/// replaces them once it is stored. Both restore points restore exactly what they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_compaction_output_uploading_does_not_hold_back_a_flush() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let mut c = config(bucket.path(), vec![data.path().into()]);
+    c.recursive = true;
+    c.auto_add = true;
+    // 24 MiB in 5 MiB parts at 2 MiB/s: the output takes about 12 s to store.
+    c.upload.throttle = Some(std::sync::Arc::new(tablesnap::throttle::Throttle::new(
+        2 << 20,
+    )));
+    c.upload.max_upload_size = 1 << 20;
+    c.upload.part_size = Some(5 << 20);
+    let d = Running::start(c).await;
+    let (gen1, gen2, both) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
+
+    let mut big = sample_components(3);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let crc = crc32fast::hash(&bytes);
+    for (n, b) in big.iter_mut() {
+        if n.ends_with("Data.db") {
+            *b = bytes.clone();
+        } else if n.ends_with("Digest.crc32") {
+            *b = crc.to_string().into_bytes();
+        }
+    }
+    let gen3 = transaction_of(&t, 3, big, &[(1, gen1.clone()), (2, gen2.clone())]);
+    let gen4 = transaction(&t, 4, &[]);
+    let flushed = tokio::time::Instant::now();
+    let data3 = t.join("nb-3-big-Data.db");
+    let stored3 = || std::fs::read(object(bucket.path(), &key(&data3))).is_ok_and(|b| b == bytes);
+
+    // The flush is named within seconds, beside the inputs, while the output uploads.
+    let meanwhile: BTreeSet<String> = both.iter().chain(gen4.iter()).cloned().collect();
+    until_within(
+        "an index names nb-4 with the compaction's inputs",
+        Duration::from_secs(8),
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == meanwhile),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
+    assert!(
+        !stored3(),
+        "nb-3 was stored {:?} after the flush: the test proves nothing",
+        flushed.elapsed()
+    );
+    let (k, _) = newest_index(bucket.path(), &t).unwrap();
+    holds_the_files(bucket.path(), &t, &gen4.iter().cloned().collect(), &k);
+    for (n, b) in sample_components(1).into_iter().chain(sample_components(2)) {
+        assert_eq!(
+            std::fs::read(object(bucket.path(), &key(&t.join(&n)))).unwrap(),
+            b,
+            "{k} names {n}, whose object is not the input's bytes"
+        );
+    }
+
+    // Then the output's own index replaces its inputs.
+    let after: BTreeSet<String> = gen3.iter().chain(gen4.iter()).cloned().collect();
+    until_within(
+        "an index names nb-3 and nb-4 only",
+        Duration::from_secs(60),
+        || newest_index(bucket.path(), &t).is_some_and(|(_, n)| n == after),
+        || format!(": {:?}", newest_index(bucket.path(), &t)),
+    )
+    .await;
+    assert!(stored3());
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
 }
 
 /// The generation Cassandra gives its next SSTable in `dir`: one above the highest on disk.

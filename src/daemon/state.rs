@@ -373,6 +373,7 @@ impl<'a> Daemon<'a> {
     pub(super) fn on_event(&mut self, ev: WatchEvent) {
         match ev {
             WatchEvent::File(p) => {
+                self.remember_lineage(&p);
                 if !crate::watch::event_wanted(&p, self.hardlinks()) {
                     return;
                 }
@@ -407,7 +408,11 @@ impl<'a> Daemon<'a> {
             }
             WatchEvent::Gone(p) => {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let (Some(dir), Some(f)) = (p.parent(), crate::cassandra::parse_name(name)) {
+                    self.uploader.sstable_file_gone(dir, f.sstable);
+                }
                 if crate::cassandra::is_txn_log(name) {
+                    self.uploader.txn_log_gone(&p);
                     // A transaction ended: SSTables of this directory may just have become
                     // complete (or obsolete); its waiting files and pending index need not
                     // wait.
@@ -434,6 +439,26 @@ impl<'a> Daemon<'a> {
             }
             WatchEvent::Overflow => {}
         }
+    }
+
+    /// A transaction log was written (each record is appended and closed): if it is
+    /// committed and replaced SSTables, remember what it replaced before Cassandra deletes
+    /// it (right after the inputs). Read here, not beside the loop, because the log may be
+    /// gone by then; only logs of operations with inputs (not flushes), at most 1 MiB, a
+    /// few records per compaction.
+    fn remember_lineage(&self, p: &Path) {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        if !crate::cassandra::is_txn_log(name) || name.contains("_txn_flush_") {
+            return;
+        }
+        let Some(body) = crate::cassandra::read_small(p) else {
+            return;
+        };
+        let parsed = crate::cassandra::parse_txn_log(&body);
+        tracing::debug!(log = %p.display(), state = ?parsed.state, added = ?parsed.added, removed = ?parsed.removed, "a transaction log");
+        self.uploader.txn_log_read(p, &parsed);
     }
 
     /// What an index of `dir` would name changed: one is due after the quiet period (at

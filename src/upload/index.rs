@@ -23,7 +23,13 @@ impl Uploader {
         previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
-        let Some((dir_str, view, listed)) = self.listing(dir, previous, cancel).await? else {
+        let own: std::collections::BTreeSet<String> = data_files
+            .iter()
+            .filter_map(|d| d.file_name().and_then(|n| n.to_str()))
+            .filter_map(crate::cassandra::parse_name)
+            .map(|f| f.sstable.to_string())
+            .collect();
+        let Some((dir_str, view, listed)) = self.listing(dir, previous, &own, cancel).await? else {
             return Ok(IndexWritten::default());
         };
         // An index goes under the key of each pending Data.db it names; a Data.db of an
@@ -94,7 +100,8 @@ impl Uploader {
         previous: Option<&std::collections::BTreeSet<String>>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
-        let Some((dir_str, view, listed)) = self.listing(dir, previous, cancel).await? else {
+        let own = std::collections::BTreeSet::new();
+        let Some((dir_str, view, listed)) = self.listing(dir, previous, &own, cancel).await? else {
             return Ok(IndexWritten::default());
         };
         // A directory that never had a restore point and holds no SSTable (a data root, a
@@ -174,11 +181,13 @@ impl Uploader {
 
     /// What an index of `dir` names now, every file of it durable: the directory (as UTF-8),
     /// its view, and the names. `None` when the directory is gone. `previous` is what the
-    /// last listing named (see the partial case below).
+    /// last listing named (see the partial case below); `own` the SSTables the index is
+    /// written for (always waited for).
     async fn listing<'d>(
         &self,
         dir: &'d Path,
         previous: Option<&std::collections::BTreeSet<String>>,
+        own: &std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
@@ -196,20 +205,36 @@ impl Uploader {
                 });
             }
         };
-        let mut listed = self.make_nameable_durable(dir, &view, cancel).await?;
-        if self.drop_partial(dir, &view, &mut listed) {
+        for l in &view.committed {
+            self.lineage.lock().unwrap().record(dir, l.clone());
+        }
+        let later = self.stored_later(dir, &view, own, previous);
+        let mut listed = self
+            .make_nameable_durable(dir, &view, &later, cancel)
+            .await?;
+        if self.drop_partial(dir, &view, &mut listed, &later) {
             // A complete SSTable is not durable (its key holds another node's file, it
-            // cannot be read): it may be the replacement of SSTables a compaction deleted.
-            // Those stay named (their objects are stored) until a later listing names a
-            // replacement: a restore point must not lose data it had.
-            // Whole SSTables only: one of its files gone brings back all it named.
+            // cannot be read, it is a compaction's output still being uploaded): it may
+            // be the replacement of SSTables a compaction deleted. Those stay named (their
+            // objects are stored) until a later listing names a replacement: a restore
+            // point must not lose data it had.
+            // Whole SSTables only: one of its files gone (or obsolete by a committed log
+            // still there) brings back all it named.
             let previous: Vec<&String> = previous.into_iter().flatten().collect();
+            let obsolete = |n: &str| {
+                crate::cassandra::parse_name(n)
+                    .and_then(|f| view.sstables.get(f.sstable))
+                    .is_some_and(|s| {
+                        matches!(s.state, Err(crate::cassandra::NotComplete::Obsolete { .. }))
+                    })
+            };
             let gone: std::collections::BTreeSet<&String> = previous
                 .iter()
                 .copied()
                 .filter(|n| {
-                    std::fs::symlink_metadata(dir.join(n))
-                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                    obsolete(n)
+                        || std::fs::symlink_metadata(dir.join(n))
+                            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
                 })
                 .collect();
             let sstable = |n: &str| crate::cassandra::parse_name(n).map(|f| f.sstable.to_string());
@@ -262,18 +287,70 @@ impl Uploader {
         Ok(())
     }
 
+    /// The transaction log `log` was read: `parsed` (see [`lineage`]).
+    pub fn txn_log_read(&self, log: &Path, parsed: &crate::cassandra::TxnLog) {
+        self.lineage.lock().unwrap().log_read(log, parsed);
+    }
+
+    /// The transaction log `log` was deleted (see [`lineage::Lineages::log_gone`]).
+    pub fn txn_log_gone(&self, log: &Path) {
+        self.lineage.lock().unwrap().log_gone(log);
+    }
+
+    /// A file of SSTable `sstable` of `dir` was deleted (see [`lineage`]).
+    pub fn sstable_file_gone(&self, dir: &Path, sstable: &str) {
+        self.lineage.lock().unwrap().file_gone(dir, sstable);
+    }
+
+    /// The complete SSTables of `view` an index not written for them (`own`) need not wait
+    /// for: outputs of a committed transaction of `dir` that the last listing (`previous`)
+    /// does not name yet, while it names every input. Their inputs' data is in that
+    /// listing, and stays named until they are (see [`Self::listing`]); their own Data.db
+    /// brings the index that names them once they are stored. So a flush is named in
+    /// seconds while a 200 GB compaction output uploads for hours (item 13). Anything else
+    /// complete is made durable first, as ever: its data is in no other stored SSTable.
+    fn stored_later(
+        &self,
+        dir: &Path,
+        view: &crate::cassandra::DirView,
+        own: &std::collections::BTreeSet<String>,
+        previous: Option<&std::collections::BTreeSet<String>>,
+    ) -> std::collections::BTreeSet<String> {
+        let Some(previous) = previous else {
+            return Default::default();
+        };
+        let named: std::collections::BTreeSet<&str> = previous
+            .iter()
+            .filter_map(|n| crate::cassandra::parse_name(n))
+            .map(|f| f.sstable)
+            .collect();
+        let lineage = self.lineage.lock().unwrap();
+        view.sstables
+            .values()
+            .filter(|s| s.state.is_ok() && !own.contains(&s.name))
+            .filter(|s| !named.contains(s.name.as_str()))
+            .filter(|s| lineage.stands_in(dir, &s.name, &named))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     /// Makes durable every nameable file of the view that the filter accepts (other files
-    /// only once settled) and returns the names that are: the candidates of the index.
+    /// only once settled), except those of the SSTables in `later`, and returns the names
+    /// that are: the candidates of the index.
     async fn make_nameable_durable(
         &self,
         dir: &Path,
         view: &crate::cassandra::DirView,
+        later: &std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<Vec<String>, UploadError> {
         let nameable = view.nameable();
         let mut listed = Vec::with_capacity(nameable.len());
         for n in nameable {
             if !self.cfg.filter.accepts(&n) {
+                continue;
+            }
+            if crate::cassandra::parse_name(&n).is_some_and(|f| later.contains(f.sstable)) {
                 continue;
             }
             let path = dir.join(&n);
@@ -314,6 +391,7 @@ impl Uploader {
         dir: &Path,
         view: &crate::cassandra::DirView,
         listed: &mut Vec<String>,
+        later: &std::collections::BTreeSet<String>,
     ) -> bool {
         // An SSTable is named whole or not at all: one component that is not durable (it
         // could not be read, or its key holds another node's file) leaves it out.
@@ -330,7 +408,13 @@ impl Uploader {
             .map(|s| s.name.clone())
             .collect();
         if !partial.is_empty() {
-            tracing::warn!(dir = %dir.display(), sstables = ?partial, "SSTables with a component not stored are left out of this index");
+            let not_stored: Vec<&String> = partial.difference(later).collect();
+            if !not_stored.is_empty() {
+                tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
+            }
+            if !later.is_empty() {
+                tracing::debug!(dir = %dir.display(), sstables = ?later, "compaction outputs not stored yet: their inputs stay named meanwhile");
+            }
             listed.retain(|n| {
                 crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
             });

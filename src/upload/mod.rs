@@ -37,6 +37,7 @@ use crate::store::{ErrorKind, ObjectInfo, PutMeta, Store, StoreError};
 mod collision;
 mod index;
 mod known;
+pub mod lineage;
 mod links;
 mod presence;
 mod transfer;
@@ -253,6 +254,9 @@ pub struct Uploader {
     /// with other bytes than its object supersedes it too (the object is the component of
     /// the SSTable that had the name before). Bounded by [`MAX_GONE`].
     renewed: Mutex<std::collections::HashSet<String>>,
+    /// What the compactions of each directory replaced: an output not stored yet whose
+    /// inputs the last listing names does not hold back that directory's other indexes.
+    lineage: Mutex<lineage::Lineages>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -311,6 +315,7 @@ impl Uploader {
             mem_units,
             names: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
+            lineage: Mutex::new(lineage::Lineages::default()),
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
             gone: Mutex::new(Default::default()),
