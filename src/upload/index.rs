@@ -208,48 +208,34 @@ impl Uploader {
         for l in &view.committed {
             self.lineage.lock().unwrap().record(dir, l.clone());
         }
-        let later = self.stored_later(dir, &view, own, previous);
-        let mut listed = self
+        let later = {
+            let lineage = self.lineage.lock().unwrap();
+            super::point::stand_ins(dir, &view, own, previous, &lineage)
+        };
+        let durable = self
             .make_nameable_durable(dir, &view, &later, cancel)
             .await?;
-        if self.drop_partial(dir, &view, &mut listed, &later) {
-            // A complete SSTable is not durable (its key holds another node's file, it
-            // cannot be read, it is a compaction's output still being uploaded): it may
-            // be the replacement of SSTables a compaction deleted. Those stay named (their
-            // objects are stored) until a later listing names a replacement: a restore
-            // point must not lose data it had.
-            // Whole SSTables only: one of its files gone (or obsolete by a committed log
-            // still there) brings back all it named.
-            let previous: Vec<&String> = previous.into_iter().flatten().collect();
-            let obsolete = |n: &str| {
-                crate::cassandra::parse_name(n)
-                    .and_then(|f| view.sstables.get(f.sstable))
-                    .is_some_and(|s| {
-                        matches!(s.state, Err(crate::cassandra::NotComplete::Obsolete { .. }))
-                    })
-            };
-            let gone: std::collections::BTreeSet<&String> = previous
-                .iter()
-                .copied()
-                .filter(|n| {
-                    obsolete(n)
-                        || std::fs::symlink_metadata(dir.join(n))
-                            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-                })
-                .collect();
-            let sstable = |n: &str| crate::cassandra::parse_name(n).map(|f| f.sstable.to_string());
-            let gone_sstables: std::collections::BTreeSet<String> =
-                gone.iter().filter_map(|n| sstable(n)).collect();
-            for n in previous {
-                let back = match sstable(n) {
-                    Some(s) => gone_sstables.contains(&s),
-                    None => gone.contains(n),
-                };
-                if back && self.cfg.filter.accepts(n) && !listed.contains(n) {
-                    listed.push(n.clone());
-                }
-            }
-            listed.sort();
+        let kept = self.deleted.lock().unwrap().get(dir).cloned();
+        let accepts = |n: &str| self.cfg.filter.accepts(n);
+        let on_disk = |n: &str| {
+            !std::fs::symlink_metadata(dir.join(n))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        };
+        let point = super::point::restore_point(&super::point::Facts {
+            view: &view,
+            durable: &durable,
+            previous,
+            later: &later,
+            kept: kept.as_ref(),
+            accepts: &accepts,
+            on_disk: &on_disk,
+        });
+        let not_stored: Vec<&String> = point.partial.difference(&later).collect();
+        if !not_stored.is_empty() {
+            tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
+        }
+        if !later.is_empty() {
+            tracing::debug!(dir = %dir.display(), sstables = ?later, "compaction outputs not stored yet: their inputs stay named meanwhile");
         }
         let unfinished: Vec<String> = view
             .unfinished()
@@ -258,12 +244,7 @@ impl Uploader {
         if !unfinished.is_empty() {
             tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
         }
-        if let Some(gone) = self.deleted.lock().unwrap().get(dir) {
-            listed.extend(gone.iter().filter(|n| self.cfg.filter.accepts(n)).cloned());
-            listed.sort();
-            listed.dedup();
-        }
-        Ok(Some((dir_str, view, listed)))
+        Ok(Some((dir_str, view, point.names)))
     }
 
     /// Readers take a directory's newest index by LastModified, which listings give to the
@@ -300,38 +281,6 @@ impl Uploader {
     /// A file of SSTable `sstable` of `dir` was deleted (see [`lineage`]).
     pub fn sstable_file_gone(&self, dir: &Path, sstable: &str) {
         self.lineage.lock().unwrap().file_gone(dir, sstable);
-    }
-
-    /// The complete SSTables of `view` an index not written for them (`own`) need not wait
-    /// for: outputs of a committed transaction of `dir` that the last listing (`previous`)
-    /// does not name yet, while it names every input. Their inputs' data is in that
-    /// listing, and stays named until they are (see [`Self::listing`]); their own Data.db
-    /// brings the index that names them once they are stored. So a flush is named in
-    /// seconds while a 200 GB compaction output uploads for hours (item 13). Anything else
-    /// complete is made durable first, as ever: its data is in no other stored SSTable.
-    fn stored_later(
-        &self,
-        dir: &Path,
-        view: &crate::cassandra::DirView,
-        own: &std::collections::BTreeSet<String>,
-        previous: Option<&std::collections::BTreeSet<String>>,
-    ) -> std::collections::BTreeSet<String> {
-        let Some(previous) = previous else {
-            return Default::default();
-        };
-        let named: std::collections::BTreeSet<&str> = previous
-            .iter()
-            .filter_map(|n| crate::cassandra::parse_name(n))
-            .map(|f| f.sstable)
-            .collect();
-        let lineage = self.lineage.lock().unwrap();
-        view.sstables
-            .values()
-            .filter(|s| s.state.is_ok() && !own.contains(&s.name))
-            .filter(|s| !named.contains(s.name.as_str()))
-            .filter(|s| lineage.stands_in(dir, &s.name, &named))
-            .map(|s| s.name.clone())
-            .collect()
     }
 
     /// Makes durable every nameable file of the view that the filter accepts (other files
@@ -382,44 +331,6 @@ impl Uploader {
             }
         }
         Ok(listed)
-    }
-
-    /// Leaves out every SSTable with a component that is not durable: an SSTable is named
-    /// whole or not at all.
-    fn drop_partial(
-        &self,
-        dir: &Path,
-        view: &crate::cassandra::DirView,
-        listed: &mut Vec<String>,
-        later: &std::collections::BTreeSet<String>,
-    ) -> bool {
-        // An SSTable is named whole or not at all: one component that is not durable (it
-        // could not be read, or its key holds another node's file) leaves it out.
-        let durable: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
-        let partial: std::collections::BTreeSet<String> = view
-            .sstables
-            .values()
-            .filter(|s| {
-                s.state.is_ok()
-                    && s.files
-                        .iter()
-                        .any(|f| self.cfg.filter.accepts(f) && !durable.contains(f.as_str()))
-            })
-            .map(|s| s.name.clone())
-            .collect();
-        if !partial.is_empty() {
-            let not_stored: Vec<&String> = partial.difference(later).collect();
-            if !not_stored.is_empty() {
-                tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
-            }
-            if !later.is_empty() {
-                tracing::debug!(dir = %dir.display(), sstables = ?later, "compaction outputs not stored yet: their inputs stay named meanwhile");
-            }
-            listed.retain(|n| {
-                crate::cassandra::parse_name(n).is_none_or(|f| !partial.contains(f.sstable))
-            });
-        }
-        !partial.is_empty()
     }
 }
 

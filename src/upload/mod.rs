@@ -39,6 +39,7 @@ mod index;
 mod known;
 pub mod lineage;
 mod links;
+pub mod point;
 mod presence;
 mod transfer;
 

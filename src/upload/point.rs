@@ -1,0 +1,138 @@
+//! What a directory's restore point names, as a pure function of what is known when it is
+//! written: the directory's view ([`DirView`]), which of its files were just made durable,
+//! what the last restore point named, and what the directory's compactions replaced
+//! ([`Lineages`]). [`super::Uploader`] does the I/O (reads the directory, uploads, PUTs the
+//! listing); the rules live here, where a property test holds them against a reference
+//! model of a table's data over time (flushes, compactions committed, aborted and cleaned
+//! up in any interleaving, with or without their COMMIT seen, truncates, uploads finishing
+//! in any order, refused outputs).
+//!
+//! The rules:
+//! - complete SSTables, each named whole or not at all, and only with every file durable;
+//!   never a file of an SSTable still being written or aborted;
+//! - a compaction output not stored yet whose inputs the last listing names does not hold
+//!   the listing back ([`stand_ins`]);
+//! - while a complete SSTable is not named (standing in, refused, unreadable), the SSTables
+//!   the last listing named that are gone or obsolete stay named, whole: they may hold its
+//!   data, and their objects are stored;
+//! - otherwise what is gone is no longer named (no zombie, no truncated data back).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::cassandra::{DirView, NotComplete, parse_name};
+
+use super::lineage::Lineages;
+
+/// The complete SSTables of `view` that an index written for `own` (the SSTables whose
+/// Data.db it is written for) does not wait for: outputs of a finished compaction of `dir`
+/// that `previous` (the last listing) does not name yet, while it names every input. Their
+/// data is in that listing; their own Data.db brings the index that names them once they
+/// are stored (issue #15, item 13).
+pub fn stand_ins(
+    dir: &Path,
+    view: &DirView,
+    own: &BTreeSet<String>,
+    previous: Option<&BTreeSet<String>>,
+    lineage: &Lineages,
+) -> BTreeSet<String> {
+    let Some(previous) = previous else {
+        return BTreeSet::new();
+    };
+    let named: BTreeSet<&str> = previous
+        .iter()
+        .filter_map(|n| parse_name(n))
+        .map(|f| f.sstable)
+        .collect();
+    view.sstables
+        .values()
+        .filter(|s| s.state.is_ok() && !own.contains(&s.name))
+        .filter(|s| !named.contains(s.name.as_str()))
+        .filter(|s| lineage.stands_in(dir, &s.name, &named))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// What a restore point is written from.
+pub struct Facts<'a> {
+    pub view: &'a DirView,
+    /// The nameable files of `view` that are durable now (uploaded, or stored with these
+    /// bytes), the filter's and settledness already applied.
+    pub durable: &'a [String],
+    /// What the last listing of the directory named.
+    pub previous: Option<&'a BTreeSet<String>>,
+    /// The SSTables standing in ([`stand_ins`]): not named, not waited for.
+    pub later: &'a BTreeSet<String>,
+    /// Files removed after their upload (`--delete-on-backup`): named on.
+    pub kept: Option<&'a BTreeSet<String>>,
+    /// The include/exclude filter.
+    pub accepts: &'a dyn Fn(&str) -> bool,
+    /// Whether a file of the directory exists now.
+    pub on_disk: &'a dyn Fn(&str) -> bool,
+}
+
+/// A restore point's names, and the complete SSTables it leaves out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Point {
+    /// Sorted, no duplicates.
+    pub names: Vec<String>,
+    /// Complete SSTables with a file not durable (or standing in): not named.
+    pub partial: BTreeSet<String>,
+}
+
+/// See the module doc.
+pub fn restore_point(f: &Facts) -> Point {
+    let durable: BTreeSet<&str> = f.durable.iter().map(String::as_str).collect();
+    let in_later = |n: &str| parse_name(n).is_some_and(|p| f.later.contains(p.sstable));
+    let mut names: Vec<String> = f.durable.iter().filter(|n| !in_later(n)).cloned().collect();
+    let partial: BTreeSet<String> = f
+        .view
+        .sstables
+        .values()
+        .filter(|s| {
+            s.state.is_ok()
+                && (f.later.contains(&s.name)
+                    || s.files
+                        .iter()
+                        .any(|n| (f.accepts)(n) && !durable.contains(n.as_str())))
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    names.retain(|n| parse_name(n).is_none_or(|p| !partial.contains(p.sstable)));
+    if !partial.is_empty() {
+        let previous: Vec<&String> = f.previous.into_iter().flatten().collect();
+        let obsolete = |n: &str| {
+            parse_name(n)
+                .and_then(|p| f.view.sstables.get(p.sstable))
+                .is_some_and(|s| matches!(s.state, Err(NotComplete::Obsolete { .. })))
+        };
+        let gone: BTreeSet<&str> = previous
+            .iter()
+            .map(|n| n.as_str())
+            .filter(|n| obsolete(n) || !(f.on_disk)(n))
+            .collect();
+        let gone_sstables: BTreeSet<&str> = gone
+            .iter()
+            .filter_map(|n| parse_name(n))
+            .map(|p| p.sstable)
+            .collect();
+        for n in previous {
+            let back = match parse_name(n) {
+                Some(p) => gone_sstables.contains(p.sstable),
+                None => gone.contains(n.as_str()),
+            };
+            if back && (f.accepts)(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    if let Some(kept) = f.kept {
+        names.extend(kept.iter().filter(|n| (f.accepts)(n)).cloned());
+    }
+    names.sort();
+    names.dedup();
+    Point { names, partial }
+}
+
+#[cfg(test)]
+mod tests;
