@@ -34,7 +34,9 @@
 //! * [`filter`]: the original's include/exclude rules.
 //! * [`watch`]: inotify watches, new directories, overflow rescans.
 //! * [`upload`]: one file to the store (streamed, hashed, verified), then its index:
-//!   transfer, presence (the known set), collisions, hard-link copies, index.
+//!   transfer, presence (the known set), collisions, hard-link copies, index. What a
+//!   restore point names is one pure function ([`upload::point`]) of the directory's view,
+//!   what is durable, the last listing and what compactions replaced ([`upload::lineage`]).
 //! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together: the state
 //!   model, the index scheduler and the run loop each in a file of their own.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.
