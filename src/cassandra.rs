@@ -416,10 +416,10 @@ pub struct Lineage {
 }
 
 impl TxnLog {
-    /// The lineage of a committed log that removed something (None otherwise: a flush, an
-    /// abort, a log still open).
+    /// The lineage of a committed log (None for an abort or a log still open): a flush's
+    /// has no inputs.
     pub fn lineage(&self) -> Option<Lineage> {
-        (self.state == TxnState::Committed && !self.removed.is_empty()).then(|| Lineage {
+        (self.state == TxnState::Committed).then(|| Lineage {
             outputs: self.added.iter().cloned().collect(),
             inputs: self.removed.iter().cloned().collect(),
         })

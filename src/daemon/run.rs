@@ -170,6 +170,7 @@ fn on_events(
                 tracing::info!(dir = %dir.display(), "watching a directory found after the overflow");
             }
             d.metrics.rescan("overflow");
+            d.uploader.txn_events_lost();
             tracing::warn!(
                 "inotify queue overflowed: events were lost; rescanning every watched directory"
             );

@@ -444,13 +444,12 @@ impl<'a> Daemon<'a> {
     /// A transaction log was written (each record is appended and closed): if it is
     /// committed and replaced SSTables, remember what it replaced before Cassandra deletes
     /// it (right after the inputs). Read here, not beside the loop, because the log may be
-    /// gone by then; only logs of operations with inputs (not flushes), at most 1 MiB, a
-    /// few records per compaction.
+    /// gone by then; at most 1 MiB, a few records per flush or compaction.
     fn remember_lineage(&self, p: &Path) {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             return;
         };
-        if !crate::cassandra::is_txn_log(name) || name.contains("_txn_flush_") {
+        if !crate::cassandra::is_txn_log(name) {
             return;
         }
         let Some(body) = crate::cassandra::read_small(p) else {

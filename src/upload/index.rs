@@ -221,15 +221,20 @@ impl Uploader {
             !std::fs::symlink_metadata(dir.join(n))
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         };
-        let point = super::point::restore_point(&super::point::Facts {
-            view: &view,
-            durable: &durable,
-            previous,
-            later: &later,
-            kept: kept.as_ref(),
-            accepts: &accepts,
-            on_disk: &on_disk,
-        });
+        let point = {
+            let lineage = self.lineage.lock().unwrap();
+            super::point::restore_point(&super::point::Facts {
+                view: &view,
+                durable: &durable,
+                previous,
+                later: &later,
+                kept: kept.as_ref(),
+                accepts: &accepts,
+                on_disk: &on_disk,
+                dir,
+                lineage: &lineage,
+            })
+        };
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
         if !not_stored.is_empty() {
             tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
@@ -276,6 +281,11 @@ impl Uploader {
     /// The transaction log `log` was deleted (see [`lineage::Lineages::log_gone`]).
     pub fn txn_log_gone(&self, log: &Path) {
         self.lineage.lock().unwrap().log_gone(log);
+    }
+
+    /// Events were lost (see [`lineage::Lineages::forget_open`]).
+    pub fn txn_events_lost(&self) {
+        self.lineage.lock().unwrap().forget_open();
     }
 
     /// A file of SSTable `sstable` of `dir` was deleted (see [`lineage`]).

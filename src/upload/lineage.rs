@@ -78,15 +78,15 @@ impl Lineages {
     }
 
     /// The log at `log` was deleted: if its end was not read, what it replaced is taken
-    /// from the deletions seen while it was open (see the module doc). Nothing when no
-    /// SSTable was deleted (a flush, an abort: its outputs were deleted, and are not
-    /// inputs).
+    /// from the deletions seen while it was open (see the module doc): none for a flush.
+    /// (An abort deletes its outputs, which are not inputs; what is recorded of them then
+    /// does not matter, they are gone.)
     pub fn log_gone(&mut self, log: &Path) {
         let Some(o) = self.open.remove(log) else {
             return;
         };
         let Some(dir) = log.parent() else { return };
-        if o.gone.is_empty() || o.outputs.is_empty() {
+        if o.outputs.is_empty() {
             return;
         }
         self.record(
@@ -110,14 +110,39 @@ impl Lineages {
         v.push_back(l);
     }
 
-    /// Whether SSTable `sstable` of `dir` is the output of a finished transaction whose
-    /// every input is in `named`.
+    /// The inputs of every finished transaction of `dir` that output `sstable`; None if it
+    /// is the output of none known (a flush, a compaction before this run).
+    pub fn inputs_of(&self, dir: &Path, sstable: &str) -> Option<BTreeSet<String>> {
+        let mut found = None;
+        for l in self
+            .done
+            .get(dir)?
+            .iter()
+            .filter(|l| l.outputs.contains(sstable))
+        {
+            found
+                .get_or_insert_with(BTreeSet::new)
+                .extend(l.inputs.iter().cloned());
+        }
+        found
+    }
+
+    /// Whether SSTable `sstable` of `dir` is the output of a finished compaction (with
+    /// inputs: never a flush) whose every input is in `named`.
     pub fn stands_in(&self, dir: &Path, sstable: &str, named: &BTreeSet<&str>) -> bool {
         self.done.get(dir).is_some_and(|v| {
             v.iter().any(|l| {
-                l.outputs.contains(sstable) && l.inputs.iter().all(|i| named.contains(i.as_str()))
+                l.outputs.contains(sstable)
+                    && !l.inputs.is_empty()
+                    && l.inputs.iter().all(|i| named.contains(i.as_str()))
             })
         })
+    }
+
+    /// Events were lost (an inotify overflow): what was deleted while a log was open is no
+    /// longer known, so no open log's lineage is inferred.
+    pub fn forget_open(&mut self) {
+        self.open.clear();
     }
 }
 
@@ -203,12 +228,24 @@ mod tests {
         );
         l.log_gone(Path::new(LOG));
         assert!(!l.stands_in(dir, "nb-3-big", &named(&[])));
-        // A log gone with nothing deleted meanwhile (a flush) records nothing either.
+        // A log gone with nothing deleted meanwhile (a flush): new data, standing in for
+        // nothing, known to come from no stored SSTable.
         l.log_read(
             Path::new(LOG),
             &log(&[(RecordType::Add, "/d/ks/t-1/nb-4-big")]),
         );
         l.log_gone(Path::new(LOG));
         assert!(!l.stands_in(dir, "nb-4-big", &named(&[])));
+        assert_eq!(l.inputs_of(dir, "nb-4-big"), Some(BTreeSet::new()));
+        assert_eq!(l.inputs_of(dir, "nb-5-big"), None);
+        // After lost events, an open log's inputs are not guessed.
+        l.log_read(
+            Path::new(LOG),
+            &log(&[(RecordType::Add, "/d/ks/t-1/nb-6-big")]),
+        );
+        l.forget_open();
+        l.file_gone(dir, "nb-4-big");
+        l.log_gone(Path::new(LOG));
+        assert_eq!(l.inputs_of(dir, "nb-6-big"), None);
     }
 }

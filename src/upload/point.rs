@@ -69,6 +69,9 @@ pub struct Facts<'a> {
     pub accepts: &'a dyn Fn(&str) -> bool,
     /// Whether a file of the directory exists now.
     pub on_disk: &'a dyn Fn(&str) -> bool,
+    /// The directory, and what its compactions replaced.
+    pub dir: &'a Path,
+    pub lineage: &'a Lineages,
 }
 
 /// A restore point's names, and the complete SSTables it leaves out.
@@ -116,9 +119,13 @@ pub fn restore_point(f: &Facts) -> Point {
             .filter_map(|n| parse_name(n))
             .map(|p| p.sstable)
             .collect();
+        let sources = sources(f, &partial);
         for n in previous {
             let back = match parse_name(n) {
-                Some(p) => gone_sstables.contains(p.sstable),
+                Some(p) => {
+                    gone_sstables.contains(p.sstable)
+                        && sources.as_ref().is_none_or(|s| s.contains(p.sstable))
+                }
                 None => gone.contains(n.as_str()),
             };
             if back && (f.accepts)(n) {
@@ -132,6 +139,37 @@ pub fn restore_point(f: &Facts) -> Point {
     names.sort();
     names.dedup();
     Point { names, partial }
+}
+
+/// The SSTables the last listing named whose data the `partial` ones hold, by lineage
+/// (through outputs it never named, a compaction of a compaction); None when the lineage of
+/// one of them is not known (a flush, a compaction before this run): then every SSTable it
+/// named that is gone may hold it. So a truncated SSTable does not come back while an
+/// unrelated output cannot be stored.
+fn sources(f: &Facts, partial: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+    let named: BTreeSet<&str> = f
+        .previous
+        .into_iter()
+        .flatten()
+        .filter_map(|n| parse_name(n))
+        .map(|p| p.sstable)
+        .collect();
+    let mut out = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<String> = partial.iter().cloned().collect();
+    while let Some(s) = stack.pop() {
+        if !seen.insert(s.clone()) {
+            continue;
+        }
+        for i in f.lineage.inputs_of(f.dir, &s)? {
+            if named.contains(i.as_str()) {
+                out.insert(i);
+            } else {
+                stack.push(i);
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -171,7 +171,15 @@ impl Table {
         match o {
             Op::Flush => {
                 let token = self.next + 1000;
-                self.new_sstable(On::Complete, [token].into());
+                let g = self.new_sstable(On::Complete, [token].into());
+                // Its log: ADD, then COMMIT, then deleted (read or not).
+                let log = Self::dir().join(format!("nb_txn_flush_{g:08x}.log"));
+                let add = format!(
+                    "{}\n",
+                    Record::new(RecordType::Add, &format!("{DIR}/{}", sst(g)))
+                );
+                self.lineage.log_read(&log, &parse_txn_log(add.as_bytes()));
+                self.lineage.log_gone(&log);
             }
             Op::Start(mask) => {
                 let inputs: Vec<u32> = self
@@ -314,6 +322,8 @@ impl Table {
             kept: None,
             accepts: &|_| true,
             on_disk: &on_disk,
+            dir: Self::dir(),
+            lineage: &self.lineage,
         });
         self.check(&view, &point)?;
         // Written (and then the daemon's last listing) when it goes under its own Data.db's
