@@ -308,6 +308,9 @@ pub struct TxnLog {
     pub state: TxnState,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// The `ADD` records' paths (absolute, without the trailing `-`): on JBOD an output may
+    /// be in another data directory than the log.
+    pub added_paths: Vec<String>,
     /// A record before the last line was malformed or failed its checksum: the log is
     /// treated as unfinished (Cassandra would refuse it too), so nothing it adds is named.
     pub corrupt: bool,
@@ -322,6 +325,7 @@ pub fn parse_txn_log(content: &[u8]) -> TxnLog {
         state: TxnState::InProgress,
         added: vec![],
         removed: vec![],
+        added_paths: vec![],
         corrupt: false,
     };
     let complete_last = content.ends_with(b"\n");
@@ -334,7 +338,10 @@ pub fn parse_txn_log(content: &[u8]) -> TxnLog {
             continue;
         };
         match r.kind {
-            RecordType::Add => log.added.push(r.sstable().to_string()),
+            RecordType::Add => {
+                log.added.push(r.sstable().to_string());
+                log.added_paths.push(r.path.clone());
+            }
             RecordType::Remove => log.removed.push(r.sstable().to_string()),
             RecordType::Commit => log.state = TxnState::Committed,
             RecordType::Abort => log.state = TxnState::Aborted,
@@ -413,6 +420,8 @@ pub struct DirView {
 pub struct Lineage {
     pub outputs: BTreeSet<String>,
     pub inputs: BTreeSet<String>,
+    /// The outputs' paths (absolute, without the trailing `-`).
+    pub output_paths: BTreeSet<String>,
 }
 
 impl TxnLog {
@@ -422,6 +431,7 @@ impl TxnLog {
         (self.state == TxnState::Committed).then(|| Lineage {
             outputs: self.added.iter().cloned().collect(),
             inputs: self.removed.iter().cloned().collect(),
+            output_paths: self.added_paths.iter().cloned().collect(),
         })
     }
 }

@@ -875,36 +875,10 @@ async fn a_big_compaction_output_uploading_does_not_hold_back_a_flush() {
     let data = tempfile::tempdir().unwrap();
     let bucket = tempfile::tempdir().unwrap();
     let t = table(data.path());
-    let mut c = config(bucket.path(), vec![data.path().into()]);
-    c.recursive = true;
-    c.auto_add = true;
-    // 24 MiB in 5 MiB parts at 2 MiB/s: the output takes about 12 s to store.
-    c.upload.throttle = Some(std::sync::Arc::new(tablesnap::throttle::Throttle::new(
-        2 << 20,
-    )));
-    c.upload.max_upload_size = 1 << 20;
-    c.upload.part_size = Some(5 << 20);
-    let d = Running::start(c).await;
+    let d = Running::start(slow(bucket.path(), vec![data.path().into()])).await;
     let (gen1, gen2, both) = two_flushes_indexed(bucket.path(), &t, 1, 2).await;
 
-    let mut big = sample_components(3);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let bytes: Vec<u8> = (0..24 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let crc = crc32fast::hash(&bytes);
-    for (n, b) in big.iter_mut() {
-        if n.ends_with("Data.db") {
-            *b = bytes.clone();
-        } else if n.ends_with("Digest.crc32") {
-            *b = crc.to_string().into_bytes();
-        }
-    }
+    let (big, bytes) = big_components(3);
     let gen3 = transaction_of(&t, 3, big, &[(1, gen1.clone()), (2, gen2.clone())]);
     let gen4 = transaction(&t, 4, &[]);
     let flushed = tokio::time::Instant::now();
@@ -945,6 +919,133 @@ async fn a_big_compaction_output_uploading_does_not_hold_back_a_flush() {
     )
     .await;
     assert!(stored3());
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+}
+
+/// A `-r -a` daemon on `roots` that stores at 2 MiB/s in 5 MiB parts: a 24 MiB file takes
+/// about 12 s.
+fn slow(bucket: &Path, roots: Vec<PathBuf>) -> Config {
+    let mut c = config(bucket, roots);
+    c.recursive = true;
+    c.auto_add = true;
+    c.upload.throttle = Some(std::sync::Arc::new(tablesnap::throttle::Throttle::new(
+        2 << 20,
+    )));
+    c.upload.max_upload_size = 1 << 20;
+    c.upload.part_size = Some(5 << 20);
+    c
+}
+
+/// The sample's components as generation `g` with a 24 MiB `Data.db` (and its Digest to
+/// match): (components, the Data.db bytes).
+fn big_components(g: u32) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    let mut big = sample_components(g);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let crc = crc32fast::hash(&bytes);
+    for (n, b) in big.iter_mut() {
+        if n.ends_with("Data.db") {
+            *b = bytes.clone();
+        } else if n.ends_with("Digest.crc32") {
+            *b = crc.to_string().into_bytes();
+        }
+    }
+    (big, bytes)
+}
+
+/// JBOD: a compaction with an input on disk 2 writes its output on disk 1. While that
+/// output uploads (hours for a big one), disk 2's newest restore point dropped the input at
+/// once: a whole-node restore then had the input's data on neither disk. Now disk 2 names
+/// the input until disk 1's index names the output, then leaves it out (no zombie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let (t1, t2) = (table(d1.path()), table(d2.path()));
+    let d = Running::start(slow(
+        bucket.path(),
+        vec![d1.path().into(), d2.path().into()],
+    ))
+    .await;
+    let gen1 = transaction(&t2, 1, &[]);
+    let gen2 = transaction(&t1, 2, &[]);
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+    until("both disks indexed", || {
+        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
+            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
+    })
+    .await;
+
+    let name = "nb_txn_compaction_0000beef-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
+    let logs = [t1.join(name), t2.join(name)];
+    for r in [
+        record(RecordType::Add, &format!("{}/nb-3-big", t1.display())),
+        record(RecordType::Remove, &format!("{}/nb-1-big", t2.display())),
+        record(RecordType::Remove, &format!("{}/nb-2-big", t1.display())),
+    ] {
+        for l in &logs {
+            append(l, &r);
+        }
+    }
+    let (big, bytes) = big_components(3);
+    let mut gen3 = vec![];
+    for (n, b) in big {
+        std::fs::write(t1.join(&n), b).unwrap();
+        gen3.push(n);
+    }
+    for l in &logs {
+        append(l, &record(RecordType::Commit, ""));
+    }
+    for n in &gen1 {
+        std::fs::remove_file(t2.join(n)).unwrap();
+    }
+    for n in &gen2 {
+        std::fs::remove_file(t1.join(n)).unwrap();
+    }
+    for l in &logs {
+        std::fs::remove_file(l).unwrap();
+    }
+    let data3 = t1.join("nb-3-big-Data.db");
+    let t0 = tokio::time::Instant::now();
+    let mut seen_stored = false;
+    loop {
+        let stored3 = std::fs::read(object(bucket.path(), &key(&data3))).is_ok_and(|b| b == bytes);
+        let on2 = newest_index(bucket.path(), &t2).map(|(_, n)| n);
+        if !stored3 {
+            assert_eq!(
+                on2.as_ref(),
+                Some(&set(&gen1)),
+                "disk 2 dropped nb-1 while its output on disk 1 was not stored ({:?} after the COMMIT)",
+                t0.elapsed()
+            );
+        } else {
+            seen_stored = true;
+        }
+        let on1 = newest_index(bucket.path(), &t1).map(|(_, n)| n);
+        if on1 == Some(set(&gen3)) && on2.as_ref().is_some_and(|n| n.is_empty()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "disk 1 {on1:?}, disk 2 {on2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_stored);
+    assert!(
+        t0.elapsed() > Duration::from_secs(5),
+        "the output was stored in {:?}: the test proves nothing",
+        t0.elapsed()
+    );
     let summary = d.stop().await;
     assert_eq!(summary.failures, 0, "{summary}");
 }

@@ -170,7 +170,9 @@ fn on_events(
                 tracing::info!(dir = %dir.display(), "watching a directory found after the overflow");
             }
             d.metrics.rescan("overflow");
-            d.uploader.txn_events_lost();
+            for dir in d.uploader.txn_events_lost() {
+                d.touch_index(&dir);
+            }
             tracing::warn!(
                 "inotify queue overflowed: events were lost; rescanning every watched directory"
             );

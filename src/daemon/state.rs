@@ -409,10 +409,14 @@ impl<'a> Daemon<'a> {
             WatchEvent::Gone(p) => {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if let (Some(dir), Some(f)) = (p.parent(), crate::cassandra::parse_name(name)) {
-                    self.uploader.sstable_file_gone(dir, f.sstable);
+                    for d in self.uploader.sstable_file_gone(dir, f.sstable) {
+                        self.touch_index(&d);
+                    }
                 }
                 if crate::cassandra::is_txn_log(name) {
-                    self.uploader.txn_log_gone(&p);
+                    for d in self.uploader.txn_log_gone(&p) {
+                        self.touch_index(&d);
+                    }
                     // A transaction ended: SSTables of this directory may just have become
                     // complete (or obsolete); its waiting files and pending index need not
                     // wait.
@@ -445,7 +449,7 @@ impl<'a> Daemon<'a> {
     /// committed and replaced SSTables, remember what it replaced before Cassandra deletes
     /// it (right after the inputs). Read here, not beside the loop, because the log may be
     /// gone by then; at most 1 MiB, a few records per flush or compaction.
-    fn remember_lineage(&self, p: &Path) {
+    fn remember_lineage(&mut self, p: &Path) {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             return;
         };
@@ -457,12 +461,14 @@ impl<'a> Daemon<'a> {
         };
         let parsed = crate::cassandra::parse_txn_log(&body);
         tracing::debug!(log = %p.display(), state = ?parsed.state, added = ?parsed.added, removed = ?parsed.removed, "a transaction log");
-        self.uploader.txn_log_read(p, &parsed);
+        for d in self.uploader.txn_log_read(p, &parsed) {
+            self.touch_index(&d);
+        }
     }
 
     /// What an index of `dir` would name changed: one is due after the quiet period (at
     /// once with --once), coalesced with whatever is pending for `dir`.
-    fn touch_index(&mut self, dir: &Path) {
+    pub(super) fn touch_index(&mut self, dir: &Path) {
         if !self.cfg.upload.with_index {
             return;
         }
@@ -735,6 +741,9 @@ impl<'a> Daemon<'a> {
                 match r {
                     Ok(w) => {
                         self.attempts.remove(&dir);
+                        for d in &w.touch {
+                            self.touch_index(d);
+                        }
                         if !w.indexed.is_empty() {
                             tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
                             self.last_named

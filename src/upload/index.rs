@@ -77,10 +77,16 @@ impl Uploader {
                     .await?,
             );
         }
+        let touch = if stored.is_some() {
+            self.named_in(dir, &listed)
+        } else {
+            vec![]
+        };
         Ok(IndexWritten {
             names: listed,
             indexed: named,
             deferred,
+            touch,
         })
     }
 
@@ -123,10 +129,12 @@ impl Uploader {
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let at = dir.join(name);
         self.put_index(dir, &at, body, None, cancel).await?;
+        let touch = self.named_in(dir, &listed);
         Ok(IndexWritten {
             names: listed,
             indexed: vec![at],
             deferred: vec![],
+            touch,
         })
     }
 
@@ -223,6 +231,7 @@ impl Uploader {
         };
         let point = {
             let lineage = self.lineage.lock().unwrap();
+            let held = lineage.held_elsewhere(dir);
             super::point::restore_point(&super::point::Facts {
                 view: &view,
                 durable: &durable,
@@ -233,6 +242,7 @@ impl Uploader {
                 on_disk: &on_disk,
                 dir,
                 lineage: &lineage,
+                held: &held,
             })
         };
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
@@ -273,24 +283,37 @@ impl Uploader {
         Ok(())
     }
 
-    /// The transaction log `log` was read: `parsed` (see [`lineage`]).
-    pub fn txn_log_read(&self, log: &Path, parsed: &crate::cassandra::TxnLog) {
-        self.lineage.lock().unwrap().log_read(log, parsed);
+    /// The transaction log `log` was read: `parsed` (see [`lineage`]). Returns the
+    /// directories whose next restore point no longer names inputs held on for JBOD.
+    pub fn txn_log_read(&self, log: &Path, parsed: &crate::cassandra::TxnLog) -> Vec<PathBuf> {
+        self.lineage.lock().unwrap().log_read(log, parsed)
     }
 
     /// The transaction log `log` was deleted (see [`lineage::Lineages::log_gone`]).
-    pub fn txn_log_gone(&self, log: &Path) {
-        self.lineage.lock().unwrap().log_gone(log);
+    pub fn txn_log_gone(&self, log: &Path) -> Vec<PathBuf> {
+        self.lineage.lock().unwrap().log_gone(log)
     }
 
     /// Events were lost (see [`lineage::Lineages::forget_open`]).
-    pub fn txn_events_lost(&self) {
-        self.lineage.lock().unwrap().forget_open();
+    pub fn txn_events_lost(&self) -> Vec<PathBuf> {
+        self.lineage.lock().unwrap().forget_open()
     }
 
-    /// A file of SSTable `sstable` of `dir` was deleted (see [`lineage`]).
-    pub fn sstable_file_gone(&self, dir: &Path, sstable: &str) {
-        self.lineage.lock().unwrap().file_gone(dir, sstable);
+    /// A file of SSTable `sstable` of `dir` was deleted (see [`lineage`]). Returns the
+    /// directories whose next restore point no longer names inputs that waited for it.
+    pub fn sstable_file_gone(&self, dir: &Path, sstable: &str) -> Vec<PathBuf> {
+        self.lineage.lock().unwrap().file_gone(dir, sstable)
+    }
+
+    /// A listing of `dir` naming `listed` was stored: the directories (JBOD) whose inputs
+    /// stood for an output it names, and whose next restore point leaves them out.
+    fn named_in(&self, dir: &Path, listed: &[String]) -> Vec<PathBuf> {
+        let sstables: std::collections::BTreeSet<&str> = listed
+            .iter()
+            .filter_map(|n| crate::cassandra::parse_name(n))
+            .map(|f| f.sstable)
+            .collect();
+        self.lineage.lock().unwrap().named(dir, sstables)
     }
 
     /// Makes durable every nameable file of the view that the filter accepts (other files
@@ -353,4 +376,7 @@ pub struct IndexWritten {
     pub indexed: Vec<PathBuf>,
     /// Data.db files of SSTables not complete yet: they need a later index.
     pub deferred: Vec<PathBuf>,
+    /// Other directories whose restore point is due: their inputs stood for an output this
+    /// index names (JBOD).
+    pub touch: Vec<PathBuf>,
 }

@@ -7,8 +7,8 @@
 //! Two sources, the exact one first:
 //! - the log itself, read when a record is appended (the daemon) or when a listing sees it:
 //!   `ADD` = outputs, `REMOVE` = inputs, once `COMMIT`ted;
-//! - when the log is gone before its COMMIT could be read: the SSTables deleted in its
-//!   directory while it was open. Cassandra deletes a compaction's inputs after its COMMIT
+//! - when the log is gone before its COMMIT could be read: the SSTables of its table
+//!   deleted while it was open, on any data directory (JBOD). Cassandra deletes a compaction's inputs after its COMMIT
 //!   and before its log, so they are all among them; others deleted meanwhile (another
 //!   compaction's inputs) only make the set larger, and an output stands in only when the
 //!   last listing names every SSTable of the set, so a larger set never lets an output be
@@ -31,74 +31,191 @@ pub const MAX_OPEN: usize = 4096;
 #[derive(Debug, Default)]
 struct Open {
     outputs: BTreeSet<String>,
+    output_paths: BTreeSet<String>,
     gone: BTreeSet<String>,
+    /// Its outputs deleted while it was open: it aborted.
+    outputs_gone: BTreeSet<String>,
 }
+
+/// Whether two table directories are the same table (on two data directories, JBOD):
+/// the same `keyspace/table-id` at their end. A compaction's inputs may be on any of them.
+fn same_table(a: &Path, b: &Path) -> bool {
+    fn tail(
+        p: &Path,
+    ) -> (
+        Option<std::path::Component<'_>>,
+        Option<std::path::Component<'_>>,
+    ) {
+        let mut c = p.components().rev();
+        (c.next(), c.next())
+    }
+    a == b || tail(a) == tail(b)
+}
+
+/// An input held on (JBOD): its directory and SSTable name.
+type Holder = (PathBuf, String);
 
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Lineages {
     done: HashMap<PathBuf, VecDeque<Lineage>>,
     open: HashMap<PathBuf, Open>,
+    /// JBOD: per directory, its inputs that stay named while what holds their data in
+    /// another directory is not named there yet: the outputs (paths without the trailing
+    /// `-`), or, for an output compacted again before any index named it, the logs of the
+    /// table open then (their outputs, once known, take over).
+    held: HashMap<PathBuf, HashMap<String, BTreeSet<PathBuf>>>,
+    /// The other way round: for each output or log waited for, who waits.
+    waiting: HashMap<PathBuf, BTreeSet<Holder>>,
 }
 
 impl Lineages {
     /// The log at `log` (a transaction log of a table directory) was read: `parsed`.
-    pub fn log_read(&mut self, log: &Path, parsed: &TxnLog) {
-        let Some(dir) = log.parent() else { return };
+    /// Returns the directories whose held inputs were released (see [`Self::named`]).
+    pub fn log_read(&mut self, log: &Path, parsed: &TxnLog) -> Vec<PathBuf> {
+        let Some(dir) = log.parent() else {
+            return vec![];
+        };
         match parsed.state {
             TxnState::Committed => {
                 self.open.remove(log);
-                if let Some(l) = parsed.lineage() {
-                    self.record(dir, l);
+                match parsed.lineage() {
+                    Some(l) => {
+                        let outputs = l.output_paths.clone();
+                        self.record(dir, l);
+                        self.pass_on(log, &outputs)
+                    }
+                    None => self.pass_on(log, &BTreeSet::new()),
                 }
             }
             TxnState::Aborted => {
                 self.open.remove(log);
+                self.pass_on(log, &BTreeSet::new())
             }
             TxnState::InProgress => {
                 if !self.open.contains_key(log) && self.open.len() >= MAX_OPEN {
-                    self.open.clear();
+                    self.forget_open();
                 }
-                self.open
-                    .entry(log.to_path_buf())
-                    .or_default()
-                    .outputs
-                    .extend(parsed.added.iter().cloned());
+                let o = self.open.entry(log.to_path_buf()).or_default();
+                o.outputs.extend(parsed.added.iter().cloned());
+                o.output_paths.extend(parsed.added_paths.iter().cloned());
+                vec![]
             }
         }
     }
 
-    /// A file of SSTable `sstable` in `dir` was deleted.
-    pub fn file_gone(&mut self, dir: &Path, sstable: &str) {
+    /// A file of SSTable `sstable` in `dir` was deleted. Returns the directories whose
+    /// held inputs were released: it was an output they waited for, deleted before any
+    /// index named it, and nothing holds its data now (a TRUNCATE, an abort). When a
+    /// compaction took it as an input, its outputs are waited for instead.
+    pub fn file_gone(&mut self, dir: &Path, sstable: &str) -> Vec<PathBuf> {
+        // An open log's own output deleted is its abort: no other compaction's input.
+        let aborted = self.open.iter().any(|(log, o)| {
+            log.parent().is_some_and(|d| same_table(d, dir)) && o.outputs.contains(sstable)
+        });
         for (log, o) in self.open.iter_mut() {
-            if log.parent() == Some(dir) && !o.outputs.contains(sstable) {
+            if !log.parent().is_some_and(|d| same_table(d, dir)) {
+                continue;
+            }
+            if o.outputs.contains(sstable) {
+                o.outputs_gone.insert(sstable.to_string());
+            } else if !aborted {
                 o.gone.insert(sstable.to_string());
             }
         }
+        let key = dir.join(sstable);
+        let Some(holders) = self.unwait(&key) else {
+            return vec![];
+        };
+        // Its successor: a finished compaction of the table that took it as an input, else
+        // every log of the table open now (one of them committed it, its COMMIT not read).
+        let mut next: BTreeSet<PathBuf> = self
+            .done
+            .iter()
+            .filter(|(d, _)| same_table(d, dir))
+            .flat_map(|(_, v)| v.iter())
+            .filter(|l| l.inputs.contains(sstable))
+            .flat_map(|l| l.output_paths.iter().map(PathBuf::from))
+            .collect();
+        if next.is_empty() {
+            next = self
+                .open
+                .keys()
+                .filter(|log| log.parent().is_some_and(|d| same_table(d, dir)))
+                .cloned()
+                .collect();
+        }
+        self.hold(&holders, &next);
+        self.released(holders)
+    }
+
+    /// An index of `dir` naming the SSTables `named` was stored. Returns the directories
+    /// whose inputs held on for one of them and can now be left out.
+    pub fn named<'a>(
+        &mut self,
+        dir: &Path,
+        named: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<PathBuf> {
+        if self.waiting.is_empty() {
+            return vec![];
+        }
+        let mut out = BTreeSet::new();
+        for s in named {
+            let key = dir.join(s);
+            if let Some(holders) = self.unwait(&key) {
+                out.extend(self.released(holders));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The SSTables of `dir` that stay named while what holds their data in another
+    /// directory is not named there yet.
+    pub fn held_elsewhere(&self, dir: &Path) -> BTreeSet<String> {
+        self.held
+            .get(dir)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The log at `log` was deleted: if its end was not read, what it replaced is taken
     /// from the deletions seen while it was open (see the module doc): none for a flush.
     /// (An abort deletes its outputs, which are not inputs; what is recorded of them then
-    /// does not matter, they are gone.)
-    pub fn log_gone(&mut self, log: &Path) {
-        let Some(o) = self.open.remove(log) else {
-            return;
+    /// does not matter, they are gone.) Returns the directories whose held inputs were
+    /// released.
+    pub fn log_gone(&mut self, log: &Path) -> Vec<PathBuf> {
+        let Some(mut o) = self.open.remove(log) else {
+            return self.pass_on(log, &BTreeSet::new());
         };
-        let Some(dir) = log.parent() else { return };
+        let Some(dir) = log.parent() else {
+            return vec![];
+        };
+        // Outputs deleted before their log: an abort (Cassandra deletes outputs only
+        // then); they replaced nothing.
+        o.outputs.retain(|s| !o.outputs_gone.contains(s));
+        o.output_paths.retain(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| !o.outputs_gone.contains(n))
+        });
         if o.outputs.is_empty() {
-            return;
+            return self.pass_on(log, &BTreeSet::new());
         }
+        let outputs = o.output_paths.clone();
         self.record(
             dir,
             Lineage {
                 outputs: o.outputs,
                 inputs: o.gone,
+                output_paths: o.output_paths,
             },
         );
+        self.pass_on(log, &outputs)
     }
 
-    /// Remembers that the `outputs` of a transaction of `dir` replaced its `inputs`.
+    /// Remembers that the `outputs` of a transaction of `dir` replaced its `inputs`; on
+    /// JBOD the inputs hold on until the outputs in other directories are named there.
     pub fn record(&mut self, dir: &Path, l: Lineage) {
         let v = self.done.entry(dir.to_path_buf()).or_default();
         if v.contains(&l) {
@@ -107,17 +224,118 @@ impl Lineages {
         if v.len() >= MAX_LINEAGE {
             v.pop_front();
         }
-        v.push_back(l);
+        v.push_back(l.clone());
+        if l.inputs.is_empty() {
+            return;
+        }
+        let elsewhere: BTreeSet<PathBuf> = l
+            .output_paths
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.parent() != Some(dir))
+            .collect();
+        if !elsewhere.is_empty() {
+            let holders: Vec<Holder> = l
+                .inputs
+                .iter()
+                .map(|i| (dir.to_path_buf(), i.clone()))
+                .collect();
+            self.hold(&holders, &elsewhere);
+        }
     }
 
-    /// The inputs of every finished transaction of `dir` that output `sstable`; None if it
-    /// is the output of none known (a flush, a compaction before this run).
+    /// `holders` wait for each of `keys` too.
+    fn hold(&mut self, holders: &[Holder], keys: &BTreeSet<PathBuf>) {
+        if keys.is_empty() || holders.is_empty() {
+            return;
+        }
+        if self.waiting.len() >= MAX_OPEN {
+            // Bounded: past it, inputs are no longer held on (as before a restart).
+            self.waiting.clear();
+            self.held.clear();
+        }
+        for (d, i) in holders {
+            self.held
+                .entry(d.clone())
+                .or_default()
+                .entry(i.clone())
+                .or_default()
+                .extend(keys.iter().cloned());
+        }
+        for k in keys {
+            self.waiting
+                .entry(k.clone())
+                .or_default()
+                .extend(holders.iter().cloned());
+        }
+    }
+
+    /// No one waits for `key` any more: who did.
+    fn unwait(&mut self, key: &Path) -> Option<Vec<Holder>> {
+        let holders: Vec<Holder> = self.waiting.remove(key)?.into_iter().collect();
+        for (d, i) in &holders {
+            if let Some(m) = self.held.get_mut(d) {
+                if let Some(w) = m.get_mut(i) {
+                    w.remove(key);
+                }
+            }
+        }
+        Some(holders)
+    }
+
+    /// The directories of `holders` with an input that waits for nothing now: it is
+    /// released.
+    fn released(&mut self, holders: Vec<Holder>) -> Vec<PathBuf> {
+        let mut out = BTreeSet::new();
+        for (d, i) in holders {
+            let Some(m) = self.held.get_mut(&d) else {
+                continue;
+            };
+            if m.get(&i).is_some_and(BTreeSet::is_empty) {
+                m.remove(&i);
+                out.insert(d.clone());
+            }
+            if m.is_empty() {
+                self.held.remove(&d);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The log `log` is finished: who waited for it (an output it compacted again) waits
+    /// for its `outputs` instead (none: released).
+    fn pass_on(&mut self, log: &Path, outputs: &BTreeSet<String>) -> Vec<PathBuf> {
+        let Some(holders) = self.unwait(log) else {
+            return vec![];
+        };
+        let next: BTreeSet<PathBuf> = outputs.iter().map(PathBuf::from).collect();
+        self.hold(&holders, &next);
+        self.released(holders)
+    }
+
+    /// Events were lost (an inotify overflow): what was deleted while a log was open is no
+    /// longer known, so no open log's lineage is inferred, and whoever waited for one is
+    /// released.
+    pub fn forget_open(&mut self) -> Vec<PathBuf> {
+        let logs: Vec<PathBuf> = self.open.drain().map(|(k, _)| k).collect();
+        let mut out = BTreeSet::new();
+        for l in logs {
+            out.extend(self.pass_on(&l, &BTreeSet::new()));
+        }
+        out.into_iter().collect()
+    }
+
+    /// The inputs of every finished transaction of `dir`'s table that output `sstable`;
+    /// None if it is the output of none known (a compaction before this run).
     pub fn inputs_of(&self, dir: &Path, sstable: &str) -> Option<BTreeSet<String>> {
+        // A table's SSTable names are unique across its data directories (JBOD): its
+        // transaction may have been seen in another one.
         let mut found = None;
         for l in self
             .done
-            .get(dir)?
             .iter()
+            .filter(|(d, _)| same_table(d, dir))
+            .flat_map(|(_, v)| v.iter())
             .filter(|l| l.outputs.contains(sstable))
         {
             found
@@ -137,12 +355,6 @@ impl Lineages {
                     && l.inputs.iter().all(|i| named.contains(i.as_str()))
             })
         })
-    }
-
-    /// Events were lost (an inotify overflow): what was deleted while a log was open is no
-    /// longer known, so no open log's lineage is inferred.
-    pub fn forget_open(&mut self) {
-        self.open.clear();
     }
 }
 
@@ -247,5 +459,43 @@ mod tests {
         l.file_gone(dir, "nb-4-big");
         l.log_gone(Path::new(LOG));
         assert_eq!(l.inputs_of(dir, "nb-6-big"), None);
+    }
+
+    #[test]
+    fn a_jbod_input_is_held_until_its_output_is_named_or_gone_on_the_other_disk() {
+        let (d1, d2) = (Path::new("/d1/ks/t-1"), Path::new("/d2/ks/t-1"));
+        let committed = log(&[
+            (RecordType::Add, "/d1/ks/t-1/nb-3-big"),
+            (RecordType::Remove, "/d2/ks/t-1/nb-1-big"),
+            (RecordType::Remove, "/d1/ks/t-1/nb-2-big"),
+            (RecordType::Commit, ""),
+        ]);
+        let mut l = Lineages::default();
+        l.log_read(&d1.join("nb_txn_compaction_1.log"), &committed);
+        l.log_read(&d2.join("nb_txn_compaction_1.log"), &committed);
+        // Disk 1's own inputs are the partial rule's business; disk 2 holds its input.
+        assert_eq!(l.held_elsewhere(d1), BTreeSet::new());
+        assert_eq!(
+            l.held_elsewhere(d2),
+            ["nb-1-big".to_string(), "nb-2-big".to_string()].into()
+        );
+        // An index of disk 1 naming something else releases nothing.
+        assert!(l.named(d1, ["nb-4-big"]).is_empty());
+        assert_eq!(
+            l.named(d1, ["nb-3-big", "nb-4-big"]),
+            vec![d2.to_path_buf()]
+        );
+        assert_eq!(l.held_elsewhere(d2), BTreeSet::new());
+
+        // Inferred (the COMMIT not read): the same, and an output deleted before any index
+        // named it (aborted, compacted again) releases its inputs too.
+        let mut l = Lineages::default();
+        let open = log(&[(RecordType::Add, "/d1/ks/t-1/nb-3-big")]);
+        l.log_read(&d2.join("nb_txn_compaction_1.log"), &open);
+        l.file_gone(d2, "nb-1-big");
+        l.log_gone(&d2.join("nb_txn_compaction_1.log"));
+        assert_eq!(l.held_elsewhere(d2), ["nb-1-big".to_string()].into());
+        assert_eq!(l.file_gone(d1, "nb-3-big"), vec![d2.to_path_buf()]);
+        assert_eq!(l.held_elsewhere(d2), BTreeSet::new());
     }
 }

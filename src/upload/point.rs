@@ -15,6 +15,8 @@
 //! - while a complete SSTable is not named (standing in, refused, unreadable), the SSTables
 //!   the last listing named that are gone or obsolete stay named, whole: they may hold its
 //!   data, and their objects are stored;
+//! - on JBOD, an input whose output is in another data directory and not named there yet
+//!   stays named too;
 //! - otherwise what is gone is no longer named (no zombie, no truncated data back).
 
 use std::collections::BTreeSet;
@@ -72,6 +74,9 @@ pub struct Facts<'a> {
     /// The directory, and what its compactions replaced.
     pub dir: &'a Path,
     pub lineage: &'a Lineages,
+    /// SSTables of the directory whose outputs are in another data directory and not
+    /// named there yet (JBOD, [`Lineages::held_elsewhere`]): named on while gone.
+    pub held: &'a BTreeSet<String>,
 }
 
 /// A restore point's names, and the complete SSTables it leaves out.
@@ -102,7 +107,7 @@ pub fn restore_point(f: &Facts) -> Point {
         .map(|s| s.name.clone())
         .collect();
     names.retain(|n| parse_name(n).is_none_or(|p| !partial.contains(p.sstable)));
-    if !partial.is_empty() {
+    if !partial.is_empty() || !f.held.is_empty() {
         let previous: Vec<&String> = f.previous.into_iter().flatten().collect();
         let obsolete = |n: &str| {
             parse_name(n)
@@ -119,14 +124,15 @@ pub fn restore_point(f: &Facts) -> Point {
             .filter_map(|n| parse_name(n))
             .map(|p| p.sstable)
             .collect();
-        let sources = sources(f, &partial);
+        let left_out: BTreeSet<String> = partial.union(f.held).cloned().collect();
+        let sources = sources(f, &left_out);
         for n in previous {
             let back = match parse_name(n) {
                 Some(p) => {
                     gone_sstables.contains(p.sstable)
                         && sources.as_ref().is_none_or(|s| s.contains(p.sstable))
                 }
-                None => gone.contains(n.as_str()),
+                None => !partial.is_empty() && gone.contains(n.as_str()),
             };
             if back && (f.accepts)(n) {
                 names.push(n.clone());
@@ -141,12 +147,13 @@ pub fn restore_point(f: &Facts) -> Point {
     Point { names, partial }
 }
 
-/// The SSTables the last listing named whose data the `partial` ones hold, by lineage
-/// (through outputs it never named, a compaction of a compaction); None when the lineage of
-/// one of them is not known (a flush, a compaction before this run): then every SSTable it
-/// named that is gone may hold it. So a truncated SSTable does not come back while an
-/// unrelated output cannot be stored.
-fn sources(f: &Facts, partial: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+/// The SSTables the last listing named that hold the data of `left_out` (SSTables not
+/// named now: partial, or held for another directory): each itself if named, else its
+/// inputs by lineage (through outputs never named, a compaction of a compaction); None
+/// when the lineage of one of them is not known (a compaction before this run): then every
+/// SSTable it named that is gone may hold it. So a truncated SSTable does not come back
+/// while an unrelated output cannot be stored.
+fn sources(f: &Facts, left_out: &BTreeSet<String>) -> Option<BTreeSet<String>> {
     let named: BTreeSet<&str> = f
         .previous
         .into_iter()
@@ -156,18 +163,16 @@ fn sources(f: &Facts, partial: &BTreeSet<String>) -> Option<BTreeSet<String>> {
         .collect();
     let mut out = BTreeSet::new();
     let mut seen = BTreeSet::new();
-    let mut stack: Vec<String> = partial.iter().cloned().collect();
+    let mut stack: Vec<String> = left_out.iter().cloned().collect();
     while let Some(s) = stack.pop() {
         if !seen.insert(s.clone()) {
             continue;
         }
-        for i in f.lineage.inputs_of(f.dir, &s)? {
-            if named.contains(i.as_str()) {
-                out.insert(i);
-            } else {
-                stack.push(i);
-            }
+        if named.contains(s.as_str()) {
+            out.insert(s);
+            continue;
         }
+        stack.extend(f.lineage.inputs_of(f.dir, &s)?);
     }
     Some(out)
 }

@@ -1,6 +1,7 @@
-//! [`restore_point`] and [`stand_ins`] against a reference model of one table directory:
-//! each SSTable holds a set of data tokens (a flush: a new one; a compaction's output: the
-//! union of its inputs'), and each restore point is judged by the tokens it restores.
+//! [`restore_point`] and [`stand_ins`] against a reference model of one table on two data
+//! directories (JBOD): each SSTable holds a set of data tokens (a flush: a new one; a
+//! compaction's output: the union of its inputs', wherever they are), and each restore
+//! point is judged by what the node's newest restore points restore together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,7 +11,10 @@ use proptest::prelude::*;
 use super::*;
 use crate::cassandra::{Record, RecordType, parse_txn_log};
 
-const DIR: &str = "/var/lib/cassandra/data/ks/t-1";
+const DIRS: [&str; 2] = [
+    "/var/lib/cassandra/data/ks/t-1",
+    "/mnt/disk2/cassandra/data/ks/t-1",
+];
 const COMPONENTS: [&str; 3] = ["Data.db", "Index.db", "TOC.txt"];
 const TOC: &str = "Data.db\nIndex.db\nTOC.txt\n";
 
@@ -29,6 +33,10 @@ fn generation(name: &str) -> u32 {
     parse_name(name).unwrap().id.parse().unwrap()
 }
 
+fn dir(d: usize) -> &'static Path {
+    Path::new(DIRS[d])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum On {
     /// Added by an open compaction.
@@ -44,49 +52,34 @@ struct Txn {
     output: u32,
     inputs: Vec<u32>,
     committed: bool,
-}
-
-impl Txn {
-    fn log_name(&self) -> String {
-        format!(
-            "nb_txn_compaction_{:08x}-0a7f-11ef-9a2b-5b2d6c9d3a11.log",
-            self.id
-        )
-    }
-    fn body(&self) -> String {
-        let rec = |k, g: u32| format!("{}\n", Record::new(k, &format!("{DIR}/{}", sst(g))));
-        let mut b = rec(RecordType::Add, self.output);
-        if self.committed {
-            for i in &self.inputs {
-                b += &rec(RecordType::Remove, *i);
-            }
-            b += &format!("{}\n", Record::new(RecordType::Commit, ""));
-        }
-        b
-    }
+    /// The directories its log is replicated in (every one it touches).
+    replicas: BTreeSet<usize>,
 }
 
 #[derive(Default)]
 struct Table {
-    disk: BTreeMap<u32, On>,
+    /// Where each SSTable on disk is, and how it stands.
+    disk: BTreeMap<u32, (usize, On)>,
     /// The data each SSTable holds (kept after it is deleted).
     tokens: BTreeMap<u32, BTreeSet<u32>>,
     txns: Vec<Txn>,
     next: u32,
     /// Objects in the store (none is ever overwritten or deleted here).
-    durable: BTreeSet<String>,
+    durable: BTreeSet<(usize, String)>,
     /// Outputs whose keys hold another node's files: never durable.
     refused: BTreeSet<u32>,
-    previous: Option<BTreeSet<String>>,
+    /// Each directory's last listing.
+    previous: [Option<BTreeSet<String>>; 2],
     lineage: Lineages,
     points: usize,
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Flush,
-    /// Compact the complete SSTables picked by the mask (not already compacting).
-    Start(u8),
+    Flush(bool),
+    /// Compact the complete SSTables picked by the mask (not already compacting) into an
+    /// output on the directory picked.
+    Start(u8, bool),
     /// Commit the open compaction picked; its COMMIT read by the daemon or not; its output
     /// refused (another node's objects under its keys) or not.
     Commit(u8, bool, bool),
@@ -96,21 +89,22 @@ enum Op {
     Truncate,
     /// An upload of the picked complete SSTable finishes (its own Data.db's task).
     Upload(u8),
-    /// An index for the picked complete SSTable's Data.db, or (None) a restore point.
-    Index(Option<u8>),
+    /// An index of the directory picked for the picked complete SSTable's Data.db, or
+    /// (None) a restore point.
+    Index(bool, Option<u8>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => Just(Op::Flush),
-        2 => any::<u8>().prop_map(Op::Start),
+        3 => any::<bool>().prop_map(Op::Flush),
+        2 => (any::<u8>(), any::<bool>()).prop_map(|(m, d)| Op::Start(m, d)),
         2 => (any::<u8>(), any::<bool>(), prop::bool::weighted(0.15))
             .prop_map(|(i, seen, refused)| Op::Commit(i, seen, refused)),
         2 => any::<u8>().prop_map(Op::Cleanup),
         1 => any::<u8>().prop_map(Op::Abort),
-        1 => prop::bool::weighted(0.3).prop_map(|t| if t { Op::Truncate } else { Op::Flush }),
+        1 => prop::bool::weighted(0.3).prop_map(|t| if t { Op::Truncate } else { Op::Flush(false) }),
         2 => any::<u8>().prop_map(Op::Upload),
-        4 => prop::option::of(any::<u8>()).prop_map(Op::Index),
+        4 => (any::<bool>(), prop::option::of(any::<u8>())).prop_map(|(d, o)| Op::Index(d, o)),
     ]
 }
 
@@ -119,13 +113,9 @@ fn pick<T: Clone>(v: &[T], i: u8) -> Option<T> {
 }
 
 impl Table {
-    fn dir() -> &'static Path {
-        Path::new(DIR)
-    }
-
-    fn new_sstable(&mut self, on: On, tokens: BTreeSet<u32>) -> u32 {
+    fn new_sstable(&mut self, d: usize, on: On, tokens: BTreeSet<u32>) -> u32 {
         self.next += 1;
-        self.disk.insert(self.next, on);
+        self.disk.insert(self.next, (d, on));
         self.tokens.insert(self.next, tokens);
         self.next
     }
@@ -133,8 +123,15 @@ impl Table {
     fn complete(&self) -> Vec<u32> {
         self.disk
             .iter()
-            .filter(|(_, o)| **o == On::Complete)
+            .filter(|(_, (_, o))| *o == On::Complete)
             .map(|(g, _)| *g)
+            .collect()
+    }
+
+    fn complete_in(&self, d: usize) -> Vec<u32> {
+        self.complete()
+            .into_iter()
+            .filter(|g| self.disk[g].0 == d)
             .collect()
     }
 
@@ -144,44 +141,96 @@ impl Table {
             .any(|t| t.inputs.contains(&g) || t.output == g)
     }
 
+    fn path(&self, g: u32) -> String {
+        format!("{}/{}", DIRS[self.disk[&g].0], sst(g))
+    }
+
     fn gone(&mut self, g: u32) {
-        self.disk.remove(&g);
-        self.lineage.file_gone(Self::dir(), &sst(g));
+        let (d, _) = self.disk.remove(&g).unwrap();
+        // The daemon indexes the directories released by it when their turn comes.
+        let _ = self.lineage.file_gone(dir(d), &sst(g));
     }
 
-    fn log_path(t: &Txn) -> std::path::PathBuf {
-        Self::dir().join(t.log_name())
+    fn log_name(t: &Txn) -> String {
+        format!(
+            "nb_txn_compaction_{:08x}-0a7f-11ef-9a2b-5b2d6c9d3a11.log",
+            t.id
+        )
     }
 
-    fn view(&self) -> DirView {
-        let mut names: Vec<String> = self.disk.keys().flat_map(|g| files(*g)).collect();
-        names.extend(self.txns.iter().map(Txn::log_name));
+    fn body(&self, t: &Txn, paths: &BTreeMap<u32, String>) -> String {
+        let rec = |k, g: u32| format!("{}\n", Record::new(k, &paths[&g]));
+        let mut b = rec(RecordType::Add, t.output);
+        if t.committed {
+            for i in &t.inputs {
+                b += &rec(RecordType::Remove, *i);
+            }
+            b += &format!("{}\n", Record::new(RecordType::Commit, ""));
+        }
+        b
+    }
+
+    /// Every replica of `t`'s log read now.
+    fn read_logs(&mut self, t: &Txn, paths: &BTreeMap<u32, String>) {
+        let body = self.body(t, paths);
+        for d in &t.replicas {
+            self.lineage.log_read(
+                &dir(*d).join(Self::log_name(t)),
+                &parse_txn_log(body.as_bytes()),
+            );
+        }
+    }
+
+    fn logs_gone(&mut self, t: &Txn) {
+        for d in &t.replicas {
+            self.lineage.log_gone(&dir(*d).join(Self::log_name(t)));
+        }
+    }
+
+    fn txn_paths(&self, t: &Txn) -> BTreeMap<u32, String> {
+        std::iter::once(t.output)
+            .chain(t.inputs.iter().copied())
+            .filter(|g| self.disk.contains_key(g))
+            .map(|g| (g, self.path(g)))
+            .collect()
+    }
+
+    fn view(&self, d: usize) -> DirView {
+        let mut names: Vec<String> = self
+            .disk
+            .iter()
+            .filter(|(_, (dd, _))| *dd == d)
+            .flat_map(|(g, _)| files(*g))
+            .collect();
+        let here: Vec<&Txn> = self
+            .txns
+            .iter()
+            .filter(|t| t.replicas.contains(&d))
+            .collect();
+        names.extend(here.iter().map(|t| Self::log_name(t)));
         DirView::classify(names.iter().map(String::as_str), |n| {
             if n.ends_with("TOC.txt") {
                 return Some(TOC.as_bytes().to_vec());
             }
-            self.txns
-                .iter()
-                .find(|t| t.log_name() == n)
-                .map(|t| t.body().into_bytes())
+            here.iter()
+                .find(|t| Self::log_name(t) == n)
+                .map(|t| self.body(t, &self.txn_paths(t)).into_bytes())
         })
     }
 
     fn apply(&mut self, o: Op) -> Result<(), TestCaseError> {
         match o {
-            Op::Flush => {
+            Op::Flush(second) => {
+                let d = second as usize;
                 let token = self.next + 1000;
-                let g = self.new_sstable(On::Complete, [token].into());
+                let g = self.new_sstable(d, On::Complete, [token].into());
                 // Its log: ADD, then COMMIT, then deleted (read or not).
-                let log = Self::dir().join(format!("nb_txn_flush_{g:08x}.log"));
-                let add = format!(
-                    "{}\n",
-                    Record::new(RecordType::Add, &format!("{DIR}/{}", sst(g)))
-                );
+                let log = dir(d).join(format!("nb_txn_flush_{g:08x}.log"));
+                let add = format!("{}\n", Record::new(RecordType::Add, &self.path(g)));
                 self.lineage.log_read(&log, &parse_txn_log(add.as_bytes()));
                 self.lineage.log_gone(&log);
             }
-            Op::Start(mask) => {
+            Op::Start(mask, second) => {
                 let inputs: Vec<u32> = self
                     .complete()
                     .into_iter()
@@ -194,16 +243,20 @@ impl Table {
                     return Ok(());
                 }
                 let tokens = inputs.iter().flat_map(|g| self.tokens[g].clone()).collect();
-                let output = self.new_sstable(On::Writing, tokens);
+                let out_dir = second as usize;
+                let output = self.new_sstable(out_dir, On::Writing, tokens);
+                let mut replicas: BTreeSet<usize> = inputs.iter().map(|g| self.disk[g].0).collect();
+                replicas.insert(out_dir);
                 let t = Txn {
                     id: output,
                     output,
                     inputs,
                     committed: false,
+                    replicas,
                 };
-                // The daemon reads the log when its first record is appended.
-                self.lineage
-                    .log_read(&Self::log_path(&t), &parse_txn_log(t.body().as_bytes()));
+                // The daemon reads each replica when its first record is appended.
+                let paths = self.txn_paths(&t);
+                self.read_logs(&t, &paths);
                 self.txns.push(t);
             }
             Op::Commit(i, seen, refused) => {
@@ -213,19 +266,18 @@ impl Table {
                 let Some(k) = pick(&open, i) else {
                     return Ok(());
                 };
-                let t = &mut self.txns[k];
-                t.committed = true;
-                let t = t.clone();
-                self.disk.insert(t.output, On::Complete);
+                self.txns[k].committed = true;
+                let t = self.txns[k].clone();
+                self.disk.get_mut(&t.output).unwrap().1 = On::Complete;
                 for g in &t.inputs {
-                    self.disk.insert(*g, On::Obsolete);
+                    self.disk.get_mut(g).unwrap().1 = On::Obsolete;
                 }
                 if refused {
                     self.refused.insert(t.output);
                 }
                 if seen {
-                    self.lineage
-                        .log_read(&Self::log_path(&t), &parse_txn_log(t.body().as_bytes()));
+                    let paths = self.txn_paths(&t);
+                    self.read_logs(&t, &paths);
                 }
             }
             Op::Cleanup(i) => {
@@ -239,7 +291,7 @@ impl Table {
                 for g in &t.inputs {
                     self.gone(*g);
                 }
-                self.lineage.log_gone(&Self::log_path(&t));
+                self.logs_gone(&t);
             }
             Op::Abort(i) => {
                 let open: Vec<usize> = (0..self.txns.len())
@@ -250,7 +302,7 @@ impl Table {
                 };
                 let t = self.txns.remove(k);
                 self.gone(t.output);
-                self.lineage.log_gone(&Self::log_path(&t));
+                self.logs_gone(&t);
             }
             Op::Truncate => {
                 // Cassandra stops the table's compactions first.
@@ -258,7 +310,7 @@ impl Table {
                     if !t.committed {
                         self.gone(t.output);
                     }
-                    self.lineage.log_gone(&Self::log_path(&t));
+                    self.logs_gone(&t);
                 }
                 for g in self.disk.keys().copied().collect::<Vec<_>>() {
                     self.gone(g);
@@ -266,38 +318,41 @@ impl Table {
             }
             Op::Upload(i) => {
                 if let Some(g) = pick(&self.complete(), i) {
+                    let d = self.disk[&g].0;
                     if !self.refused.contains(&g) {
-                        self.durable.extend(files(g));
+                        self.durable.extend(files(g).into_iter().map(|f| (d, f)));
                     }
-                    self.index(Some(g))?;
+                    self.index(d, Some(g))?;
                 }
             }
-            Op::Index(own) => {
+            Op::Index(second, own) => {
+                let d = second as usize;
                 let own = match own {
-                    Some(i) => match pick(&self.complete(), i) {
+                    Some(i) => match pick(&self.complete_in(d), i) {
                         Some(g) => Some(g),
                         None => return Ok(()),
                     },
                     None => None,
                 };
-                self.index(own)?;
+                self.index(d, own)?;
             }
         }
         Ok(())
     }
 
-    /// What [`super::super::Uploader`]'s index write does, with the model's I/O.
-    fn index(&mut self, own: Option<u32>) -> Result<(), TestCaseError> {
-        let view = self.view();
+    /// What [`super::super::Uploader`]'s index write of directory `d` does, with the
+    /// model's I/O.
+    fn index(&mut self, d: usize, own: Option<u32>) -> Result<(), TestCaseError> {
+        let view = self.view(d);
         for l in &view.committed {
-            self.lineage.record(Self::dir(), l.clone());
+            self.lineage.record(dir(d), l.clone());
         }
         let own_set: BTreeSet<String> = own.map(sst).into_iter().collect();
         let later = stand_ins(
-            Self::dir(),
+            dir(d),
             &view,
             &own_set,
-            self.previous.as_ref(),
+            self.previous[d].as_ref(),
             &self.lineage,
         );
         // Every nameable file not standing in is made durable (uploaded) first; a refused
@@ -309,35 +364,45 @@ impl Table {
                 continue;
             }
             if !self.refused.contains(&g) {
-                self.durable.insert(n.clone());
+                self.durable.insert((d, n.clone()));
                 durable.push(n);
             }
         }
-        let on_disk = |n: &str| self.disk.contains_key(&generation(n));
+        let on_disk = |n: &str| {
+            self.disk
+                .get(&generation(n))
+                .is_some_and(|(dd, _)| *dd == d)
+        };
+        let held = self.lineage.held_elsewhere(dir(d));
         let point = restore_point(&Facts {
             view: &view,
             durable: &durable,
-            previous: self.previous.as_ref(),
+            previous: self.previous[d].as_ref(),
             later: &later,
             kept: None,
             accepts: &|_| true,
             on_disk: &on_disk,
-            dir: Self::dir(),
+            dir: dir(d),
             lineage: &self.lineage,
+            held: &held,
         });
-        self.check(&view, &point)?;
         // Written (and then the daemon's last listing) when it goes under its own Data.db's
         // key, or as a restore point of its own when it names something else.
         let names: BTreeSet<String> = point.names.iter().cloned().collect();
         let written = match own {
             Some(g) => names.contains(&files(g)[0]),
-            None => match &self.previous {
+            None => match &self.previous[d] {
                 Some(p) => *p != names,
                 None => !view.sstables.is_empty(),
             },
         };
+        self.check(d, &point, &held, written)?;
         if written {
-            self.previous = Some(names);
+            let sstables: BTreeSet<String> = names.iter().map(|n| sst(generation(n))).collect();
+            let _ = self
+                .lineage
+                .named(dir(d), sstables.iter().map(String::as_str));
+            self.previous[d] = Some(names);
             self.points += 1;
         }
         Ok(())
@@ -349,50 +414,88 @@ impl Table {
             .collect()
     }
 
-    fn named_generations(names: &[String]) -> BTreeSet<u32> {
-        names.iter().map(|n| generation(n)).collect()
+    fn generations<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeSet<u32> {
+        names.into_iter().map(|n| generation(n)).collect()
     }
 
-    fn check(&self, view: &DirView, point: &Point) -> Result<(), TestCaseError> {
-        let named = Self::named_generations(&point.names);
-        // Only objects stored, SSTables whole, never one being written.
+    /// What the node's newest restore points restore together, with directory `d`'s
+    /// replaced by `names`.
+    fn node_restores(&self, d: usize, names: Option<&[String]>) -> BTreeSet<u32> {
+        let mut gens = BTreeSet::new();
+        for (k, p) in self.previous.iter().enumerate() {
+            if k == d {
+                if let Some(n) = names {
+                    gens.extend(Self::generations(n));
+                    continue;
+                }
+            }
+            gens.extend(Self::generations(p.iter().flatten()));
+        }
+        self.tokens_of(&gens)
+    }
+
+    fn check(
+        &self,
+        d: usize,
+        point: &Point,
+        held: &BTreeSet<String>,
+        written: bool,
+    ) -> Result<(), TestCaseError> {
+        let named = Self::generations(&point.names);
+        // Only objects stored (in this directory), SSTables whole, never one being written.
         for n in &point.names {
-            prop_assert!(self.durable.contains(n), "names {n}, never stored");
+            prop_assert!(
+                self.durable.contains(&(d, n.clone())),
+                "names {n} on disk {d}, never stored there"
+            );
         }
         for g in &named {
             for f in files(*g) {
                 prop_assert!(point.names.contains(&f), "names nb-{g} without {f}");
             }
             prop_assert!(
-                self.disk.get(g) != Some(&On::Writing),
+                self.disk.get(g).is_none_or(|(_, o)| *o != On::Writing),
                 "names nb-{g}, still being written"
             );
         }
-        let complete = self.complete();
-        let live = self.tokens_of(&complete);
-        let restored = self.tokens_of(&named);
-        // Safety: every complete SSTable that can be stored is covered, and so is whatever
-        // the last restore point held that is still live.
-        let storable: Vec<u32> = complete
-            .iter()
-            .copied()
+        let live = self.tokens_of(&self.complete());
+        // Safety: what the node's newest restore points held that is still live, they
+        // still hold with this one; and every complete SSTable of this directory that can
+        // be stored is covered.
+        let before = self.node_restores(d, None);
+        let after = self.node_restores(d, Some(if written { &point.names } else { &[] }));
+        if written {
+            let lost: Vec<&u32> = before
+                .intersection(&live)
+                .filter(|t| !after.contains(t))
+                .collect();
+            prop_assert!(
+                lost.is_empty(),
+                "disk {d} lost live data {lost:?}: {point:?}"
+            );
+        }
+        let storable: Vec<u32> = self
+            .complete_in(d)
+            .into_iter()
             .filter(|g| !self.refused.contains(g))
             .collect();
-        let mut required = self.tokens_of(&storable);
-        if let Some(p) = &self.previous {
-            let before = self.tokens_of(&Self::named_generations(
-                &p.iter().cloned().collect::<Vec<_>>(),
-            ));
-            required.extend(before.intersection(&live).copied());
-        }
-        let lost: Vec<&u32> = required.difference(&restored).collect();
-        prop_assert!(lost.is_empty(), "lost live data {lost:?}: {point:?}");
+        let restored = self.tokens_of(&named);
+        let missing: Vec<u32> = self
+            .tokens_of(&storable)
+            .into_iter()
+            .filter(|t| !restored.contains(t))
+            .collect();
+        prop_assert!(missing.is_empty(), "disk {d} misses {missing:?}: {point:?}");
         // Nothing comes back that is no longer live (a truncate, a zombie).
         let dead: Vec<&u32> = restored.difference(&live).collect();
-        prop_assert!(dead.is_empty(), "restores dead data {dead:?}: {point:?}");
-        // With nothing left out, exactly the complete SSTables.
-        if point.partial.is_empty() {
-            prop_assert_eq!(&named, &complete.iter().copied().collect(), "{:?}", view);
+        prop_assert!(
+            dead.is_empty(),
+            "disk {d} restores dead data {dead:?}: {point:?}"
+        );
+        // With nothing left out or held, exactly this directory's complete SSTables.
+        if point.partial.is_empty() && held.is_empty() {
+            let complete: BTreeSet<u32> = self.complete_in(d).into_iter().collect();
+            prop_assert_eq!(&named, &complete, "disk {}", d);
         }
         Ok(())
     }
@@ -401,35 +504,38 @@ impl Table {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     /// Safety at every restore point, and liveness: once every output is stored and
-    /// indexed, the newest restore point names exactly the complete SSTables (refused
-    /// outputs aside, whose inputs stand in for them).
+    /// indexed, each directory's newest restore point names exactly its complete SSTables
+    /// (refused outputs aside, whose inputs stand in for them).
     #[test]
     fn restore_points_keep_live_data_and_only_it(ops in proptest::collection::vec(op(), 1..60)) {
         let mut t = Table::default();
         for o in ops {
             t.apply(o)?;
         }
-        // Cassandra finishes its compactions; every upload finishes and indexes.
+        // Cassandra finishes its compactions; every upload finishes and indexes; then each
+        // directory gets restore points (one directory's index releases the other's held
+        // inputs).
         for _ in 0..t.txns.len() {
             t.apply(Op::Commit(0, false, false))?;
             t.apply(Op::Cleanup(0))?;
         }
         for g in t.complete() {
             if !t.refused.contains(&g) {
-                t.durable.extend(files(g));
-                t.index(Some(g))?;
+                let d = t.disk[&g].0;
+                t.durable.extend(files(g).into_iter().map(|f| (d, f)));
+                t.index(d, Some(g))?;
             }
         }
-        t.index(None)?;
+        for _ in 0..4 {
+            t.index(0, None)?;
+            t.index(1, None)?;
+        }
         if t.refused.iter().all(|g| !t.disk.contains_key(g)) {
-            let named: BTreeSet<u32> = t
-                .previous
-                .iter()
-                .flatten()
-                .map(|n| generation(n))
-                .collect();
-            let complete: BTreeSet<u32> = t.complete().into_iter().collect();
-            prop_assert_eq!(named, complete, "the newest restore point after {} written", t.points);
+            for d in 0..2 {
+                let named = Table::generations(t.previous[d].iter().flatten());
+                let complete: BTreeSet<u32> = t.complete_in(d).into_iter().collect();
+                prop_assert_eq!(named, complete, "disk {} after {} restore points", d, t.points);
+            }
         }
     }
 }
