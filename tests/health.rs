@@ -93,6 +93,20 @@ fn healthz_is_200_while_uploads_succeed() {
     );
     let (code, body) = wait_health(addr, Duration::from_secs(30), |c, _| c == 200);
     assert_eq!((code, body.as_str()), (200, "ok\n"));
+    // /healthz answers from the start, before the watches are in place (it says the
+    // daemon is alive, not that it is watching): a file written before then is only found
+    // by -B or a rescan. Wait until the data directory is watched.
+    let t0 = Instant::now();
+    while !get(addr, "/metrics").is_some_and(|(_, m)| {
+        m.lines()
+            .any(|l| l.starts_with("tablesnap_watched_directories ") && !l.ends_with(" 0"))
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the data directory is never watched"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::write(data.path().join("a.txt"), b"x").unwrap();
     let key = bucket
         .path()

@@ -1050,6 +1050,62 @@ async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
     assert_eq!(summary.failures, 0, "{summary}");
 }
 
+/// Item 9: with `IN_CREATE` (snapshots backed up), `nodetool snapshot` links each SSTable's
+/// components into `snapshots/<tag>/` (created by the first link), then writes
+/// `manifest.json` and `schema.cql` there, as Cassandra does (no staging directory). Both
+/// were uploaded but never named by the snapshot's index (younger than 2 s when it was
+/// written, and no later index came). The snapshot's newest restore point names them, and
+/// restores their bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_restore_point_names_its_manifest_and_schema() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let t = table(data.path());
+    let mut c = config(bucket.path(), vec![data.path().into()]);
+    c.recursive = true;
+    c.auto_add = true;
+    c.events.create = true;
+    let d = Running::start(c).await;
+    let gen1 = transaction(&t, 1, &[]);
+    until("nb-1 indexed", || {
+        newest_index(bucket.path(), &t).is_some_and(|(_, n)| n.len() == gen1.len())
+    })
+    .await;
+    let snap = t.join("snapshots/1733300000000-nightly");
+    std::fs::create_dir_all(&snap).unwrap();
+    for n in &gen1 {
+        std::fs::hard_link(t.join(n), snap.join(n)).unwrap();
+    }
+    let manifest = format!(
+        "{{\"files\":[{}],\"created_at\":\"2026-12-04T08:00:00Z\"}}\n",
+        gen1.iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    std::fs::write(snap.join("manifest.json"), &manifest).unwrap();
+    std::fs::write(
+        snap.join("schema.cql"),
+        "CREATE TABLE ks.events (k int PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let all: BTreeSet<String> = gen1
+        .iter()
+        .cloned()
+        .chain(["manifest.json".to_string(), "schema.cql".to_string()])
+        .collect();
+    until_within(
+        "the snapshot's newest restore point names its SSTable, manifest.json and schema.cql",
+        Duration::from_secs(20),
+        || newest_index(bucket.path(), &snap).is_some_and(|(_, n)| n == all),
+        || format!(": {:?}", newest_index(bucket.path(), &snap)),
+    )
+    .await;
+    holds_the_files(bucket.path(), &snap, &all, "the snapshot's restore point");
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+}
+
 /// The generation Cassandra gives its next SSTable in `dir`: one above the highest on disk.
 fn next_generation(dir: &Path) -> u32 {
     std::fs::read_dir(dir)
