@@ -40,16 +40,12 @@ struct Open {
 /// Whether two table directories are the same table (on two data directories, JBOD):
 /// the same `keyspace/table-id` at their end. A compaction's inputs may be on any of them.
 fn same_table(a: &Path, b: &Path) -> bool {
-    fn tail(
-        p: &Path,
-    ) -> (
-        Option<std::path::Component<'_>>,
-        Option<std::path::Component<'_>>,
-    ) {
-        let mut c = p.components().rev();
-        (c.next(), c.next())
-    }
-    a == b || tail(a) == tail(b)
+    a == b || table_of(a) == table_of(b)
+}
+
+/// `keyspace/table-id`: what names a table on every data directory.
+fn table_of(p: &Path) -> (Option<&std::ffi::OsStr>, Option<&std::ffi::OsStr>) {
+    (p.parent().and_then(Path::file_name), p.file_name())
 }
 
 /// An input held on (JBOD): its directory and SSTable name.
@@ -67,6 +63,8 @@ pub struct Lineages {
     held: HashMap<PathBuf, HashMap<String, BTreeSet<PathBuf>>>,
     /// The other way round: for each output or log waited for, who waits.
     waiting: HashMap<PathBuf, BTreeSet<Holder>>,
+    /// The directories of each table in `done` (JBOD: several).
+    tables: HashMap<(std::ffi::OsString, std::ffi::OsString), BTreeSet<PathBuf>>,
 }
 
 impl Lineages {
@@ -130,10 +128,7 @@ impl Lineages {
         // Its successor: a finished compaction of the table that took it as an input, else
         // every log of the table open now (one of them committed it, its COMMIT not read).
         let mut next: BTreeSet<PathBuf> = self
-            .done
-            .iter()
-            .filter(|(d, _)| same_table(d, dir))
-            .flat_map(|(_, v)| v.iter())
+            .of_table(dir)
             .filter(|l| l.inputs.contains(sstable))
             .flat_map(|l| l.output_paths.iter().map(PathBuf::from))
             .collect();
@@ -217,6 +212,12 @@ impl Lineages {
     /// Remembers that the `outputs` of a transaction of `dir` replaced its `inputs`; on
     /// JBOD the inputs hold on until the outputs in other directories are named there.
     pub fn record(&mut self, dir: &Path, l: Lineage) {
+        if let (Some(k), Some(t)) = table_of(dir) {
+            self.tables
+                .entry((k.to_os_string(), t.to_os_string()))
+                .or_default()
+                .insert(dir.to_path_buf());
+        }
         let v = self.done.entry(dir.to_path_buf()).or_default();
         if v.contains(&l) {
             return;
@@ -325,19 +326,29 @@ impl Lineages {
         out.into_iter().collect()
     }
 
+    /// What the finished transactions of `dir`'s table replaced, on every data directory.
+    fn of_table<'a>(&'a self, dir: &Path) -> impl Iterator<Item = &'a Lineage> + 'a {
+        let dirs: Vec<&PathBuf> = match table_of(dir) {
+            (Some(k), Some(t)) => self
+                .tables
+                .get(&(k.to_os_string(), t.to_os_string()))
+                .into_iter()
+                .flatten()
+                .collect(),
+            _ => vec![],
+        };
+        dirs.into_iter()
+            .filter_map(|d| self.done.get(d))
+            .flat_map(|v| v.iter())
+    }
+
     /// The inputs of every finished transaction of `dir`'s table that output `sstable`;
     /// None if it is the output of none known (a compaction before this run).
     pub fn inputs_of(&self, dir: &Path, sstable: &str) -> Option<BTreeSet<String>> {
         // A table's SSTable names are unique across its data directories (JBOD): its
         // transaction may have been seen in another one.
         let mut found = None;
-        for l in self
-            .done
-            .iter()
-            .filter(|(d, _)| same_table(d, dir))
-            .flat_map(|(_, v)| v.iter())
-            .filter(|l| l.outputs.contains(sstable))
-        {
+        for l in self.of_table(dir).filter(|l| l.outputs.contains(sstable)) {
             found
                 .get_or_insert_with(BTreeSet::new)
                 .extend(l.inputs.iter().cloned());
