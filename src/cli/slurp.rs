@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::Parser;
+use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::layout::Layout;
@@ -526,12 +527,15 @@ async fn list(store: &Store, a: &Args, layout: &Layout) -> anyhow::Result<ExitCo
         let d = layout.data_key(o);
         (d.clone(), format!("{d}/"))
     };
-    let objects = store.list_all(&dir).await.map_err(|e| anyhow!("{e}"))?;
-    let objects: Vec<_> = objects
-        .into_iter()
-        .filter(|o| o.key.starts_with(&filter))
-        .collect();
-    let inv = restore::inventory(&objects, &layout.prefix, &layout.separator);
+    // Folded as it is listed: memory per table directory, not per object.
+    let mut inv = restore::Inventory::new(&layout.prefix, &layout.separator);
+    let mut listing = store.list_dir(&dir);
+    while let Some(o) = listing.try_next().await.map_err(|e| anyhow!("{e}"))? {
+        if o.key.starts_with(&filter) {
+            inv.add(&o);
+        }
+    }
+    let inv = inv.finish();
     if inv.is_empty() {
         bail!(
             "nothing found under {filter}{}",

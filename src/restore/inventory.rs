@@ -22,29 +22,58 @@ pub struct DirSummary {
 /// Summarises a listing per (host, directory). Keys are `PREFIX + HOST + SEP + /path`; the
 /// host is what lies between the prefix and the first `SEP/`.
 pub fn inventory(listing: &[ObjectInfo], prefix: &str, separator: &str) -> Vec<DirSummary> {
-    let mut map: BTreeMap<(String, String), DirSummary> = BTreeMap::new();
-    let marker = format!("{separator}/");
+    let mut inv = Inventory::new(prefix, separator);
     for o in listing {
-        let Some(rest) = o.key.strip_prefix(prefix) else {
-            continue;
+        inv.add(o);
+    }
+    inv.finish()
+}
+
+/// [`inventory`] folded one object at a time, so `--list` holds a summary per table
+/// directory, never the listing (issue #18: 288 MiB for a million objects before).
+pub struct Inventory {
+    map: BTreeMap<(String, String), DirSummary>,
+    prefix: String,
+    separator: String,
+    marker: String,
+}
+
+impl Inventory {
+    pub fn new(prefix: &str, separator: &str) -> Self {
+        Inventory {
+            map: BTreeMap::new(),
+            prefix: prefix.to_string(),
+            separator: separator.to_string(),
+            marker: format!("{separator}/"),
+        }
+    }
+
+    /// Counts one listed object (keys outside the prefix, or with no host, are skipped).
+    pub fn add(&mut self, o: &ObjectInfo) {
+        let Some(rest) = o.key.strip_prefix(self.prefix.as_str()) else {
+            return;
         };
-        let Some(i) = rest.find(&marker) else {
-            continue;
+        let Some(i) = rest.find(&self.marker) else {
+            return;
         };
         let host = &rest[..i];
-        let path = &rest[i + separator.len()..];
+        let path = &rest[i + self.separator.len()..];
         let (dir, _) = layout::split_dir(path);
-        let e = map
-            .entry((host.to_string(), dir.to_string()))
-            .or_insert_with(|| DirSummary {
-                host: host.to_string(),
-                dir: dir.to_string(),
-                indexes: 0,
-                oldest: None,
-                newest: None,
-                objects: 0,
-                bytes: 0,
-            });
+        let e = match self.map.get_mut(&(host.to_string(), dir.to_string())) {
+            Some(e) => e,
+            None => self
+                .map
+                .entry((host.to_string(), dir.to_string()))
+                .or_insert_with(|| DirSummary {
+                    host: host.to_string(),
+                    dir: dir.to_string(),
+                    indexes: 0,
+                    oldest: None,
+                    newest: None,
+                    objects: 0,
+                    bytes: 0,
+                }),
+        };
         e.objects += 1;
         e.bytes += o.size;
         if o.key.ends_with(INDEX_SUFFIX) {
@@ -53,7 +82,11 @@ pub fn inventory(listing: &[ObjectInfo], prefix: &str, separator: &str) -> Vec<D
             e.newest = Some(e.newest.map_or(o.last_modified, |t| t.max(o.last_modified)));
         }
     }
-    map.into_values().collect()
+
+    /// The summaries, by host then directory.
+    pub fn finish(self) -> Vec<DirSummary> {
+        self.map.into_values().collect()
+    }
 }
 
 #[cfg(test)]
@@ -89,5 +122,23 @@ mod tests {
         assert_eq!(inv[0].newest.unwrap().timestamp(), 9);
         assert_eq!(inv[1].host, "h2");
         assert_eq!(inv[1].indexes, 0);
+    }
+
+    #[test]
+    fn the_fold_keeps_a_summary_per_directory_not_the_objects() {
+        let mut inv = Inventory::new("p/", ":");
+        for i in 0..10_000u64 {
+            let d = if i % 2 == 0 { "t" } else { "u" };
+            inv.add(&obj(
+                &format!("p/h1:/d/{d}/nb-{i}-big-Data.db"),
+                i,
+                i as i64,
+            ));
+        }
+        inv.add(&obj("elsewhere/h1:/d/t/x", 1, 1));
+        assert_eq!(inv.map.len(), 2);
+        let v = inv.finish();
+        assert_eq!((v[0].objects, v[1].objects), (5_000, 5_000));
+        assert_eq!(v[0].bytes, (0..10_000u64).step_by(2).sum::<u64>());
     }
 }

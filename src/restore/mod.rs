@@ -53,7 +53,7 @@ pub mod superseded;
 pub mod verify;
 
 pub use fetch::{execute, gid_of, uid_of};
-pub use inventory::{DirSummary, inventory};
+pub use inventory::{DirSummary, Inventory, inventory};
 pub use plan::{
     Choice, CommitlogPlan, DigestRef, IndexCheck, Plan, PlanError, PlannedFile, RestoreOptions,
     Selection, TableMapping, TablePlan, TableProblem, choose, existing_table_dirs, newness, plan,
