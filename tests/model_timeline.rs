@@ -1050,6 +1050,93 @@ async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
     assert_eq!(summary.failures, 0, "{summary}");
 }
 
+/// The JBOD window after a restart: tablesnap learns what a compaction replaced as it
+/// happens, so one that committed while it was down (or that a restart interrupted before
+/// the output was named) is not known. Disk 2's first restore point after the restart
+/// dropped the input at once while the output on disk 1 uploaded. Now it keeps naming it
+/// while disk 1 has a complete SSTable not named yet, then leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_jbod_input_stays_named_until_the_other_disk_is_indexed() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let (t1, t2) = (table(d1.path()), table(d2.path()));
+    let roots = || vec![d1.path().to_path_buf(), d2.path().to_path_buf()];
+    let d = Running::start(slow(bucket.path(), roots())).await;
+    let gen1 = transaction(&t2, 1, &[]);
+    let gen2 = transaction(&t1, 2, &[]);
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+    until("both disks indexed", || {
+        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
+            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
+    })
+    .await;
+    d.stop().await;
+
+    // While tablesnap is down: the compaction runs, commits and cleans up.
+    let name = "nb_txn_compaction_0000f00d-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
+    let logs = [t1.join(name), t2.join(name)];
+    for r in [
+        record(RecordType::Add, &format!("{}/nb-3-big", t1.display())),
+        record(RecordType::Remove, &format!("{}/nb-1-big", t2.display())),
+        record(RecordType::Remove, &format!("{}/nb-2-big", t1.display())),
+        record(RecordType::Commit, ""),
+    ] {
+        for l in &logs {
+            append(l, &r);
+        }
+    }
+    let (big, bytes) = big_components(3);
+    let mut gen3 = vec![];
+    for (n, b) in big {
+        std::fs::write(t1.join(&n), b).unwrap();
+        gen3.push(n);
+    }
+    for n in &gen1 {
+        std::fs::remove_file(t2.join(n)).unwrap();
+    }
+    for n in &gen2 {
+        std::fs::remove_file(t1.join(n)).unwrap();
+    }
+    for l in &logs {
+        std::fs::remove_file(l).unwrap();
+    }
+
+    let mut c = slow(bucket.path(), roots());
+    c.backup = true;
+    let d = Running::start(c).await;
+    let data3 = t1.join("nb-3-big-Data.db");
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let stored3 = std::fs::read(object(bucket.path(), &key(&data3))).is_ok_and(|b| b == bytes);
+        let on2 = newest_index(bucket.path(), &t2).map(|(_, n)| n);
+        if !stored3 {
+            assert_eq!(
+                on2.as_ref(),
+                Some(&set(&gen1)),
+                "disk 2 dropped nb-1 while its output on disk 1 was not stored ({:?} after the restart)",
+                t0.elapsed()
+            );
+        }
+        let on1 = newest_index(bucket.path(), &t1).map(|(_, n)| n);
+        if on1 == Some(set(&gen3)) && on2.as_ref().is_some_and(|n| n.is_empty()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "disk 1 {on1:?}, disk 2 {on2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t0.elapsed() > Duration::from_secs(5),
+        "the output was stored in {:?}: the test proves nothing",
+        t0.elapsed()
+    );
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+}
+
 /// Item 9: with `IN_CREATE` (snapshots backed up), `nodetool snapshot` links each SSTable's
 /// components into `snapshots/<tag>/` (created by the first link), then writes
 /// `manifest.json` and `schema.cql` there, as Cassandra does (no staging directory). Both
