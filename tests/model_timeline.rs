@@ -778,14 +778,7 @@ async fn a_compaction_across_jbod_directories_leaves_no_zombie() {
     let bucket = tempfile::tempdir().unwrap();
     let (t1, t2) = (table(d1.path()), table(d2.path()));
     let d = live(bucket.path(), vec![d1.path().into(), d2.path().into()]).await;
-    let gen1 = transaction(&t2, 1, &[]);
-    let gen2 = transaction(&t1, 2, &[]);
-    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
-    until("both disks indexed", || {
-        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
-            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
-    })
-    .await;
+    let (gen1, gen2) = jbod_flushed(bucket.path(), &t1, &t2).await;
 
     let name = "nb_txn_compaction_0000cafe-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
     let logs = [t1.join(name), t2.join(name)];
@@ -961,32 +954,35 @@ fn big_components(g: u32) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     (big, bytes)
 }
 
-/// JBOD: a compaction with an input on disk 2 writes its output on disk 1. While that
-/// output uploads (hours for a big one), disk 2's newest restore point dropped the input at
-/// once: a whole-node restore then had the input's data on neither disk. Now disk 2 names
-/// the input until disk 1's index names the output, then leaves it out (no zombie).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
-    let d1 = tempfile::tempdir().unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let bucket = tempfile::tempdir().unwrap();
-    let (t1, t2) = (table(d1.path()), table(d2.path()));
-    let d = Running::start(slow(
-        bucket.path(),
-        vec![d1.path().into(), d2.path().into()],
-    ))
-    .await;
-    let gen1 = transaction(&t2, 1, &[]);
-    let gen2 = transaction(&t1, 2, &[]);
-    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+/// Flushes nb-1 into disk 2's table `t2` and nb-2 into disk 1's `t1`, and waits until each
+/// disk's newest index names its own.
+async fn jbod_flushed(bucket: &Path, t1: &Path, t2: &Path) -> (Vec<String>, Vec<String>) {
+    let gen1 = transaction(t2, 1, &[]);
+    let gen2 = transaction(t1, 2, &[]);
     until("both disks indexed", || {
-        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
-            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
+        newest_index(bucket, t2).is_some_and(|(_, n)| n == set(&gen1))
+            && newest_index(bucket, t1).is_some_and(|(_, n)| n == set(&gen2))
     })
     .await;
+    (gen1, gen2)
+}
 
-    let name = "nb_txn_compaction_0000beef-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
-    let logs = [t1.join(name), t2.join(name)];
+fn set(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+/// A compaction of nb-1 (disk 2) and nb-2 (disk 1) into a 24 MiB nb-3 on disk 1, its log
+/// replicated on both disks as `LogReplicaSet` writes it: ADD and REMOVEs, the output,
+/// COMMIT, then the inputs and the logs deleted. Returns nb-3's names and Data.db bytes.
+fn jbod_compaction(
+    t1: &Path,
+    t2: &Path,
+    gen1: &[String],
+    gen2: &[String],
+    id: &str,
+) -> (Vec<String>, Vec<u8>) {
+    let name = format!("nb_txn_compaction_{id}-0a7f-11ef-9a2b-5b2d6c9d3a11.log");
+    let logs = [t1.join(&name), t2.join(&name)];
     for r in [
         record(RecordType::Add, &format!("{}/nb-3-big", t1.display())),
         record(RecordType::Remove, &format!("{}/nb-1-big", t2.display())),
@@ -1005,33 +1001,43 @@ async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
     for l in &logs {
         append(l, &record(RecordType::Commit, ""));
     }
-    for n in &gen1 {
+    for n in gen1 {
         std::fs::remove_file(t2.join(n)).unwrap();
     }
-    for n in &gen2 {
+    for n in gen2 {
         std::fs::remove_file(t1.join(n)).unwrap();
     }
     for l in &logs {
         std::fs::remove_file(l).unwrap();
     }
+    (gen3, bytes)
+}
+
+/// Until disk 1 names exactly nb-3 and disk 2 nothing: while nb-3's object does not hold
+/// its bytes, disk 2's newest index must still name nb-1 (`gen1`). The output must take
+/// over 5 s to store, or the test proves nothing.
+async fn input_held_until_output_named(
+    bucket: &Path,
+    (t1, t2): (&Path, &Path),
+    gen1: &[String],
+    (gen3, bytes): (&[String], &[u8]),
+    since: &str,
+) {
     let data3 = t1.join("nb-3-big-Data.db");
     let t0 = tokio::time::Instant::now();
-    let mut seen_stored = false;
     loop {
-        let stored3 = std::fs::read(object(bucket.path(), &key(&data3))).is_ok_and(|b| b == bytes);
-        let on2 = newest_index(bucket.path(), &t2).map(|(_, n)| n);
+        let stored3 = std::fs::read(object(bucket, &key(&data3))).is_ok_and(|b| b == bytes);
+        let on2 = newest_index(bucket, t2).map(|(_, n)| n);
         if !stored3 {
             assert_eq!(
                 on2.as_ref(),
-                Some(&set(&gen1)),
-                "disk 2 dropped nb-1 while its output on disk 1 was not stored ({:?} after the COMMIT)",
+                Some(&set(gen1)),
+                "disk 2 dropped nb-1 while its output on disk 1 was not stored ({:?} after {since})",
                 t0.elapsed()
             );
-        } else {
-            seen_stored = true;
         }
-        let on1 = newest_index(bucket.path(), &t1).map(|(_, n)| n);
-        if on1 == Some(set(&gen3)) && on2.as_ref().is_some_and(|n| n.is_empty()) {
+        let on1 = newest_index(bucket, t1).map(|(_, n)| n);
+        if on1 == Some(set(gen3)) && on2.as_ref().is_some_and(|n| n.is_empty()) {
             break;
         }
         assert!(
@@ -1040,12 +1046,38 @@ async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(seen_stored);
     assert!(
         t0.elapsed() > Duration::from_secs(5),
         "the output was stored in {:?}: the test proves nothing",
         t0.elapsed()
     );
+}
+
+/// JBOD: a compaction with an input on disk 2 writes its output on disk 1. While that
+/// output uploads (hours for a big one), disk 2's newest restore point dropped the input at
+/// once: a whole-node restore then had the input's data on neither disk. Now disk 2 names
+/// the input until disk 1's index names the output, then leaves it out (no zombie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let (t1, t2) = (table(d1.path()), table(d2.path()));
+    let d = Running::start(slow(
+        bucket.path(),
+        vec![d1.path().into(), d2.path().into()],
+    ))
+    .await;
+    let (gen1, gen2) = jbod_flushed(bucket.path(), &t1, &t2).await;
+    let (gen3, bytes) = jbod_compaction(&t1, &t2, &gen1, &gen2, "0000beef");
+    input_held_until_output_named(
+        bucket.path(),
+        (&t1, &t2),
+        &gen1,
+        (&gen3, &bytes),
+        "the COMMIT",
+    )
+    .await;
     let summary = d.stop().await;
     assert_eq!(summary.failures, 0, "{summary}");
 }
@@ -1063,76 +1095,21 @@ async fn after_a_restart_a_jbod_input_stays_named_until_the_other_disk_is_indexe
     let (t1, t2) = (table(d1.path()), table(d2.path()));
     let roots = || vec![d1.path().to_path_buf(), d2.path().to_path_buf()];
     let d = Running::start(slow(bucket.path(), roots())).await;
-    let gen1 = transaction(&t2, 1, &[]);
-    let gen2 = transaction(&t1, 2, &[]);
-    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
-    until("both disks indexed", || {
-        newest_index(bucket.path(), &t2).is_some_and(|(_, n)| n == set(&gen1))
-            && newest_index(bucket.path(), &t1).is_some_and(|(_, n)| n == set(&gen2))
-    })
-    .await;
+    let (gen1, gen2) = jbod_flushed(bucket.path(), &t1, &t2).await;
     d.stop().await;
-
     // While tablesnap is down: the compaction runs, commits and cleans up.
-    let name = "nb_txn_compaction_0000f00d-0a7f-11ef-9a2b-5b2d6c9d3a11.log";
-    let logs = [t1.join(name), t2.join(name)];
-    for r in [
-        record(RecordType::Add, &format!("{}/nb-3-big", t1.display())),
-        record(RecordType::Remove, &format!("{}/nb-1-big", t2.display())),
-        record(RecordType::Remove, &format!("{}/nb-2-big", t1.display())),
-        record(RecordType::Commit, ""),
-    ] {
-        for l in &logs {
-            append(l, &r);
-        }
-    }
-    let (big, bytes) = big_components(3);
-    let mut gen3 = vec![];
-    for (n, b) in big {
-        std::fs::write(t1.join(&n), b).unwrap();
-        gen3.push(n);
-    }
-    for n in &gen1 {
-        std::fs::remove_file(t2.join(n)).unwrap();
-    }
-    for n in &gen2 {
-        std::fs::remove_file(t1.join(n)).unwrap();
-    }
-    for l in &logs {
-        std::fs::remove_file(l).unwrap();
-    }
-
+    let (gen3, bytes) = jbod_compaction(&t1, &t2, &gen1, &gen2, "0000f00d");
     let mut c = slow(bucket.path(), roots());
     c.backup = true;
     let d = Running::start(c).await;
-    let data3 = t1.join("nb-3-big-Data.db");
-    let t0 = tokio::time::Instant::now();
-    loop {
-        let stored3 = std::fs::read(object(bucket.path(), &key(&data3))).is_ok_and(|b| b == bytes);
-        let on2 = newest_index(bucket.path(), &t2).map(|(_, n)| n);
-        if !stored3 {
-            assert_eq!(
-                on2.as_ref(),
-                Some(&set(&gen1)),
-                "disk 2 dropped nb-1 while its output on disk 1 was not stored ({:?} after the restart)",
-                t0.elapsed()
-            );
-        }
-        let on1 = newest_index(bucket.path(), &t1).map(|(_, n)| n);
-        if on1 == Some(set(&gen3)) && on2.as_ref().is_some_and(|n| n.is_empty()) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "disk 1 {on1:?}, disk 2 {on2:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        t0.elapsed() > Duration::from_secs(5),
-        "the output was stored in {:?}: the test proves nothing",
-        t0.elapsed()
-    );
+    input_held_until_output_named(
+        bucket.path(),
+        (&t1, &t2),
+        &gen1,
+        (&gen3, &bytes),
+        "the restart",
+    )
+    .await;
     let summary = d.stop().await;
     assert_eq!(summary.failures, 0, "{summary}");
 }
