@@ -3,9 +3,10 @@
 //! what the last restore point named, and what the directory's compactions replaced
 //! ([`Lineages`]). [`super::Uploader`] does the I/O (reads the directory, uploads, PUTs the
 //! listing); the rules live here, where a property test holds them against a reference
-//! model of a table's data over time (flushes, compactions committed, aborted and cleaned
-//! up in any interleaving, with or without their COMMIT seen, truncates, uploads finishing
-//! in any order, refused outputs).
+//! model of a table's data over time on two data directories (flushes, compactions
+//! committed, aborted and cleaned up in any interleaving, with or without their COMMIT
+//! seen, across the directories, truncates, uploads finishing in any order, refused
+//! outputs, restarts of the daemon).
 //!
 //! The rules:
 //! - complete SSTables, each named whole or not at all, and only with every file durable;
