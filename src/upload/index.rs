@@ -363,8 +363,7 @@ impl Uploader {
     }
 
     /// Whether another data directory of `dir`'s table holds a complete SSTable not named
-    /// there yet (its Data.db absent from the startup LIST, or stored in this run and its
-    /// index not written). Only
+    /// there yet (its Data.db not stored, or stored and its index not written). Only
     /// looked at when `previous` names something gone from `view` whose successor is not
     /// known (deleted before a restart): one read of each other directory then.
     fn pending_elsewhere(
@@ -394,10 +393,7 @@ impl Uploader {
             };
             v.sstables.values().filter(|t| t.state.is_ok()).any(|t| {
                 let data = s.join(format!("{}-Data.db", t.name));
-                // Absent from a LIST that covered it (without -B nothing was listed, and
-                // an SSTable from before the start is not known to be unstored).
-                key_of(&self.layout, &data)
-                    .is_ok_and(|k| self.covered(&k) && self.known(&k).is_none())
+                key_of(&self.layout, &data).is_ok_and(|k| self.known(&k).is_none())
                     || self.unindexed(&data)
             })
         })
