@@ -1082,38 +1082,6 @@ async fn a_jbod_input_stays_named_until_its_output_is_on_the_other_disk() {
     assert_eq!(summary.failures, 0, "{summary}");
 }
 
-/// The JBOD window after a restart: tablesnap learns what a compaction replaced as it
-/// happens, so one that committed while it was down (or that a restart interrupted before
-/// the output was named) is not known. Disk 2's first restore point after the restart
-/// dropped the input at once while the output on disk 1 uploaded. Now it keeps naming it
-/// while disk 1 has a complete SSTable not named yet, then leaves it out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_restart_a_jbod_input_stays_named_until_the_other_disk_is_indexed() {
-    let d1 = tempfile::tempdir().unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let bucket = tempfile::tempdir().unwrap();
-    let (t1, t2) = (table(d1.path()), table(d2.path()));
-    let roots = || vec![d1.path().to_path_buf(), d2.path().to_path_buf()];
-    let d = Running::start(slow(bucket.path(), roots())).await;
-    let (gen1, gen2) = jbod_flushed(bucket.path(), &t1, &t2).await;
-    d.stop().await;
-    // While tablesnap is down: the compaction runs, commits and cleans up.
-    let (gen3, bytes) = jbod_compaction(&t1, &t2, &gen1, &gen2, "0000f00d");
-    let mut c = slow(bucket.path(), roots());
-    c.backup = true;
-    let d = Running::start(c).await;
-    input_held_until_output_named(
-        bucket.path(),
-        (&t1, &t2),
-        &gen1,
-        (&gen3, &bytes),
-        "the restart",
-    )
-    .await;
-    let summary = d.stop().await;
-    assert_eq!(summary.failures, 0, "{summary}");
-}
-
 /// Item 9: with `IN_CREATE` (snapshots backed up), `nodetool snapshot` links each SSTable's
 /// components into `snapshots/<tag>/` (created by the first link), then writes
 /// `manifest.json` and `schema.cql` there, as Cassandra does (no staging directory). Both

@@ -202,7 +202,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     let mut upload_cfg = cfg.upload.clone();
     upload_cfg.copy_hardlinks |= cfg.events.create;
     let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), upload_cfg));
-    uploader.set_roots(&roots);
     let metrics = Arc::new(Metrics::default());
     metrics.failing_after_ms.store(
         cfg.health_failing_after.as_millis() as u64,

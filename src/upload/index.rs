@@ -229,8 +229,6 @@ impl Uploader {
             !std::fs::symlink_metadata(dir.join(n))
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         };
-        let pending_elsewhere = self.pending_elsewhere(dir, &view, previous);
-        let after_truncate = self.after_truncate(dir);
         let point = {
             let lineage = self.lineage.lock().unwrap();
             let held = lineage.held_elsewhere(dir);
@@ -245,18 +243,8 @@ impl Uploader {
                 dir,
                 lineage: &lineage,
                 held: &held,
-                pending_elsewhere,
-                after_truncate,
             })
         };
-        {
-            let mut w = self.for_elsewhere.lock().unwrap();
-            if point.for_elsewhere {
-                w.insert(dir.to_path_buf());
-            } else {
-                w.remove(dir);
-            }
-        }
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
         if !not_stored.is_empty() {
             tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
@@ -318,104 +306,14 @@ impl Uploader {
     }
 
     /// A listing of `dir` naming `listed` was stored: the directories (JBOD) whose inputs
-    /// stood for an output it names, or that kept gone SSTables while this one had
-    /// SSTables not named, and whose next restore point may leave them out.
+    /// stood for an output it names, and whose next restore point leaves them out.
     fn named_in(&self, dir: &Path, listed: &[String]) -> Vec<PathBuf> {
         let sstables: std::collections::BTreeSet<&str> = listed
             .iter()
             .filter_map(|n| crate::cassandra::parse_name(n))
             .map(|f| f.sstable)
             .collect();
-        let mut touch = self.lineage.lock().unwrap().named(dir, sstables);
-        let siblings = self.siblings(dir);
-        let w = self.for_elsewhere.lock().unwrap();
-        touch.extend(siblings.into_iter().filter(|s| w.contains(s)));
-        touch.sort();
-        touch.dedup();
-        touch
-    }
-
-    /// The watched roots: a table's directories on the other data directories (JBOD) are
-    /// found under them.
-    pub fn set_roots(&self, roots: &[PathBuf]) {
-        *self.roots.lock().unwrap() = roots.to_vec();
-    }
-
-    /// `dir`'s table on the other watched roots, where it exists.
-    fn siblings(&self, dir: &Path) -> Vec<PathBuf> {
-        let roots = self.roots.lock().unwrap();
-        let Some((root, rel)) = roots
-            .iter()
-            .filter_map(|r| dir.strip_prefix(r).ok().map(|rel| (r, rel)))
-            .max_by_key(|(r, _)| r.as_os_str().len())
-        else {
-            return vec![];
-        };
-        if rel.as_os_str().is_empty() {
-            return vec![];
-        }
-        roots
-            .iter()
-            .filter(|r| *r != root && !dir.starts_with(r))
-            .map(|r| r.join(rel))
-            .filter(|d| d.is_dir())
-            .collect()
-    }
-
-    /// Whether another data directory of `dir`'s table holds a complete SSTable not named
-    /// there yet (its Data.db not stored, or stored and its index not written). Only
-    /// looked at when `previous` names something gone from `view` whose successor is not
-    /// known (deleted before a restart): one read of each other directory then.
-    fn pending_elsewhere(
-        &self,
-        dir: &Path,
-        view: &crate::cassandra::DirView,
-        previous: Option<&std::collections::BTreeSet<String>>,
-    ) -> bool {
-        let Some(previous) = previous else {
-            return false;
-        };
-        let gone_unknown = {
-            let lineage = self.lineage.lock().unwrap();
-            previous
-                .iter()
-                .filter_map(|n| crate::cassandra::parse_name(n))
-                .any(|f| {
-                    !view.sstables.contains_key(f.sstable) && !lineage.known_input(dir, f.sstable)
-                })
-        };
-        if !gone_unknown {
-            return false;
-        }
-        self.siblings(dir).iter().any(|s| {
-            let Ok(v) = crate::cassandra::view_dir(s) else {
-                return false;
-            };
-            v.sstables.values().filter(|t| t.state.is_ok()).any(|t| {
-                let data = s.join(format!("{}-Data.db", t.name));
-                key_of(&self.layout, &data).is_ok_and(|k| self.known(&k).is_none())
-                    || self.unindexed(&data)
-            })
-        })
-    }
-
-    /// Whether the table of `dir` was truncated or dropped (its `auto_snapshot`, on any
-    /// data directory) after the directory's newest index was stored.
-    fn after_truncate(&self, dir: &Path) -> bool {
-        let cut = std::iter::once(dir.to_path_buf())
-            .chain(self.siblings(dir))
-            .filter_map(|d| crate::cassandra::truncated_at(&d))
-            .max();
-        let Some(cut) = cut else { return false };
-        let Ok(k) = key_of(&self.layout, &dir.join("-")) else {
-            return false;
-        };
-        let newest = self
-            .known
-            .lock()
-            .unwrap()
-            .newest_index_at(layout::split_dir(&k).0);
-        newest.is_some_and(|at| cut > at)
+        self.lineage.lock().unwrap().named(dir, sstables)
     }
 
     /// Makes durable every nameable file of the view that the filter accepts (other files

@@ -342,13 +342,6 @@ impl Lineages {
             .flat_map(|v| v.iter())
     }
 
-    /// Whether SSTable `sstable` of `dir`'s table is an input of a finished transaction
-    /// known, or held on: its successor is known, and the rules for it apply.
-    pub fn known_input(&self, dir: &Path, sstable: &str) -> bool {
-        self.held.get(dir).is_some_and(|m| m.contains_key(sstable))
-            || self.of_table(dir).any(|l| l.inputs.contains(sstable))
-    }
-
     /// The inputs of every finished transaction of `dir`'s table that output `sstable`;
     /// None if it is the output of none known (a compaction before this run).
     pub fn inputs_of(&self, dir: &Path, sstable: &str) -> Option<BTreeSet<String>> {

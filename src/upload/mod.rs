@@ -258,12 +258,6 @@ pub struct Uploader {
     /// What the compactions of each directory replaced: an output not stored yet whose
     /// inputs the last listing names does not hold back that directory's other indexes.
     lineage: Mutex<lineage::Lineages>,
-    /// The watched roots (JBOD: a table has a directory under each).
-    roots: Mutex<Vec<PathBuf>>,
-    /// Directories whose last listing kept gone SSTables for another data directory
-    /// ([`point::Point::for_elsewhere`]): an index of that table elsewhere makes their
-    /// restore point due again.
-    for_elsewhere: Mutex<std::collections::HashSet<PathBuf>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -323,8 +317,6 @@ impl Uploader {
             names: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
             lineage: Mutex::new(lineage::Lineages::default()),
-            roots: Mutex::new(vec![]),
-            for_elsewhere: Mutex::new(Default::default()),
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
             gone: Mutex::new(Default::default()),

@@ -18,10 +18,6 @@
 //!   data, and their objects are stored;
 //! - on JBOD, an input whose output is in another data directory and not named there yet
 //!   stays named too;
-//! - after a restart (lineage not known), every gone SSTable whose successor is not known
-//!   stays named while another data directory of the table has a complete SSTable not
-//!   named there yet;
-//! - never one the last listing named before a TRUNCATE or DROP (its snapshot is newer);
 //! - otherwise what is gone is no longer named (no zombie, no truncated data back).
 
 use std::collections::BTreeSet;
@@ -82,13 +78,6 @@ pub struct Facts<'a> {
     /// SSTables of the directory whose outputs are in another data directory and not
     /// named there yet (JBOD, [`Lineages::held_elsewhere`]): named on while gone.
     pub held: &'a BTreeSet<String>,
-    /// Another data directory of the table holds a complete SSTable not named there yet:
-    /// a gone SSTable of this one whose successor is not known (deleted before a restart)
-    /// may be one of its inputs, and stays named (JBOD).
-    pub pending_elsewhere: bool,
-    /// The last listing predates a TRUNCATE or DROP of the table (its snapshot is newer,
-    /// on any data directory): whatever it names that is gone is dead, never kept.
-    pub after_truncate: bool,
 }
 
 /// A restore point's names, and the complete SSTables it leaves out.
@@ -98,9 +87,6 @@ pub struct Point {
     pub names: Vec<String>,
     /// Complete SSTables with a file not durable (or standing in): not named.
     pub partial: BTreeSet<String>,
-    /// Gone SSTables named only for [`Facts::pending_elsewhere`]: the restore point is due
-    /// again once the other directory's index names more.
-    pub for_elsewhere: bool,
 }
 
 /// See the module doc.
@@ -122,8 +108,7 @@ pub fn restore_point(f: &Facts) -> Point {
         .map(|s| s.name.clone())
         .collect();
     names.retain(|n| parse_name(n).is_none_or(|p| !partial.contains(p.sstable)));
-    let mut for_elsewhere = false;
-    if !partial.is_empty() || !f.held.is_empty() || f.pending_elsewhere {
+    if !partial.is_empty() || !f.held.is_empty() {
         let previous: Vec<&String> = f.previous.into_iter().flatten().collect();
         let obsolete = |n: &str| {
             parse_name(n)
@@ -141,19 +126,12 @@ pub fn restore_point(f: &Facts) -> Point {
             .map(|p| p.sstable)
             .collect();
         let left_out: BTreeSet<String> = partial.union(f.held).cloned().collect();
-        let sources = if left_out.is_empty() {
-            Some(BTreeSet::new())
-        } else {
-            sources(f, &left_out)
-        };
+        let sources = sources(f, &left_out);
         for n in previous {
             let back = match parse_name(n) {
-                Some(p) if !gone_sstables.contains(p.sstable) || f.after_truncate => false,
-                Some(p) if sources.as_ref().is_none_or(|s| s.contains(p.sstable)) => true,
                 Some(p) => {
-                    let unknown = f.pending_elsewhere && !f.lineage.known_input(f.dir, p.sstable);
-                    for_elsewhere |= unknown;
-                    unknown
+                    gone_sstables.contains(p.sstable)
+                        && sources.as_ref().is_none_or(|s| s.contains(p.sstable))
                 }
                 None => !partial.is_empty() && gone.contains(n.as_str()),
             };
@@ -167,11 +145,7 @@ pub fn restore_point(f: &Facts) -> Point {
     }
     names.sort();
     names.dedup();
-    Point {
-        names,
-        partial,
-        for_elsewhere,
-    }
+    Point { names, partial }
 }
 
 /// The SSTables the last listing named that hold the data of `left_out` (SSTables not

@@ -72,8 +72,6 @@ struct Table {
     previous: [Option<BTreeSet<String>>; 2],
     lineage: Lineages,
     points: usize,
-    /// Directories whose last listing predates a TRUNCATE (its auto-snapshot is newer).
-    truncated: [bool; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -94,9 +92,6 @@ enum Op {
     /// An index of the directory picked for the picked complete SSTable's Data.db, or
     /// (None) a restore point.
     Index(bool, Option<u8>),
-    /// The daemon restarts: what it learnt of lineage is gone (logs still on disk are read
-    /// again); each directory's last listing is read back from the store.
-    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -110,7 +105,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::bool::weighted(0.3).prop_map(|t| if t { Op::Truncate } else { Op::Flush(false) }),
         2 => any::<u8>().prop_map(Op::Upload),
         4 => (any::<bool>(), prop::option::of(any::<u8>())).prop_map(|(d, o)| Op::Index(d, o)),
-        1 => Just(Op::Restart),
     ]
 }
 
@@ -321,7 +315,6 @@ impl Table {
                 for g in self.disk.keys().copied().collect::<Vec<_>>() {
                     self.gone(g);
                 }
-                self.truncated = [true; 2];
             }
             Op::Upload(i) => {
                 if let Some(g) = pick(&self.complete(), i) {
@@ -330,13 +323,6 @@ impl Table {
                         self.durable.extend(files(g).into_iter().map(|f| (d, f)));
                     }
                     self.index(d, Some(g))?;
-                }
-            }
-            Op::Restart => {
-                self.lineage = Lineages::default();
-                for t in self.txns.clone() {
-                    let paths = self.txn_paths(&t);
-                    self.read_logs(&t, &paths);
                 }
             }
             Op::Index(second, own) => {
@@ -388,13 +374,6 @@ impl Table {
                 .is_some_and(|(dd, _)| *dd == d)
         };
         let held = self.lineage.held_elsewhere(dir(d));
-        // The other directory holds a complete SSTable not named there yet.
-        let o = 1 - d;
-        let pending_elsewhere = self.complete_in(o).into_iter().any(|g| {
-            !self.previous[o]
-                .as_ref()
-                .is_some_and(|p| p.contains(&files(g)[0]))
-        });
         let point = restore_point(&Facts {
             view: &view,
             durable: &durable,
@@ -406,8 +385,6 @@ impl Table {
             dir: dir(d),
             lineage: &self.lineage,
             held: &held,
-            pending_elsewhere,
-            after_truncate: self.truncated[d],
         });
         // Written (and then the daemon's last listing) when it goes under its own Data.db's
         // key, or as a restore point of its own when it names something else.
@@ -426,7 +403,6 @@ impl Table {
                 .lineage
                 .named(dir(d), sstables.iter().map(String::as_str));
             self.previous[d] = Some(names);
-            self.truncated[d] = false;
             self.points += 1;
         }
         Ok(())
@@ -517,7 +493,7 @@ impl Table {
             "disk {d} restores dead data {dead:?}: {point:?}"
         );
         // With nothing left out or held, exactly this directory's complete SSTables.
-        if point.partial.is_empty() && held.is_empty() && !point.for_elsewhere {
+        if point.partial.is_empty() && held.is_empty() {
             let complete: BTreeSet<u32> = self.complete_in(d).into_iter().collect();
             prop_assert_eq!(&named, &complete, "disk {}", d);
         }
