@@ -6,7 +6,7 @@
 //! model of a table's data over time on two data directories (flushes, compactions
 //! committed, aborted and cleaned up in any interleaving, with or without their COMMIT
 //! seen, across the directories, truncates, uploads finishing in any order, refused
-//! outputs, restarts of the daemon).
+//! outputs).
 //!
 //! The rules:
 //! - complete SSTables, each named whole or not at all, and only with every file durable;
