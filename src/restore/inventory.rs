@@ -32,7 +32,8 @@ pub fn inventory(listing: &[ObjectInfo], prefix: &str, separator: &str) -> Vec<D
 /// [`inventory`] folded one object at a time, so `--list` holds a summary per table
 /// directory, never the listing (issue #18: 288 MiB for a million objects before).
 pub struct Inventory {
-    map: BTreeMap<(String, String), DirSummary>,
+    /// Host, then directory: looked up by `&str`, so only a new directory allocates.
+    map: BTreeMap<String, BTreeMap<String, DirSummary>>,
     prefix: String,
     separator: String,
     marker: String,
@@ -59,12 +60,14 @@ impl Inventory {
         let host = &rest[..i];
         let path = &rest[i + self.separator.len()..];
         let (dir, _) = layout::split_dir(path);
-        let e = match self.map.get_mut(&(host.to_string(), dir.to_string())) {
-            Some(e) => e,
-            None => self
-                .map
-                .entry((host.to_string(), dir.to_string()))
-                .or_insert_with(|| DirSummary {
+        if !self.map.contains_key(host) {
+            self.map.insert(host.to_string(), BTreeMap::new());
+        }
+        let dirs = self.map.get_mut(host).expect("inserted above");
+        if !dirs.contains_key(dir) {
+            dirs.insert(
+                dir.to_string(),
+                DirSummary {
                     host: host.to_string(),
                     dir: dir.to_string(),
                     indexes: 0,
@@ -72,8 +75,10 @@ impl Inventory {
                     newest: None,
                     objects: 0,
                     bytes: 0,
-                }),
-        };
+                },
+            );
+        }
+        let e = dirs.get_mut(dir).expect("inserted above");
         e.objects += 1;
         e.bytes += o.size;
         if o.key.ends_with(INDEX_SUFFIX) {
@@ -85,7 +90,10 @@ impl Inventory {
 
     /// The summaries, by host then directory.
     pub fn finish(self) -> Vec<DirSummary> {
-        self.map.into_values().collect()
+        self.map
+            .into_values()
+            .flat_map(BTreeMap::into_values)
+            .collect()
     }
 }
 
@@ -136,7 +144,7 @@ mod tests {
             ));
         }
         inv.add(&obj("elsewhere/h1:/d/t/x", 1, 1));
-        assert_eq!(inv.map.len(), 2);
+        assert_eq!(inv.map.values().map(BTreeMap::len).sum::<usize>(), 2);
         let v = inv.finish();
         assert_eq!((v[0].objects, v[1].objects), (5_000, 5_000));
         assert_eq!(v[0].bytes, (0..10_000u64).step_by(2).sum::<u64>());

@@ -213,11 +213,11 @@ impl Uploader {
                 });
             }
         };
-        for l in &view.committed {
-            self.lineage.lock().unwrap().record(dir, l.clone());
-        }
         let later = {
-            let lineage = self.lineage.lock().unwrap();
+            let mut lineage = self.lineage.lock().unwrap();
+            for l in &view.committed {
+                lineage.record(dir, l.clone());
+            }
             super::point::stand_ins(dir, &view, own, previous, &lineage)
         };
         let durable = self

@@ -8,11 +8,11 @@
 //! - the log itself, read when a record is appended (the daemon) or when a listing sees it:
 //!   `ADD` = outputs, `REMOVE` = inputs, once `COMMIT`ted;
 //! - when the log is gone before its COMMIT could be read: the SSTables of its table
-//!   deleted while it was open, on any data directory (JBOD). Cassandra deletes a compaction's inputs after its COMMIT
-//!   and before its log, so they are all among them; others deleted meanwhile (another
-//!   compaction's inputs) only make the set larger, and an output stands in only when the
-//!   last listing names every SSTable of the set, so a larger set never lets an output be
-//!   left out whose data is not named.
+//!   deleted while it was open, on any data directory (JBOD). Cassandra deletes a
+//!   compaction's inputs after its COMMIT and before its log, so they are all among them;
+//!   others deleted meanwhile (another compaction's inputs) only make the set larger, and
+//!   an output stands in only when the last listing names every SSTable of the set, so a
+//!   larger set never lets an output be left out whose data is not named.
 //!
 //! Pure state: no I/O here.
 
@@ -77,14 +77,10 @@ impl Lineages {
         match parsed.state {
             TxnState::Committed => {
                 self.open.remove(log);
-                match parsed.lineage() {
-                    Some(l) => {
-                        let outputs = l.output_paths.clone();
-                        self.record(dir, l);
-                        self.pass_on(log, &outputs)
-                    }
-                    None => self.pass_on(log, &BTreeSet::new()),
-                }
+                let l = parsed.lineage().expect("a committed log has a lineage");
+                let outputs = l.output_paths.clone();
+                self.record(dir, l);
+                self.pass_on(log, &outputs)
             }
             TxnState::Aborted => {
                 self.open.remove(log);
@@ -428,9 +424,11 @@ mod tests {
         assert!(!l.stands_in(dir, "nb-3-big", &named(&["nb-1-big", "nb-2-big"])));
         l.log_gone(Path::new(LOG));
         assert!(l.stands_in(dir, "nb-3-big", &named(&["nb-1-big", "nb-2-big"])));
-        // Every deletion seen counts: one the listing does not name keeps the output waited for.
+        // Without every input named, the output is waited for; and a deletion after the
+        // log is gone is no input of it.
         l.file_gone(dir, "nb-7-big");
         assert!(!l.stands_in(dir, "nb-3-big", &named(&["nb-1-big"])));
+        assert!(l.stands_in(dir, "nb-3-big", &named(&["nb-1-big", "nb-2-big"])));
     }
 
     #[test]
