@@ -6,11 +6,15 @@ left them.
 Why a generator and not a first tablesnap run: a million PUTs with fsync take hours, and
 the restart only needs the bucket's names and sizes. Bucket objects are hard links of the
 local files (same size, no extra disk); indexes are empty objects (a restart does not read
-them). SSTables have the 8 components of a `nb-N-big` SSTable; TOC.txt lists them, the
+them), or with --listings real listings as tablesnap writes them (what a restore reads):
+the newest 4 indexes of a table name every SSTable up to theirs (the newest names all 111,
+so a restore of the node restores every file), older ones their own SSTable only (as after
+a compaction), which keeps the bucket small. SSTables have the 8 components of a `nb-N-big` SSTable; TOC.txt lists them, the
 others are empty (0 blocks), so a million files cost ~0.5 GB (the TOCs) and 2 M inodes.
 
-usage: restart_gen.py DATA BUCKET_ROOT HOST OBJECTS  (prints files, objects)
+usage: restart_gen.py DATA BUCKET_ROOT HOST OBJECTS [--listings]  (prints files, objects)
 """
+import json
 import os
 import sys
 
@@ -21,6 +25,7 @@ PER_DIR = 111  # SSTables per table: 111 * (8 files + 1 index) = 999 objects per
 
 def main():
     data, bucket, host, objects = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    listings = "--listings" in sys.argv[5:]
     data = os.path.abspath(data)
     toc = ("\n".join(COMPONENTS) + "\n").encode()
     tables = -(-objects // (PER_DIR * (len(COMPONENTS) + 1)))
@@ -45,6 +50,11 @@ def main():
                 objs += 1
             fd = os.open(os.path.join(b, f"nb-{g}-big-Data.db-listdir.json"),
                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            if listings:
+                first = 1 if g > PER_DIR - 4 else g
+                names = [f"nb-{s}-big-{c}" for s in range(first, g + 1) for c in COMPONENTS]
+                # The original's json.dumps({dirname: listdir}).
+                os.write(fd, json.dumps({d: names}).encode())
             os.close(fd)
             objs += 1
     print(files, objs)

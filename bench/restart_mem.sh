@@ -12,6 +12,9 @@
 # test Garage (TABLESNAP_S3_STATE, see scripts/s3-server.sh) under a fresh key prefix; the
 # objects are stored by a first `tablesnap --once -r` run, then the restart goes through the
 # logging proxy of bench/tools.py, which counts its requests.
+# On S3 the restore side is measured too, through the same proxy: `tableslurp -r --dry-run`
+# (the whole node's plan) and `tablechop ... 0` (RSS, wall, requests). RESTART_PREFIX=KEY/
+# with RESTART_KEEP=1 from an earlier run reuses its tree and objects (no first run).
 # Knobs: RESTART_OBJECTS, RESTART_DIR (default /tmp/tsrestart; removed at the end unless
 # RESTART_KEEP=1), TABLESNAP_BIN (default: target/release/tablesnap, built unless
 # BENCH_SKIP_BUILD=1), RESTART_ARGS (extra tablesnap arguments), RESTART_BEFORE_BIN (another
@@ -39,7 +42,7 @@ measure() { # label, then the command
     local rss wall summary
     rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$DIR/$label.out")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$DIR/$label.out")
-    summary=$(grep -o 'tablesnap stopped: .*' "$DIR/$label.out" | sed 's/\x1b\[[0-9;]*m//g' | tail -1)
+    summary=$(grep -o 'tablesnap stopped: .*\|total: .*\|tablechop: .*' "$DIR/$label.out" | sed 's/\x1b\[[0-9;]*m//g' | tail -1)
     echo "$label: peak RSS ${rss} MiB, wall $wall; $summary"
 }
 
@@ -61,13 +64,20 @@ fi
 source "$TABLESNAP_S3_STATE/env"
 export AWS_ACCESS_KEY_ID=$TABLESNAP_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$TABLESNAP_TEST_S3_SECRET_KEY
 export AWS_REGION=${TABLESNAP_TEST_S3_REGION:-garage}
-# The tree only (no file:// bucket): the first run stores it.
-read -r files objects < <(python3 "$ROOT/bench/restart_gen.py" "$DATA" "$DIR/unused" "$HOST" "$N")
-rm -rf "$DIR/unused"
-PREFIX="restart-bench-$$/"
-echo "S3: $files local files, $objects objects expected under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX"
-# shellcheck disable=SC2086
-measure first "$BIN" --once -r -n "$HOST" -p "$PREFIX" --endpoint-url "$TABLESNAP_TEST_S3_ENDPOINT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
+if [[ -n ${RESTART_PREFIX:-} ]]; then
+    PREFIX=$RESTART_PREFIX
+    HOST=$(cat "$DIR/host")
+    echo "S3: reusing $DATA and s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX"
+else
+    # The tree only (no file:// bucket): the first run stores it.
+    read -r files objects < <(python3 "$ROOT/bench/restart_gen.py" "$DATA" "$DIR/unused" "$HOST" "$N")
+    rm -rf "$DIR/unused"
+    echo "$HOST" >"$DIR/host"
+    PREFIX="restart-bench-$$/"
+    echo "S3: $files local files, $objects objects expected under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX"
+    # shellcheck disable=SC2086
+    measure first "$BIN" --once -r -n "$HOST" -p "$PREFIX" --endpoint-url "$TABLESNAP_TEST_S3_ENDPOINT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
+fi
 PORT=$((20000 + $$ % 20000))
 python3 "$ROOT/bench/tools.py" proxy "$PORT" "$TABLESNAP_TEST_S3_ENDPOINT" "$DIR/proxy.log" 2>"$DIR/proxy.err" &
 PROXY_PID=$!
@@ -81,5 +91,13 @@ if [[ -n ${RESTART_BEFORE_BIN:-} ]]; then
     measure restart-before "$RESTART_BEFORE_BIN" --once -B -r -n "$HOST" -p "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" ${RESTART_ARGS:-} "$TABLESNAP_TEST_S3_BUCKET" "$DATA"
     echo "restart-before requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log" "$from")"
 fi
+SLURP=${TABLESLURP_BIN:-$(dirname "$BIN")/tableslurp}
+CHOP=${TABLECHOP_BIN:-$(dirname "$BIN")/tablechop}
+from=$(wc -l <"$DIR/proxy.log")
+measure restore-plan "$SLURP" -r --dry-run -n "$HOST" --prefix "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" "$TABLESNAP_TEST_S3_BUCKET" "$DATA" "$DIR/restore"
+echo "restore-plan: $(grep -c '\[fetch\]' "$DIR/restore-plan.out") files planned; requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log" "$from")"
+from=$(wc -l <"$DIR/proxy.log")
+measure tablechop "$CHOP" -n "$HOST" --prefix "$PREFIX" --endpoint-url "http://127.0.0.1:$PORT" "$TABLESNAP_TEST_S3_BUCKET" "$DATA" 0
+echo "tablechop requests (proxy): $(python3 "$ROOT/bench/tools.py" count "$DIR/proxy.log" "$from")"
 echo "note: the objects stay under s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX; remove them with"
 echo "  s5cmd --endpoint-url $TABLESNAP_TEST_S3_ENDPOINT rm 's3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX*'"

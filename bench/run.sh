@@ -22,10 +22,15 @@
 #   4 restart    BENCH_TINY tiny files: upload (4a), then a second run with everything already
 #                in the bucket (4b): requests counted by a logging proxy, and time
 #   5 big files  peak RSS uploading one file of each BENCH_BIG_GIB size
+#   6 durable restore  the whole tree, BENCH_REPEAT times each, alternating, one Garage:
+#                tableslurp -r (its default: every file durable before its rename) against
+#                `s5cmd cp` followed by `sync` (what it takes to make s5cmd's copy durable);
+#                the report gives the median of each and their ratio (issue #18: <= 1.0)
 #
 # Environment (all optional):
 #   BENCH_GIB=2  BENCH_TINY=100000 BENCH_BIG_GIB="4 8"  BENCH_BIG_CONTENT=sparse|random
-#   BENCH_STREAM_COUNT=400  BENCH_STREAM_RATE=20 (files/s)  BENCH_SCENARIOS="1 2 3 4 5"
+#   BENCH_STREAM_COUNT=400  BENCH_STREAM_RATE=20 (files/s)  BENCH_SCENARIOS="1 2 3 4 5 6"
+#   BENCH_REPEAT=5 (runs of each tool in scenario 6)
 #   BENCH_TOOLS="tablesnap s5cmd rclone aws"   BENCH_DIR=/tmp/tsbench (data, logs, Garage)
 #   BENCH_TABLESNAP_ARGS="-t 8"   extra flags for tablesnap (e.g. to try a tuning)
 #   BENCH_TABLESLURP_ARGS=""      extra flags for tableslurp
@@ -43,7 +48,8 @@ BENCH_BIG_GIB=${BENCH_BIG_GIB:-4 8}
 BENCH_BIG_CONTENT=${BENCH_BIG_CONTENT:-sparse}
 BENCH_STREAM_COUNT=${BENCH_STREAM_COUNT:-400}
 BENCH_STREAM_RATE=${BENCH_STREAM_RATE:-20}
-BENCH_SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 5}
+BENCH_SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 5 6}
+BENCH_REPEAT=${BENCH_REPEAT:-5}
 BENCH_TOOLS=${BENCH_TOOLS:-tablesnap s5cmd rclone aws}
 BENCH_DIR=${BENCH_DIR:-/tmp/tsbench}
 BENCH_TABLESNAP_ARGS=${BENCH_TABLESNAP_ARGS:-}
@@ -195,7 +201,7 @@ tree_files() { find "$1" -type f | wc -l; }
 } >"$BENCH_DIR/machine.md"
 
 # ---- data ------------------------------------------------------------------------------------
-if has 1 || has 2; then
+if has 1 || has 2 || has 6; then
     # Reused between runs of the same size (the stamp lives outside the tree: every file in
     # the tree is uploaded).
     if [[ ! -f $DATA.gen || $(cat "$DATA.gen") != "$BENCH_GIB" ]]; then
@@ -241,6 +247,39 @@ if has 1 || has 2; then
         fi
         garage_stop
     done
+fi
+
+# ---- 6: durable restore, median of BENCH_REPEAT, one Garage -----------------------------------
+# complete TOOL DIR: records whether DIR holds the whole tree.
+complete() {
+    local got_files got_bytes ok=true
+    got_files=$(tree_files "$2") got_bytes=$(tree_bytes "$2")
+    [[ $got_files == "$TREE_FILES" && $got_bytes == "$TREE_BYTES" ]] || ok=false
+    extra "$1" "$3" "{\"files\": $got_files, \"complete\": $ok}"
+    $ok || say "[$3] $1 restored $got_files files / $got_bytes bytes, expected $TREE_FILES / $TREE_BYTES"
+}
+if has 6 && [[ -n $TABLESLURP_BIN ]]; then
+    garage_start
+    say "[6 durable restore] storing the tree twice (tablesnap, s5cmd)"
+    "$TABLESNAP_BIN" --once -r -n bench -p durable/ --endpoint-url "$EP" "$B" "$DATA" \
+        >"$LOGS/6-store-tablesnap.log" 2>&1
+    "$S5CMD" --endpoint-url "$EP" cp "$DATA/*" "s3://$B/durable-s5cmd/" >"$LOGS/6-store-s5cmd.log" 2>&1
+    for i in $(seq "$BENCH_REPEAT"); do
+        scen="6 durable restore #$i"
+        tgt=$OUT/durable
+        rm -rf "$tgt" && mkdir -p "$tgt"
+        # shellcheck disable=SC2086
+        measure tablesnap "$scen" "$TREE_BYTES" "$TABLESLURP_BIN" -r -n bench --prefix durable/ \
+            --endpoint-url "$EP" $BENCH_TABLESLURP_ARGS "$B" "$DATA" "$tgt"
+        complete tablesnap "$tgt" "$scen"
+        rm -rf "$tgt" && mkdir -p "$tgt"
+        # shellcheck disable=SC2016
+        measure s5cmd+sync "$scen" "$TREE_BYTES" sh -c '"$1" --endpoint-url "$2" cp "s3://$3/durable-s5cmd/*" "$4/" && sync' \
+            sh "$S5CMD" "$EP" "$B" "$tgt"
+        complete s5cmd+sync "$tgt" "$scen"
+        rm -rf "$tgt"
+    done
+    garage_stop
 fi
 
 # ---- 3, 4, 5: one Garage behind the logging proxy ---------------------------------------------

@@ -26,6 +26,8 @@
 import http.client
 import http.server
 import json
+import re
+import statistics
 import os
 import resource
 import socketserver
@@ -295,6 +297,36 @@ def report(results):
                   f"{fmt(ex.get('server_cpu'))} | "
                   f"{fmt(ratio('wall'))} | {fmt(ratio('cpu'))} | {fmt(ratio('rss_mib'))} | "
                   f"{'; '.join(notes)} |")
+    medians(runs, extras)
+
+
+def medians(runs, extras):
+    """Repeated scenarios (`NAME #i`): the median wall per tool and tablesnap's ratio."""
+    groups = {}
+    for (scen, tool), r in runs.items():
+        m = re.match(r"^(.*) #\d+$", scen)
+        if m:
+            ok = r["rc"] == 0 and extras.get((scen, tool), {}).get("complete", True)
+            groups.setdefault(m.group(1), {}).setdefault(tool, []).append((r["wall"], ok))
+    if not groups:
+        return
+    print()
+    print("Repeated scenarios: median wall time of the runs (each run's page cache dropped "
+          "first; the tools alternate).")
+    print()
+    print("| scenario | tool | runs | median wall s | min | max | failed or incomplete "
+          "| median ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, tools in groups.items():
+        ts = tools.get("tablesnap")
+        ts_med = statistics.median(w for w, _ in ts) if ts else None
+        for tool in sorted(tools, key=lambda t: (t != "tablesnap", t)):
+            walls = [w for w, _ in tools[tool]]
+            med = statistics.median(walls)
+            bad = sum(1 for _, ok in tools[tool] if not ok)
+            ratio = fmt(ts_med / med) if ts_med and tool != "tablesnap" and med else "-"
+            print(f"| {name} | {tool} | {len(walls)} | {fmt(med)} | {fmt(min(walls))} | "
+                  f"{fmt(max(walls))} | {bad} | {ratio} |")
 
 
 if __name__ == "__main__":

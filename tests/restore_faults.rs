@@ -271,7 +271,7 @@ fn large_data_db_is_checked_by_its_digest_across_ranges() {
         };
         rt().block_on(async {
             let plan = restore::prepare(&store, &ro, 4).await.unwrap();
-            assert!(plan.tables[0].files[0].digest.is_some());
+            assert!(plan.tables[0].files[0].digest().is_some());
             let r = restore::execute(&store, &plan, &e, &Quiet).await;
             if corrupt {
                 assert_eq!(r.failures.len(), 1, "{:?}", r.failures);

@@ -4,6 +4,7 @@
 //! work is in [`crate::restore`].
 
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -308,13 +309,16 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         restore::space::room(&plan, a.force)
     };
     if a.dry_run && a.json {
-        for v in plan_json(&plan, &rooms) {
-            println!("{v}");
-        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        plan_json(&plan, &rooms, &mut |v| json_line(&mut out, &v));
+        out.flush().context("stdout")?;
         return Ok(code(!problems));
     }
     if a.dry_run {
-        print!("{}", plan.render());
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        plan.write_to(&mut out).context("stdout")?;
+        out.flush().context("stdout")?;
+        drop(out);
         for r in &rooms {
             println!(
                 "room: {r}{}",
@@ -381,9 +385,9 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let r = restore::verify(&store, &plan, &exec, &observer).await;
         observer.finish();
         if a.json {
-            for v in verify_json(&plan, &r) {
-                println!("{v}");
-            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            verify_json(&plan, &r, &mut |v| json_line(&mut out, &v));
+            out.flush().context("stdout")?;
         }
         for (_, e) in &r.failures {
             tracing::error!("{}", escape(&e.to_string()));
@@ -620,10 +624,30 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// One JSON object per table, file, problem, room and total of a plan (`--dry-run --json`).
-fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_json::Value> {
+/// Prints one JSON value on a line of its own. A closed stdout (`| head`) is not an error
+/// worth more than the exit that follows.
+fn json_line(out: &mut impl std::io::Write, v: &serde_json::Value) {
+    let _ = writeln!(out, "{v}");
+}
+
+/// A sink for one JSON value at a time: a plan of a million files is printed, not held.
+struct Emit<'a>(&'a mut dyn FnMut(serde_json::Value));
+
+impl Emit<'_> {
+    fn push(&mut self, v: serde_json::Value) {
+        (self.0)(v)
+    }
+}
+
+/// One JSON object per table, file, problem, room and total of a plan (`--dry-run --json`),
+/// each given to `emit` as it is made.
+fn plan_json(
+    plan: &restore::Plan,
+    rooms: &[restore::space::Room],
+    emit: &mut dyn FnMut(serde_json::Value),
+) {
     use serde_json::json;
-    let mut out = Vec::new();
+    let mut out = Emit(emit);
     for t in &plan.tables {
         out.push(json!({
             "type": "table",
@@ -653,16 +677,16 @@ fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_
             out.push(json!({
                 "type": "file",
                 "dir": t.dir,
-                "name": f.name,
-                "key": f.key,
-                "dest": f.dest,
+                "name": f.name(),
+                "key": f.key(),
+                "dest": f.dest(),
                 "size": f.size,
                 "state": match f.local_size {
                     Some(s) if s == f.size => "present",
                     Some(_) => "present_different_size",
                     None => "fetch",
                 },
-                "verified_by": if f.digest.is_some() { "digest" } else { "md5" },
+                "verified_by": if f.digest().is_some() { "digest" } else { "md5" },
             }));
         }
     }
@@ -670,9 +694,9 @@ fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_
         for f in &c.files {
             out.push(json!({
                 "type": "commitlog",
-                "name": f.name,
-                "key": f.key,
-                "dest": f.dest,
+                "name": f.name(),
+                "key": f.key(),
+                "dest": f.dest(),
                 "size": f.size,
             }));
         }
@@ -699,31 +723,32 @@ fn plan_json(plan: &restore::Plan, rooms: &[restore::space::Room]) -> Vec<serde_
         "bytes": plan.total_bytes(),
         "ok": plan.problems.is_empty() && rooms.iter().all(|r| r.fits()),
     }));
-    out
 }
 
 /// The tables (with index completeness), one object per file checked, then a summary
 /// (`--verify --json`).
-fn verify_json(plan: &restore::Plan, r: &restore::Report) -> Vec<serde_json::Value> {
+fn verify_json(plan: &restore::Plan, r: &restore::Report, emit: &mut dyn FnMut(serde_json::Value)) {
     use serde_json::json;
     let failed: std::collections::HashMap<&str, String> = r
         .failures
         .iter()
         .map(|(k, e)| (k.as_str(), e.to_string()))
         .collect();
-    let mut out: Vec<serde_json::Value> = plan_json(plan, &[])
-        .into_iter()
-        .filter(|v| v["type"] == "table" || v["type"] == "problem")
-        .collect();
+    plan_json(plan, &[], &mut |v| {
+        if v["type"] == "table" || v["type"] == "problem" {
+            emit(v)
+        }
+    });
+    let mut out = Emit(emit);
     for f in plan.files() {
-        let err = failed.get(f.key.as_str());
+        let err = failed.get(f.key().as_str());
         out.push(json!({
             "type": "verified",
-            "key": f.key,
+            "key": f.key(),
             "size": f.size,
             "ok": err.is_none(),
             "error": err,
-            "verified_by": if f.digest.is_some() { "digest+md5" } else { "md5" },
+            "verified_by": if f.digest().is_some() { "digest+md5" } else { "md5" },
         }));
     }
     out.push(json!({
@@ -733,7 +758,6 @@ fn verify_json(plan: &restore::Plan, r: &restore::Report) -> Vec<serde_json::Val
         "problems": plan.problems.len(),
         "ok": r.ok() && plan.problems.is_empty(),
     }));
-    out
 }
 
 /// A progress bar on a terminal, plain log lines otherwise.
@@ -789,12 +813,12 @@ impl Observer for Display {
                     let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
                     b.set_message(format!("{done}/{} files", self.files));
                 }
-                tracing::debug!(key = %escape(&f.key), "{outcome:?}");
+                tracing::debug!(key = %escape(&f.key()), "{outcome:?}");
             }
             None => match outcome {
                 Outcome::Restored { attempts } => tracing::info!(
                     "{what} {} ({} bytes{})",
-                    escape(&f.dest.display().to_string()),
+                    escape(&f.dest().display().to_string()),
                     f.size,
                     if *attempts > 1 {
                         format!(", after {attempts} attempts")
@@ -803,11 +827,11 @@ impl Observer for Display {
                     }
                 ),
                 Outcome::Verified => {
-                    tracing::info!("{what} {} ({} bytes)", escape(&f.key), f.size)
+                    tracing::info!("{what} {} ({} bytes)", escape(&f.key()), f.size)
                 }
                 Outcome::AlreadyPresent => tracing::info!(
                     "{} already present (checksum matches), skipped",
-                    escape(&f.dest.display().to_string())
+                    escape(&f.dest().display().to_string())
                 ),
                 Outcome::Failed(_) => {}
             },

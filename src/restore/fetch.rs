@@ -101,7 +101,7 @@ pub async fn execute(
     let downloads = async move {
         let commit = &commit;
         futures::stream::iter(plan.files().map(|f| async move {
-            let parent = f.dest.parent().map(Path::to_path_buf).unwrap_or_default();
+            let parent = f.dest().parent().map(Path::to_path_buf).unwrap_or_default();
             let outcome = match dirs.get(&parent) {
                 Some(Ok(dir)) => {
                     let ctx = Ctx {
@@ -141,7 +141,7 @@ pub async fn execute(
     let used: std::collections::BTreeSet<PathBuf> = results
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Restored { .. }))
-        .filter_map(|(f, _)| f.dest.parent().map(Path::to_path_buf))
+        .filter_map(|(f, _)| f.dest().parent().map(Path::to_path_buf))
         .collect();
     let mut opened = Vec::new();
     for d in used.into_iter().filter(|_| opts.durable) {
@@ -170,7 +170,7 @@ pub async fn execute(
             }
             Outcome::AlreadyPresent => report.present += 1,
             Outcome::Verified => report.verified += 1,
-            Outcome::Failed(e) => report.failures.push((f.key.clone(), e)),
+            Outcome::Failed(e) => report.failures.push((f.key(), e)),
         }
     }
     report
@@ -191,7 +191,7 @@ struct Ctx<'a> {
 }
 
 fn file_name(f: &PlannedFile) -> &OsStr {
-    f.dest.file_name().unwrap_or(OsStr::new(""))
+    OsStr::new(f.name())
 }
 
 async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
@@ -209,19 +209,19 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
                 format!(
                     "exists with {} bytes but {} has {}",
                     en.size,
-                    escape(&f.key),
+                    escape(&f.key()),
                     f.size
                 )
             } else {
                 "exists and is not a regular file".to_string()
             };
             return Outcome::Failed(RestoreError::Exists {
-                path: f.dest.clone(),
-                key: f.key.clone(),
+                path: f.dest(),
+                key: f.key(),
                 why,
             });
         }
-        Err(e) => return Outcome::Failed(RestoreError::io("stat", &f.dest)(e)),
+        Err(e) => return Outcome::Failed(RestoreError::io("stat", &f.dest())(e)),
         _ => {}
     }
     let tmp = temp_name(name);
@@ -250,7 +250,7 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
                 }
                 if attempt >= opts.attempts {
                     return Outcome::Failed(RestoreError::GaveUp {
-                        key: f.key.clone(),
+                        key: f.key(),
                         attempts: attempt,
                         last: Box::new(e),
                     });
@@ -262,7 +262,7 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     }
 }
 
-/// Whether the local file of the right size at `f.dest` has the stored checksum: `None`
+/// Whether the local file of the right size at `f.dest()` has the stored checksum: `None`
 /// if it does, else why it cannot be kept.
 async fn present_matches(
     ctx: &Ctx<'_>,
@@ -272,21 +272,21 @@ async fn present_matches(
     let info = {
         let _permit = ctx.gate.acquire().await.expect("gate closed");
         ctx.store
-            .head(&f.key)
+            .head(&f.key())
             .await?
-            .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+            .ok_or_else(|| RestoreError::Missing { key: f.key() })?
     };
     let mut h = Hashing::for_file(f, ctx.host, ctx.digests, false);
     if !h.by_digest() && info.expected_md5().is_none() {
         return Ok(Some(format!(
             "exists with the right size, but {} has no checksum to compare it with",
-            escape(&f.key)
+            escape(&f.key())
         )));
     }
     let file = dir
         .open_read(file_name(f))
-        .map_err(RestoreError::io("open", &f.dest))?;
-    let path = f.dest.clone();
+        .map_err(RestoreError::io("open", &f.dest()))?;
+    let path = f.dest();
     let (h, n) = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
@@ -303,8 +303,8 @@ async fn present_matches(
         Ok::<_, RestoreError>((h, at))
     })
     .await
-    .map_err(|e| RestoreError::io("read", &f.dest)(std::io::Error::other(e)))??;
-    Ok(h.finish(&f.key, &info, n, true).err().map(|e| {
+    .map_err(|e| RestoreError::io("read", &f.dest())(std::io::Error::other(e)))??;
+    Ok(h.finish(&f.key(), &info, n, true).err().map(|e| {
         format!(
             "exists with the right size but different content ({})",
             escape(&e.to_string())
@@ -330,9 +330,9 @@ async fn fetch_once(
         .create_new(tmp)
         .map_err(RestoreError::io("create", &tmp_path))?;
     let file = Arc::new(file);
-    let limit = opts.fault.as_ref().and_then(|h| h(&f.key, attempt));
+    let limit = opts.fault.as_ref().and_then(|h| h(&f.key(), attempt));
     let missing = |e: StoreError| match e.kind() {
-        ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
+        ErrorKind::NotFound => RestoreError::Missing { key: f.key() },
         _ => RestoreError::Store(e),
     };
     let (info, (n, hashing)) =
@@ -341,32 +341,40 @@ async fn fetch_once(
             let info = {
                 let _permit = ctx.gate.acquire().await.expect("gate closed");
                 store
-                    .head(&f.key)
+                    .head(&f.key())
                     .await?
-                    .ok_or_else(|| RestoreError::Missing { key: f.key.clone() })?
+                    .ok_or_else(|| RestoreError::Missing { key: f.key() })?
             };
             let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
-            let h = fetch_ranges(ctx, &f.key, info.size, &file, &tmp_path, h).await?;
+            let h = fetch_ranges(ctx, &f.key(), info.size, &file, &tmp_path, h).await?;
             (info, h)
         } else {
             // Small: one GET gives the metadata and the bytes, hashed as they stream in.
             let _permit = ctx.gate.acquire().await.expect("gate closed");
-            let (info, stream) = store.get_with_info(&f.key).await.map_err(missing)?;
+            let (info, stream) = store.get_with_info(&f.key()).await.map_err(missing)?;
             let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
             let h = fetch_stream(
-                stream, &f.key, info.size, &file, &tmp_path, limit, opts, observer, h,
+                stream,
+                &f.key(),
+                info.size,
+                &file,
+                &tmp_path,
+                limit,
+                opts,
+                observer,
+                h,
             )
             .await?;
             (info, h)
         };
-    hashing.finish(&f.key, &info, n, false)?;
+    hashing.finish(&f.key(), &info, n, false)?;
     let len = file
         .metadata()
         .map_err(RestoreError::io("stat", &tmp_path))?
         .len();
     if len != n {
         return Err(RestoreError::Size {
-            key: f.key.clone(),
+            key: f.key(),
             expected: n,
             actual: len,
         });
@@ -381,7 +389,7 @@ async fn fetch_once(
     }
     // The directory entry is made durable once per directory, at the end of execute().
     dir.rename(tmp, file_name(f))
-        .map_err(RestoreError::io("rename into place", &f.dest))?;
+        .map_err(RestoreError::io("rename into place", &f.dest()))?;
     Ok(())
 }
 

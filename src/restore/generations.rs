@@ -24,10 +24,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::listing::Listing;
 use super::plan::{Plan, TablePlan};
 use crate::cassandra::{self, is_table_dir};
 use crate::layout::{self, Layout};
-use crate::store::ObjectInfo;
 
 /// One restored SSTable renamed: in `dir` (on the backed-up host), `from` became `to`
 /// (SSTable names without their component, e.g. `nb-3-big` → `nb-13-big`), because the
@@ -52,20 +52,25 @@ pub fn table_of(dir: &str) -> Option<String> {
 
 /// The highest integer generation of each table in the listing (every live directory of it
 /// under ORIGIN, data objects and indexes alike).
-pub fn bucket_max(listing: &[ObjectInfo], layout: &Layout) -> HashMap<String, u64> {
+pub fn bucket_max(listing: &Listing, layout: &Layout) -> HashMap<String, u64> {
     let mut max: HashMap<String, u64> = HashMap::new();
-    for o in listing {
-        let Some(path) = layout.path_of(&o.key) else {
+    for d in listing.dirs() {
+        let probe = format!("{}/x", d.key());
+        let Some(path) = layout.path_of(&probe) else {
             continue;
         };
-        let (dir, name) = layout::split_dir(path);
-        let Some(g) = integer_generation(name) else {
+        let Some(t) = table_of(layout::split_dir(path).0) else {
             continue;
         };
-        if let Some(t) = table_of(dir) {
-            let e = max.entry(t).or_default();
-            *e = (*e).max(g);
-        }
+        let Some(g) = d
+            .slots()
+            .filter_map(|i| integer_generation(d.name(i)))
+            .max()
+        else {
+            continue;
+        };
+        let e = max.entry(t).or_default();
+        *e = (*e).max(g);
     }
     max
 }
@@ -91,7 +96,7 @@ pub fn avoid_reuse(plan: &mut Plan, max: &HashMap<String, u64>) -> Vec<(usize, R
         };
         let g = groups.entry(group).or_default();
         for f in &t.files {
-            let Some(p) = cassandra::parse_name(&f.name) else {
+            let Some(p) = cassandra::parse_name(f.name()) else {
                 continue;
             };
             let Ok(generation) = p.id.parse::<u64>() else {
@@ -127,14 +132,13 @@ pub fn avoid_reuse(plan: &mut Plan, max: &HashMap<String, u64>) -> Vec<(usize, R
         let t = &mut plan.tables[i];
         let mut to = None;
         for f in t.files.iter_mut() {
-            let same = cassandra::parse_name(&f.name).is_some_and(|p| p.sstable == sstable);
+            let same = cassandra::parse_name(f.name()).is_some_and(|p| p.sstable == sstable);
             if !same {
                 continue;
             }
-            if let Some(n) = cassandra::with_generation(&f.name, new_gen) {
+            if let Some(n) = cassandra::with_generation(f.name(), new_gen) {
                 to = cassandra::parse_name(&n).map(|p| p.sstable.to_string());
-                f.dest = f.dest.with_file_name(&n);
-                f.name = n;
+                f.rename(n);
             }
         }
         if let Some(to) = to {

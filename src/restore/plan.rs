@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+pub use super::listing::{ListedDir, Listing};
 pub use super::mapping::{TableMapping, existing_table_dirs};
 use super::mapping::{table_map, table_prefix};
 pub use super::points::{IndexCheck, needed_bodies};
@@ -70,6 +72,8 @@ pub enum PlanError {
     NoSuchIndex { key: String },
     #[error("-f expects a plain file name such as nb-7-big-Data.db, got {0:?}")]
     BadFileArg(String),
+    #[error("{0}")]
+    Listing(String),
 }
 
 /// A per-table problem found while planning; the other tables are still restored.
@@ -106,19 +110,36 @@ pub enum TableProblem {
     },
 }
 
-/// One file to fetch.
+/// What the files of one table directory (or the commit logs) share: where they are
+/// listed, where they go, and which restore point they come from.
+#[derive(Debug)]
+pub struct FileSet {
+    /// The listed directory holding the objects.
+    pub listed: Arc<ListedDir>,
+    /// Where the files go.
+    pub target: PathBuf,
+    /// The directory on the backed-up host.
+    pub dir: String,
+    /// The index the file set comes from (`""` for commit logs).
+    pub index: String,
+}
+
+/// One file to fetch. Small on purpose (issue #18: a node's plan holds a million of them):
+/// its key and name are a slot of its [`FileSet`]'s listing, its destination is derived.
 #[derive(Debug, Clone)]
 pub struct PlannedFile {
-    pub key: String,
-    pub name: String,
-    pub dest: PathBuf,
-    /// Size and ETag from the listing.
+    set: Arc<FileSet>,
+    /// The object fetched: the name itself, or a superseded copy of it.
+    stored: u32,
+    /// The file's name when it differs from the stored object's (a superseded copy, a
+    /// renumbered SSTable).
+    renamed: Option<Box<str>>,
+    /// Size from the listing.
     pub size: u64,
-    pub e_tag: Option<String>,
     /// Size of a file already at `dest` (filled by [`Plan::check_local`]).
     pub local_size: Option<u64>,
-    /// For a `Data.db` whose `Digest` component is in the same file set: where that is.
-    pub digest: Option<DigestRef>,
+    /// For a `Data.db` whose `Digest` component is in the same file set: its slot.
+    digest: Option<(u32, crate::digest::Algorithm)>,
 }
 
 /// The `Digest` component of a `Data.db`, and what to name when they disagree.
@@ -135,6 +156,65 @@ pub struct DigestRef {
 }
 
 impl PlannedFile {
+    /// The key of the object fetched.
+    pub fn key(&self) -> String {
+        self.set.listed.key_of(self.stored)
+    }
+
+    /// The file's name in TARGET.
+    pub fn name(&self) -> &str {
+        match &self.renamed {
+            Some(n) => n,
+            None => self.set.listed.name(self.stored),
+        }
+    }
+
+    /// Where the file goes.
+    pub fn dest(&self) -> PathBuf {
+        self.set.target.join(self.name())
+    }
+
+    /// The directory the file goes into.
+    pub fn dest_dir(&self) -> &Path {
+        &self.set.target
+    }
+
+    /// Restores the file under another name (same directory).
+    pub fn rename(&mut self, name: String) {
+        self.renamed = Some(name.into());
+    }
+
+    pub fn digest(&self) -> Option<DigestRef> {
+        let (slot, alg) = self.digest?;
+        Some(DigestRef {
+            key: self.set.listed.key_of(slot),
+            alg,
+            sstable: self.name().trim_end_matches("Data.db").to_string(),
+            dir: self.set.dir.clone(),
+            index: self.set.index.clone(),
+        })
+    }
+
+    /// One file outside any plan (tests): object `key` of `size` bytes restored to `dest`.
+    pub fn standalone(key: &str, dest: &Path, size: u64) -> Self {
+        let listed = ListedDir::single(key, size);
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let renamed = (listed.name(0) != name).then(|| name.into());
+        PlannedFile {
+            set: Arc::new(FileSet {
+                listed,
+                target: dest.parent().map(Path::to_path_buf).unwrap_or_default(),
+                dir: String::new(),
+                index: String::new(),
+            }),
+            stored: 0,
+            renamed,
+            size,
+            local_size: None,
+            digest: None,
+        }
+    }
+
     pub fn already_present(&self) -> bool {
         self.local_size == Some(self.size)
     }
@@ -214,7 +294,7 @@ impl Plan {
             .flat_map(|t| t.files.iter_mut())
             .chain(self.commitlogs.iter_mut().flat_map(|c| c.files.iter_mut()));
         for f in all {
-            f.local_size = std::fs::symlink_metadata(&f.dest)
+            f.local_size = std::fs::symlink_metadata(f.dest())
                 .ok()
                 .filter(|m| m.is_file())
                 .map(|m| m.len());
@@ -262,6 +342,18 @@ pub fn newness(o: &ObjectInfo) -> (i64, Option<layout::Generation>, &str) {
     )
 }
 
+/// [`newness`] of an index in a listed directory (within one directory, the key order is
+/// the name order).
+fn listed_newness(d: &ListedDir, i: u32) -> (i64, Option<layout::Generation>, &str) {
+    let l = d.get(i);
+    let data = l.name.strip_suffix(INDEX_SUFFIX).unwrap_or("");
+    (
+        l.last_modified.timestamp(),
+        layout::sstable_generation(data),
+        l.name,
+    )
+}
+
 /// Directories below a table that `-r` does not restore as tables of their own.
 fn is_snapshot_dir(rel: &str) -> bool {
     rel.split('/')
@@ -290,38 +382,61 @@ fn target_for(origin: &str, dir: &str, target: &Path) -> Option<PathBuf> {
     ok.then_some(out)
 }
 
-/// The newest [`MAX_CANDIDATES`] of `it`, newest first.
-fn newest_first<'a>(it: impl Iterator<Item = &'a ObjectInfo>) -> Vec<ObjectInfo> {
-    let mut v: Vec<&ObjectInfo> = it.collect();
-    v.sort_by(|a, b| newness(b).cmp(&newness(a)));
-    v.into_iter().take(MAX_CANDIDATES).cloned().collect()
+/// The indexes of one listed directory.
+struct DirIndexes<'a> {
+    listed: &'a ListedDir,
+    slots: Vec<u32>,
+}
+
+impl DirIndexes<'_> {
+    /// The newest [`MAX_CANDIDATES`] eligible ones, newest first.
+    fn newest_first(&self, as_of: Option<DateTime<Utc>>) -> Vec<ObjectInfo> {
+        let d = self.listed;
+        let mut v: Vec<u32> = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|&i| as_of.is_none_or(|t| d.get(i).last_modified.timestamp() <= t.timestamp()))
+            .collect();
+        v.sort_by(|&a, &b| listed_newness(d, b).cmp(&listed_newness(d, a)));
+        v.into_iter()
+            .take(MAX_CANDIDATES)
+            .map(|i| d.object(i))
+            .collect()
+    }
+}
+
+/// The directory on the host that a listed directory stands for.
+fn host_dir<'a>(layout: &Layout, d: &ListedDir, scratch: &'a mut String) -> Option<&'a str> {
+    scratch.clear();
+    scratch.push_str(d.key());
+    scratch.push_str("/x");
+    let path = layout.path_of(scratch)?;
+    Some(layout::split_dir(path).0)
 }
 
 /// Picks the index per directory from one listing of the origin.
-pub fn choose<'a>(
-    listing: &'a [ObjectInfo],
-    opts: &'a RestoreOptions,
-) -> Result<Vec<Choice>, PlanError> {
+pub fn choose(listing: &Listing, opts: &RestoreOptions) -> Result<Vec<Choice>, PlanError> {
     let origin = opts.origin.as_str();
     if !origin.starts_with('/') {
         return Err(PlanError::RelativeOrigin(origin.to_string()));
     }
     // Every index of the listing, grouped by its directory on the host.
-    let mut by_dir: BTreeMap<&str, Vec<&ObjectInfo>> = BTreeMap::new();
-    for o in listing {
-        if !o.key.ends_with(INDEX_SUFFIX) {
+    let mut by_dir: BTreeMap<String, DirIndexes<'_>> = BTreeMap::new();
+    let mut scratch = String::new();
+    for d in listing.dirs() {
+        let slots: Vec<u32> = d
+            .slots()
+            .filter(|&i| d.name(i).ends_with(INDEX_SUFFIX))
+            .collect();
+        if slots.is_empty() {
             continue;
         }
-        let Some(path) = opts.layout.path_of(&o.key) else {
+        let Some(dir) = host_dir(&opts.layout, d, &mut scratch) else {
             continue;
         };
-        let (dir, _) = layout::split_dir(path);
-        by_dir.entry(dir).or_default().push(o);
+        by_dir.insert(dir.to_string(), DirIndexes { listed: d, slots });
     }
-    let eligible = |o: &&&ObjectInfo| {
-        opts.as_of
-            .is_none_or(|t| o.last_modified.timestamp() <= t.timestamp())
-    };
     let as_of_detail = || {
         opts.as_of
             .map(|t| format!(" at or before {}", t.to_rfc3339()))
@@ -334,22 +449,21 @@ pub fn choose<'a>(
                 return Err(PlanError::BadFileArg(f.to_string()));
             }
             let key = layout::index_key(&opts.layout.data_key(&format!("{origin}/{f}")));
-            let o = listing
-                .iter()
-                .find(|o| o.key == key)
-                .ok_or(PlanError::NoSuchIndex { key })?;
+            let (d, i) = listing.find(&key).ok_or(PlanError::NoSuchIndex { key })?;
             Ok(vec![Choice {
                 dir: origin.to_string(),
                 target: opts.target.clone(),
-                candidates: vec![o.clone()],
+                candidates: vec![d.object(i)],
                 strict: true,
-                indexes_total: by_dir.get(origin).map_or(1, Vec::len),
+                indexes_total: by_dir.get(origin).map_or(1, |d| d.slots.len()),
                 mapped_to: None,
             }])
         }
         Selection::Newest => {
-            let all = by_dir.get(origin).map(Vec::as_slice).unwrap_or(&[]);
-            let candidates = newest_first(all.iter().filter(eligible).copied());
+            let candidates = by_dir
+                .get(origin)
+                .map(|d| d.newest_first(opts.as_of))
+                .unwrap_or_default();
             if candidates.is_empty() {
                 return Err(PlanError::NothingToRestore {
                     prefix: opts.origin_key(),
@@ -361,7 +475,7 @@ pub fn choose<'a>(
                 target: opts.target.clone(),
                 candidates,
                 strict: opts.as_of.is_some(),
-                indexes_total: all.len(),
+                indexes_total: by_dir.get(origin).map_or(0, |d| d.slots.len()),
                 mapped_to: None,
             }];
             // The table's secondary indexes (`.<index>/` right below it) belong to it: a
@@ -377,14 +491,14 @@ pub fn choose<'a>(
                 else {
                     continue;
                 };
-                let candidates = newest_first(all.iter().filter(eligible).copied());
+                let candidates = all.newest_first(opts.as_of);
                 if !candidates.is_empty() {
                     out.push(Choice {
                         dir: dir.to_string(),
                         target,
                         candidates,
                         strict: opts.as_of.is_some(),
-                        indexes_total: all.len(),
+                        indexes_total: all.slots.len(),
                         mapped_to: None,
                     });
                 }
@@ -392,19 +506,25 @@ pub fn choose<'a>(
             Ok(out)
         }
         Selection::Recursive => {
-            let rel_of =
-                |d: &'a str| -> Option<&'a str> { d.strip_prefix(origin)?.strip_prefix('/') };
-            let map = table_map(by_dir.keys().filter_map(|d| rel_of(d)), &opts.mapping);
+            let rel_of = |d: &str| -> Option<String> {
+                d.strip_prefix(origin)?
+                    .strip_prefix('/')
+                    .map(str::to_string)
+            };
+            let rels: Vec<String> = by_dir.keys().filter_map(|d| rel_of(d)).collect();
+            let map = table_map(rels.iter().map(String::as_str), &opts.mapping);
             let mut out = Vec::new();
             for (dir, all) in &by_dir {
-                let candidates = newest_first(all.iter().filter(eligible).copied());
+                let candidates = all.newest_first(opts.as_of);
                 if candidates.is_empty() {
                     continue;
                 }
                 // Directories that cannot be mapped are reported by plan().
                 let mut target = target_for(origin, dir, &opts.target).unwrap_or_default();
                 let mut mapped_to = None;
-                if let Some((prefix, to)) = rel_of(dir)
+                let rel = rel_of(dir);
+                if let Some((prefix, to)) = rel
+                    .as_deref()
                     .and_then(|r| table_prefix(r).map(|p| (r, p)))
                     .and_then(|(r, p)| map.get(p).map(|to| (r, to)))
                 {
@@ -419,7 +539,7 @@ pub fn choose<'a>(
                     target,
                     candidates,
                     strict: opts.as_of.is_some(),
-                    indexes_total: all.len(),
+                    indexes_total: all.slots.len(),
                     mapped_to,
                 });
             }
@@ -438,13 +558,12 @@ pub fn choose<'a>(
 /// [`RestoreOptions::origin_key`], `bodies` the bodies of the indexes [`choose`] picks (by
 /// key), `commitlog_listing` the listing of [`RestoreOptions::commitlog_key`].
 pub fn plan(
-    listing: &[ObjectInfo],
+    listing: &Listing,
     bodies: &HashMap<String, Bytes>,
-    commitlog_listing: Option<&[ObjectInfo]>,
+    commitlog_listing: Option<&Listing>,
     opts: &RestoreOptions,
 ) -> Result<Plan, PlanError> {
     let choices = choose(listing, opts)?;
-    let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
     let superseded = super::superseded::Superseded::new(listing, &opts.layout);
     let mut plan = Plan {
         host: opts.layout.name.clone(),
@@ -469,15 +588,15 @@ pub fn plan(
             });
             continue;
         }
-        let (checks, chosen) = match walk(&c, bodies, &by_key, opts) {
+        let (mut checks, chosen) = match walk(&c, bodies, listing, opts) {
             Walk::Need(key) => {
                 plan.problems.push(TableProblem::IndexNotFetched { key });
                 continue;
             }
             Walk::Done { checks, chosen } => (checks, chosen),
         };
-        let (pos, names) = match chosen {
-            Some(i) => (i, checks[i].names.clone()),
+        let pos = match chosen {
+            Some(i) => i,
             None if c.strict => {
                 // -f / --as-of: that file set or nothing.
                 let ch = &checks[0];
@@ -511,7 +630,7 @@ pub fn plan(
                         key: opts.layout.data_key(&format!("{}/{}", c.dir, name)),
                     });
                 }
-                (i, checks[i].names.clone())
+                i
             }
         };
         if pos > 0 && chosen.is_some() {
@@ -524,41 +643,14 @@ pub fn plan(
                 crate::restore::escape(&checks[pos].key)
             );
         }
-        let index = &c.candidates[pos];
-        let present: std::collections::HashSet<&str> = names
-            .iter()
-            .filter(|n| {
-                by_key.contains_key(opts.layout.data_key(&format!("{}/{}", c.dir, n)).as_str())
-            })
-            .map(String::as_str)
-            .collect();
-        let mut files = Vec::with_capacity(names.len());
-        // A name stored again with other bytes after this index: its bytes of then.
-        let source = |key: String| superseded.source(&key, index.last_modified).to_string();
-        for name in &names {
-            let data_key = source(opts.layout.data_key(&format!("{}/{}", c.dir, name)));
-            let Some(o) = by_key.get(data_key.as_str()) else {
-                continue;
-            };
-            let digest = crate::digest::digest_for_data(name)
-                .filter(|(d, _)| present.contains(d.as_str()))
-                .map(|(d, alg)| DigestRef {
-                    key: source(opts.layout.data_key(&format!("{}/{}", c.dir, d))),
-                    alg,
-                    sstable: name.trim_end_matches("Data.db").to_string(),
-                    dir: c.dir.clone(),
-                    index: index.key.clone(),
-                });
-            files.push(PlannedFile {
-                key: data_key,
-                dest: c.target.join(name),
-                name: name.clone(),
-                size: o.size,
-                e_tag: o.e_tag.clone(),
-                local_size: None,
-                digest,
-            });
+        // The names become the files; no check's names are kept past this point.
+        let names = std::mem::take(&mut checks[pos].names);
+        for ch in &mut checks {
+            ch.names = Vec::new();
         }
+        let index = &c.candidates[pos];
+        let files = table_files(&c, index, &names, listing, &superseded, opts);
+        drop(names);
         plan.tables.push(TablePlan {
             dir: c.dir.clone(),
             target: c.target.clone(),
@@ -587,25 +679,92 @@ pub fn plan(
         commitlog_listing,
         plan.tables.is_empty(),
     ) {
-        let dir = dir.trim_end_matches('/');
-        // Older than every restored table's index: those mutations are in the SSTables.
-        let since_ms = plan
-            .tables
-            .iter()
-            .map(|t| t.index_time.timestamp_millis())
-            .min()
-            .unwrap_or(i64::MAX);
-        let target = opts
-            .commitlog_target
-            .clone()
-            .unwrap_or_else(|| opts.target.join("commitlogs"));
-        let mut files = Vec::new();
-        for o in cl {
-            let Some(path) = opts.layout.path_of(&o.key) else {
-                continue;
-            };
-            let (d, name) = layout::split_dir(path);
-            if d != dir || !layout::is_plain_name(name) {
+        plan.commitlogs = Some(commitlog_plan(dir, cl, &plan, opts));
+    }
+    Ok(plan)
+}
+
+/// The files of the index `index` of directory `c.dir`: every name of it in the listing,
+/// from the object that held its bytes when the index was written.
+fn table_files(
+    c: &Choice,
+    index: &ObjectInfo,
+    names: &[String],
+    listing: &Listing,
+    superseded: &super::superseded::Superseded,
+    opts: &RestoreOptions,
+) -> Vec<PlannedFile> {
+    let dir_key = opts.layout.data_key(&c.dir);
+    let Some(listed) = listing.dir(&dir_key) else {
+        return Vec::new();
+    };
+    let set = Arc::new(FileSet {
+        listed: listed.clone(),
+        target: c.target.clone(),
+        dir: c.dir.clone(),
+        index: index.key.clone(),
+    });
+    // A name stored again with other bytes after this index: its bytes of then. Every
+    // copy is in the name's own directory.
+    let mut key = String::new();
+    let mut slot_of = |name: &str| -> Option<u32> {
+        key.clear();
+        key.push_str(&dir_key);
+        key.push('/');
+        key.push_str(name);
+        let source = superseded.source(&key, index.last_modified);
+        let (_, n) = source.rsplit_once('/')?;
+        listed.find(n)
+    };
+    let named: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(stored) = slot_of(name) else {
+            continue;
+        };
+        // Only a Digest the index names, and that is in the bucket.
+        let digest = crate::digest::digest_for_data(name)
+            .filter(|(d, _)| named.contains(d.as_str()) && listed.find(d).is_some())
+            .and_then(|(d, alg)| Some((slot_of(&d)?, alg)));
+        let renamed = (listed.name(stored) != name.as_str()).then(|| name.as_str().into());
+        files.push(PlannedFile {
+            set: set.clone(),
+            stored,
+            renamed,
+            size: listed.get(stored).size,
+            local_size: None,
+            digest,
+        });
+    }
+    files
+}
+
+/// The commit logs of `dir` newer than every restored table's index.
+fn commitlog_plan(dir: &str, cl: &Listing, plan: &Plan, opts: &RestoreOptions) -> CommitlogPlan {
+    let dir = dir.trim_end_matches('/');
+    // Older than every restored table's index: those mutations are in the SSTables.
+    let since_ms = plan
+        .tables
+        .iter()
+        .map(|t| t.index_time.timestamp_millis())
+        .min()
+        .unwrap_or(i64::MAX);
+    let target = opts
+        .commitlog_target
+        .clone()
+        .unwrap_or_else(|| opts.target.join("commitlogs"));
+    let mut files = Vec::new();
+    if let Some(listed) = cl.dir(&opts.layout.data_key(dir)) {
+        let set = Arc::new(FileSet {
+            listed: listed.clone(),
+            target: target.clone(),
+            dir: dir.to_string(),
+            index: String::new(),
+        });
+        // Slots are in name order.
+        for i in listed.slots() {
+            let name = listed.name(i);
+            if !layout::is_plain_name(name) {
                 continue;
             }
             let Some(ms) = layout::commitlog_millis(name) else {
@@ -613,49 +772,57 @@ pub fn plan(
             };
             if i64::try_from(ms).is_ok_and(|ms| ms > since_ms) {
                 files.push(PlannedFile {
-                    key: o.key.clone(),
-                    name: name.to_string(),
-                    dest: target.join(name),
-                    size: o.size,
-                    e_tag: o.e_tag.clone(),
+                    set: set.clone(),
+                    stored: i,
+                    renamed: None,
+                    size: listed.get(i).size,
                     local_size: None,
                     digest: None,
                 });
             }
         }
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        plan.commitlogs = Some(CommitlogPlan {
-            dir: dir.to_string(),
-            target,
-            since_ms,
-            files,
-        });
     }
-    Ok(plan)
+    CommitlogPlan {
+        dir: dir.to_string(),
+        target,
+        since_ms,
+        files,
+    }
 }
 
 /// Two files are never planned to one destination: tables whose files would land on the
 /// same path (two backup directories mapped into one, or restored into one TARGET) are
 /// both taken out of the plan, each pair a problem. Never a race for the same names.
+/// A file's destination is its table's target joined with a plain name, so only tables
+/// with the same target can meet; their names are compared.
 fn refuse_shared_destinations(plan: &mut Plan) {
-    let mut owner: HashMap<&Path, usize> = HashMap::new();
+    let mut by_target: HashMap<&Path, Vec<usize>> = HashMap::new();
+    for (i, t) in plan.tables.iter().enumerate() {
+        by_target.entry(t.target.as_path()).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = by_target.into_values().filter(|g| g.len() > 1).collect();
+    groups.sort();
     let mut refused = std::collections::BTreeSet::new();
     let mut problems = Vec::new();
-    for (i, t) in plan.tables.iter().enumerate() {
-        for f in &t.files {
-            match owner.get(f.dest.as_path()) {
-                Some(&j) if j != i => {
-                    if refused.insert(i) | refused.insert(j) {
-                        problems.push(TableProblem::SameDestination {
-                            first: plan.tables[j].dir.clone(),
-                            second: t.dir.clone(),
-                            dest: f.dest.clone(),
-                        });
+    for group in groups {
+        let mut owner: HashMap<&str, usize> = HashMap::new();
+        for &i in &group {
+            let t = &plan.tables[i];
+            for f in &t.files {
+                match owner.get(f.name()) {
+                    Some(&j) if j != i => {
+                        if refused.insert(i) | refused.insert(j) {
+                            problems.push(TableProblem::SameDestination {
+                                first: plan.tables[j].dir.clone(),
+                                second: t.dir.clone(),
+                                dest: f.dest(),
+                            });
+                        }
                     }
-                }
-                Some(_) => {}
-                None => {
-                    owner.insert(&f.dest, i);
+                    Some(_) => {}
+                    None => {
+                        owner.insert(f.name(), i);
+                    }
                 }
             }
         }

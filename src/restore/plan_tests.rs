@@ -13,6 +13,25 @@ fn obj(key: &str, size: u64, t: i64) -> ObjectInfo {
     }
 }
 
+/// [`super::plan`] on a listing given as objects.
+fn plan(
+    l: &[ObjectInfo],
+    b: &HashMap<String, Bytes>,
+    cl: Option<&[ObjectInfo]>,
+    o: &RestoreOptions,
+) -> Result<Plan, PlanError> {
+    super::plan(&Listing::of(l), b, cl.map(Listing::of).as_ref(), o)
+}
+
+/// [`super::needed_bodies`] on a listing given as objects.
+fn needed_bodies(
+    l: &[ObjectInfo],
+    b: &HashMap<String, Bytes>,
+    o: &RestoreOptions,
+) -> Result<Vec<String>, PlanError> {
+    super::needed_bodies(&Listing::of(l), b, o)
+}
+
 fn opts(sel: Selection) -> RestoreOptions {
     RestoreOptions {
         layout: Layout::new("", "h", ":"),
@@ -63,8 +82,11 @@ fn newest_picks_latest_index_directly_in_origin() {
     assert_eq!(chosen(&p), ["h:/d/nb-2-big-Data.db-listdir.json"]);
     let t = &p.tables[0];
     assert_eq!(t.files.len(), 2);
-    assert_eq!(t.files[0].dest, PathBuf::from("/restore/nb-2-big-Data.db"));
-    assert_eq!(t.files[0].key, "h:/d/nb-2-big-Data.db");
+    assert_eq!(
+        t.files[0].dest(),
+        PathBuf::from("/restore/nb-2-big-Data.db")
+    );
+    assert_eq!(t.files[0].key(), "h:/d/nb-2-big-Data.db");
     assert_eq!(t.bytes(), 102 + 3);
     assert!(p.problems.is_empty());
 }
@@ -246,7 +268,7 @@ fn commitlogs_newer_than_oldest_chosen_index_compare_as_integers() {
     let p = plan(&l, &b, Some(&cl), &o).unwrap();
     let c = p.commitlogs.unwrap();
     assert_eq!(c.since_ms, 1_000_000);
-    let names: Vec<&str> = c.files.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = c.files.iter().map(|f| f.name()).collect();
     assert_eq!(
         names,
         ["CommitLog-7-1000001.log", "CommitLog-7-9999999999.log"]
@@ -517,7 +539,7 @@ fn the_one_table_restore_includes_its_secondary_index_directories() {
         p.tables[1]
             .files
             .iter()
-            .any(|f| f.dest == std::path::Path::new("/restore/.t_idx/nb-1-big-Data.db"))
+            .any(|f| f.dest() == std::path::Path::new("/restore/.t_idx/nb-1-big-Data.db"))
     );
 }
 
@@ -567,7 +589,7 @@ fn an_older_restore_point_goes_on_above_every_stored_generation() {
     let files: Vec<(String, String, PathBuf)> = t
         .files
         .iter()
-        .map(|f| (f.key.clone(), f.name.clone(), f.dest.clone()))
+        .map(|f| (f.key(), f.name().to_string(), f.dest()))
         .collect();
     let target = PathBuf::from(format!("/restore/ks/t-{id}"));
     let row = |g: u64, c: &str, to: u64| {
@@ -599,11 +621,69 @@ fn an_older_restore_point_goes_on_above_every_stored_generation() {
     o.as_of = None;
     let p = plan(&l, &b, None, &o).unwrap();
     assert!(p.tables[0].renumbered.is_none());
-    assert!(p.tables[0].files.iter().all(|f| f.key.ends_with(&f.name)));
+    assert!(
+        p.tables[0]
+            .files
+            .iter()
+            .all(|f| f.key().ends_with(&f.name()))
+    );
     // --keep-generations: every name kept.
     o.as_of = Some(Utc.timestamp_opt(250, 0).unwrap());
     o.keep_generations = true;
     let p = plan(&l, &b, None, &o).unwrap();
     assert!(p.tables[0].renumbered.is_none());
-    assert!(p.tables[0].files.iter().all(|f| f.key.ends_with(&f.name)));
+    assert!(
+        p.tables[0]
+            .files
+            .iter()
+            .all(|f| f.key().ends_with(&f.name()))
+    );
+}
+
+/// What keeps a node's plan small (issue #18: 939 MiB for a million objects before): a
+/// planned file is 64 bytes and points into its table's listing; its key, name and
+/// destination are derived, and only a renamed file owns a name.
+#[test]
+fn a_planned_file_costs_64_bytes_and_owns_no_string() {
+    assert!(std::mem::size_of::<PlannedFile>() <= 64);
+    let (l, b) = table("/d", &[(1, 100), (2, 200)]);
+    let mut l = l;
+    l.push(obj("h:/d/nb-1-big-Digest.crc32", 8, 0));
+    let mut b = b;
+    let ik = layout::index_key("h:/d/nb-2-big-Data.db");
+    let names: Vec<String> = [
+        "nb-1-big-Data.db",
+        "nb-1-big-Digest.crc32",
+        "nb-2-big-Data.db",
+        "toc.txt",
+    ]
+    .map(String::from)
+    .into();
+    b.insert(ik, Bytes::from(layout::listdir_json("/d", &names)));
+    let p = plan(&l, &b, None, &opts(Selection::Newest)).unwrap();
+    let files = &p.tables[0].files;
+    assert_eq!(files.len(), 4);
+    for f in files {
+        assert!(Arc::ptr_eq(&f.set, &files[0].set), "one FileSet per table");
+        assert!(f.renamed.is_none(), "{} owns its name", f.name());
+        assert_eq!(f.dest(), Path::new("/restore").join(f.name()));
+        assert_eq!(f.key(), format!("h:/d/{}", f.name()));
+    }
+    let data = files
+        .iter()
+        .find(|f| f.name() == "nb-1-big-Data.db")
+        .unwrap();
+    let d = data.digest().expect("the Digest the index names");
+    assert_eq!(d.key, "h:/d/nb-1-big-Digest.crc32");
+    assert_eq!(d.sstable, "nb-1-big-");
+    assert_eq!(d.index, "h:/d/nb-2-big-Data.db-listdir.json");
+    assert!(
+        files
+            .iter()
+            .find(|f| f.name() == "nb-2-big-Data.db")
+            .unwrap()
+            .digest()
+            .is_none(),
+        "no Digest listed for nb-2"
+    );
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::PlanError;
+use super::listing::Listing;
 use super::plan::{Choice, RestoreOptions, choose};
 use crate::layout;
 use crate::store::ObjectInfo;
@@ -62,7 +63,7 @@ fn check_index(
     dir: &str,
     index: &ObjectInfo,
     body: &[u8],
-    by_key: &HashMap<&str, &ObjectInfo>,
+    listing: &Listing,
     opts: &RestoreOptions,
 ) -> IndexCheck {
     let mut ch = IndexCheck {
@@ -99,7 +100,7 @@ fn check_index(
             continue;
         }
         let data_key = opts.layout.data_key(&format!("{dir}/{name}"));
-        if !by_key.contains_key(data_key.as_str()) {
+        if !listing.contains(&data_key) {
             ch.missing.push(name.clone());
         }
         ch.names.push(name);
@@ -124,7 +125,7 @@ pub(super) enum Walk {
 pub(super) fn walk(
     c: &Choice,
     bodies: &HashMap<String, Bytes>,
-    by_key: &HashMap<&str, &ObjectInfo>,
+    listing: &Listing,
     opts: &RestoreOptions,
 ) -> Walk {
     let mut checks = Vec::new();
@@ -155,10 +156,10 @@ pub(super) fn walk(
                 time: cand.last_modified,
                 names: Vec::new(),
                 missing: Vec::new(),
-                unusable: Some("could not be fetched".into()),
+                unusable: Some("could not be fetched (empty, or gone since the listing)".into()),
             }
         } else {
-            check_index(&c.dir, cand, body, by_key, opts)
+            check_index(&c.dir, cand, body, listing, opts)
         };
         let complete = ch.complete();
         checks.push(ch);
@@ -182,15 +183,14 @@ pub(super) fn walk(
 /// The index bodies [`plan`] still needs to decide (at most one per directory): fetch them,
 /// add them to `bodies` and ask again until this is empty.
 pub fn needed_bodies(
-    listing: &[ObjectInfo],
+    listing: &Listing,
     bodies: &HashMap<String, Bytes>,
     opts: &RestoreOptions,
 ) -> Result<Vec<String>, PlanError> {
     let choices = choose(listing, opts)?;
-    let by_key: HashMap<&str, &ObjectInfo> = listing.iter().map(|o| (o.key.as_str(), o)).collect();
     Ok(choices
         .iter()
-        .filter_map(|c| match walk(c, bodies, &by_key, opts) {
+        .filter_map(|c| match walk(c, bodies, listing, opts) {
             Walk::Need(k) => Some(k),
             Walk::Done { .. } => None,
         })

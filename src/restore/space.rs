@@ -86,7 +86,7 @@ pub fn room_with(plan: &Plan, force: bool, free: impl Fn(&Path) -> Option<u64>) 
         if !force && f.already_present() {
             continue;
         }
-        let dir = f.dest.parent().unwrap_or(Path::new("/"));
+        let dir = f.dest_dir();
         let Some(anc) = existing_ancestor(dir) else {
             continue;
         };
@@ -111,14 +111,14 @@ mod tests {
     #[test]
     fn need_is_summed_per_filesystem_and_present_files_only_with_force() {
         let t = tempfile::tempdir().unwrap();
-        let file = |name: &str, size: u64, local: Option<u64>| PlannedFile {
-            key: name.into(),
-            name: name.into(),
-            dest: t.path().join("ks/tbl").join(name),
-            size,
-            e_tag: None,
-            local_size: local,
-            digest: None,
+        let file = |name: &str, size: u64, local: Option<u64>| {
+            let mut f = PlannedFile::standalone(
+                &format!("h:/d/ks/tbl/{name}"),
+                &t.path().join("ks/tbl").join(name),
+                size,
+            );
+            f.local_size = local;
+            f
         };
         let plan = Plan {
             target: t.path().to_path_buf(),

@@ -11,32 +11,38 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::listing::Listing;
 use crate::layout::{self, Layout};
-use crate::store::ObjectInfo;
 
 /// The superseded copies of a listing, by the key of the name they kept.
 #[derive(Debug, Default)]
-pub struct Superseded<'a> {
-    copies: HashMap<String, Vec<(DateTime<Utc>, &'a str)>>,
+pub struct Superseded {
+    copies: HashMap<String, Vec<(DateTime<Utc>, String)>>,
 }
 
-impl<'a> Superseded<'a> {
+impl Superseded {
     /// Collects the copies among `listing` (keys of `layout`'s host only).
-    pub fn new(listing: &'a [ObjectInfo], layout: &Layout) -> Self {
-        let mut copies: HashMap<String, Vec<(DateTime<Utc>, &'a str)>> = HashMap::new();
-        for o in listing {
-            let Some(path) = layout.path_of(&o.key) else {
-                continue;
-            };
-            let (dir, name) = layout::split_dir(path);
-            let Some((_, original)) = layout::parse_superseded(name) else {
-                continue;
-            };
-            let dir = dir.trim_end_matches('/');
-            copies
-                .entry(layout.data_key(&format!("{dir}/{original}")))
-                .or_default()
-                .push((o.last_modified, o.key.as_str()));
+    pub fn new(listing: &Listing, layout: &Layout) -> Self {
+        let mut copies: HashMap<String, Vec<(DateTime<Utc>, String)>> = HashMap::new();
+        for d in listing.dirs() {
+            for i in d.slots() {
+                if !d.name(i).starts_with(layout::SUPERSEDED_PREFIX) {
+                    continue;
+                }
+                let key = d.key_of(i);
+                let Some(path) = layout.path_of(&key) else {
+                    continue;
+                };
+                let (dir, name) = layout::split_dir(path);
+                let Some((_, original)) = layout::parse_superseded(name) else {
+                    continue;
+                };
+                let dir = dir.trim_end_matches('/');
+                copies
+                    .entry(layout.data_key(&format!("{dir}/{original}")))
+                    .or_default()
+                    .push((d.get(i).last_modified, key));
+            }
         }
         Self { copies }
     }
@@ -45,7 +51,9 @@ impl<'a> Superseded<'a> {
     pub fn source<'k>(&'k self, key: &'k str, index_time: DateTime<Utc>) -> &'k str {
         self.copies
             .get(key)
-            .and_then(|c| layout::superseded_source(c.iter().copied(), index_time))
+            .and_then(|c| {
+                layout::superseded_source(c.iter().map(|(t, k)| (*t, k.as_str())), index_time)
+            })
             .unwrap_or(key)
     }
 
@@ -57,6 +65,7 @@ impl<'a> Superseded<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ObjectInfo;
 
     fn obj(key: &str, t: i64) -> ObjectInfo {
         ObjectInfo {
@@ -80,7 +89,7 @@ mod tests {
             obj("g:/d/t/tablesnap-was-150000-nb-1-big-Data.db", 150),
             obj("h:/d/t/nb-2-big-Data.db", 50),
         ];
-        let s = Superseded::new(&listing, &l);
+        let s = Superseded::new(&Listing::of(&listing), &l);
         let at = |t| DateTime::from_timestamp(t, 0).unwrap();
         let k = "h:/d/t/nb-1-big-Data.db";
         assert_eq!(

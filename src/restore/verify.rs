@@ -93,12 +93,13 @@ impl Hashing {
     /// bytes equal what Cassandra wrote, and CRC-32 is far faster than MD5); `--verify`
     /// runs both.
     pub(super) fn for_file(f: &PlannedFile, host: &str, digests: &Digests, with_md5: bool) -> Self {
-        let digest = f.digest.as_ref().and_then(|d| {
-            digests.get(&d.key).map(|want| DigestCheck {
+        let digest = f.digest().and_then(|d| {
+            let want = *digests.get(&d.key)?;
+            Some(DigestCheck {
                 hasher: digest::Hasher::new(d.alg),
                 computed: None,
-                want: *want,
-                of: d.clone(),
+                want,
+                of: d,
                 host: host.to_string(),
             })
         });
@@ -203,13 +204,14 @@ const MAX_DIGEST_BYTES: u64 = 4096;
 /// Fetches and parses every Digest the plan's `Data.db` files refer to, each checked by
 /// MD5 first. One that cannot be used leaves its `Data.db` to MD5, with a warning.
 pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) -> Digests {
-    let wanted: BTreeMap<&str, digest::Algorithm> = plan
+    let wanted: BTreeMap<String, digest::Algorithm> = plan
         .files()
-        .filter_map(|f| f.digest.as_ref())
-        .map(|d| (d.key.as_str(), d.alg))
+        .filter_map(|f| f.digest())
+        .map(|d| (d.key, d.alg))
         .collect();
-    let got: Vec<(&str, Result<digest::Value, String>)> =
-        futures::stream::iter(wanted.into_iter().map(|(k, alg)| async move {
+    let got: Vec<(String, Result<digest::Value, String>)> =
+        futures::stream::iter(wanted.into_iter().map(|(key, alg)| async move {
+            let k = key.as_str();
             let r = async {
                 let (info, mut s) = store.get_with_info(k).await.map_err(|e| e.to_string())?;
                 if info.size > MAX_DIGEST_BYTES {
@@ -233,7 +235,7 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) ->
                 digest::parse(alg, &body).map_err(|e| e.to_string())
             }
             .await;
-            (k, r)
+            (key, r)
         }))
         .buffer_unordered(threads.max(1))
         .collect()
@@ -242,11 +244,11 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) ->
     for (k, r) in got {
         match r {
             Ok(v) => {
-                out.insert(k.to_string(), v);
+                out.insert(k, v);
             }
             Err(e) => tracing::warn!(
                 "{}: not a usable Digest ({}); its Data.db is verified by MD5 instead",
-                escape(k),
+                escape(&k),
                 escape(&e)
             ),
         }
@@ -294,7 +296,7 @@ pub async fn verify(
     let mut report = Report::default();
     for (f, o) in results {
         match o {
-            Outcome::Failed(e) => report.failures.push((f.key.clone(), e)),
+            Outcome::Failed(e) => report.failures.push((f.key(), e)),
             _ => report.verified += 1,
         }
     }
@@ -310,21 +312,21 @@ async fn verify_one(
 ) -> Result<(), RestoreError> {
     // One GET: the metadata comes with the bytes.
     let (info, mut s) = store
-        .get_with_info(&f.key)
+        .get_with_info(&f.key())
         .await
         .map_err(|e| match e.kind() {
-            ErrorKind::NotFound => RestoreError::Missing { key: f.key.clone() },
+            ErrorKind::NotFound => RestoreError::Missing { key: f.key() },
             _ => RestoreError::Store(e),
         })?;
     if info.size != f.size {
         return Err(RestoreError::Size {
-            key: f.key.clone(),
+            key: f.key(),
             expected: f.size,
             actual: info.size,
         });
     }
     let mut n = 0u64;
-    while let Some(chunk) = next_chunk(&mut s, &f.key, n, opts.idle_timeout).await? {
+    while let Some(chunk) = next_chunk(&mut s, &f.key(), n, opts.idle_timeout).await? {
         h.update(&chunk);
         n += chunk.len() as u64;
         if n > info.size {
@@ -332,7 +334,7 @@ async fn verify_one(
         }
         observer.bytes(chunk.len() as u64);
     }
-    h.finish(&f.key, &info, n, true)
+    h.finish(&f.key(), &info, n, true)
 }
 
 /// After a restore: every SSTable of the plan whose `TOC.txt` is in TARGET must have each
@@ -347,9 +349,9 @@ pub(super) fn check_tocs(
         let Some(Ok(dir)) = dirs.get(&t.target) else {
             continue;
         };
-        for f in t.files.iter().filter(|f| f.name.ends_with(TOC)) {
-            let stem = &f.name[..f.name.len() - TOC.len()];
-            let Ok(file) = dir.open_read(OsStr::new(&f.name)) else {
+        for f in t.files.iter().filter(|f| f.name().ends_with(TOC)) {
+            let stem = &f.name()[..f.name().len() - TOC.len()];
+            let Ok(file) = dir.open_read(OsStr::new(&f.name())) else {
                 continue; // Not restored: already reported.
             };
             let mut body = vec![0u8; 64 << 10];
