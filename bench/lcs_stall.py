@@ -4,8 +4,11 @@ while a compaction with hundreds of outputs lands?
 
 What it does, on a file:// bucket (no server needed):
   1. builds ENTRIES/8 SSTables of 8 tiny components in one table directory, plus a second
-     small table directory for probes, and stores them (`tablesnap --once -B -r`);
-  2. starts the daemon (`tablesnap -r -a`, debug log) on the tree;
+     small table directory for probes, and a file:// bucket that already holds them as a
+     previous run left it (hard links of the files, and the newest index naming them all:
+     a backfill would write an index per Data.db, 6,250 listings of 50,000 names);
+  2. starts the daemon (`tablesnap -B -r -a`, debug log) on the tree: its restart LIST
+     finds everything stored;
   3. writes probe files in the other table every 50 ms, before, during and after:
      a probe's latency (its close to the daemon's "uploading" line) is the loop's
      responsiveness, idle and under load;
@@ -25,6 +28,7 @@ usage: bench/lcs_stall.py [--entries 50000] [--outputs 300] [--bin target/releas
 """
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -51,7 +55,7 @@ def record(kind, path, update_time=0, num_files=0):
     return f"{kind}:[{path},{update_time},{num_files}][{c}]\n"
 
 
-def write_sstable(d, gen, closes=None, mtime=None):
+def write_sstable(d, gen, closes=None, mtime=None, stored=None):
     for c in COMPONENTS:
         p = os.path.join(d, f"nb-{gen}-big-{c}")
         with open(p, "wb") as f:
@@ -60,6 +64,8 @@ def write_sstable(d, gen, closes=None, mtime=None):
             closes[p] = time.time()
         if mtime is not None:
             os.utime(p, (mtime, mtime))
+        if stored is not None:
+            os.link(p, os.path.join(stored, os.path.basename(p)))
 
 
 def append(log, line):
@@ -96,6 +102,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=50_000)
     ap.add_argument("--outputs", type=int, default=300)
+    ap.add_argument("--write-secs", type=float, default=10.0,
+                    help="spread the outputs over this long (the daemon re-checks what "
+                         "waits for the COMMIT meanwhile)")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..",
                                                    "target", "release", "tablesnap"))
     ap.add_argument("--dir", default="/tmp/tslcs")
@@ -111,22 +120,28 @@ def main():
     os.makedirs(probes)
     sstables = a.entries // len(COMPONENTS)
     old = time.time() - 86400
+    stored = os.path.join(bucket, "bench:" + table)
+    os.makedirs(stored)
+    os.makedirs(os.path.join(bucket, "bench:" + probes))
     for g in range(1, sstables + 1):
-        write_sstable(table, g, mtime=old)
-    print(f"{len(os.listdir(table))} entries in {table}", file=sys.stderr)
+        write_sstable(table, g, mtime=old, stored=stored)
+    names = sorted(os.listdir(table))
+    with open(os.path.join(stored, f"nb-{sstables}-big-Data.db-listdir.json"), "w") as f:
+        json.dump({table: names}, f)
+    print(f"{len(names)} entries in {table}, stored", file=sys.stderr)
     dest = f"file://{bucket}"
-    t0 = time.time()
-    subprocess.run([a.bin, "--once", "-B", "-r", "-n", "bench", dest, data], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"stored in {time.time() - t0:.1f} s", file=sys.stderr)
 
     log_path = os.path.join(a.dir, "daemon.log")
     env = dict(os.environ, RUST_LOG="info,tablesnap::upload::transfer=debug", NO_COLOR="1")
     with open(log_path, "w") as log:
-        daemon = subprocess.Popen([a.bin, "-r", "-a", "-n", "bench", dest, data],
+        daemon = subprocess.Popen([a.bin, "-B", "-r", "-a", "-n", "bench", dest, data],
                                   stdout=log, stderr=log, env=env)
     try:
-        time.sleep(3)  # watches set, LIST done
+        # The restart's LIST and scan done, watches set.
+        deadline = time.time() + 120
+        while time.time() < deadline and "backfill" not in open(log_path).read():
+            time.sleep(0.5)
+        time.sleep(3)
         probe_closes = {}
         n = [0]
 
@@ -149,13 +164,21 @@ def main():
             append(log, record("REMOVE", os.path.join(table, f"nb-{g}-big"), ms, 8))
         closes = {}
         last_probe = time.time()
+        start = time.time()
         for i in range(a.outputs):
             g = sstables + 1 + i
             append(log, record("ADD", os.path.join(table, f"nb-{g}-big"), 0, 8))
             write_sstable(table, g, closes)
-            if time.time() - last_probe >= 0.05:
-                probe("compaction")
-                last_probe = time.time()
+            # Probes every 50 ms while the outputs are written at their pace.
+            due = start + (i + 1) * a.write_secs / a.outputs
+            while True:
+                if time.time() - last_probe >= 0.05:
+                    probe("compaction")
+                    last_probe = time.time()
+                left = due - time.time()
+                if left <= 0:
+                    break
+                time.sleep(min(left, 0.05))
         append(log, record("COMMIT", ""))
         commit = time.time()
         for g in inputs:
@@ -189,16 +212,25 @@ def main():
     lat = [up[p] - max(t, commit) for p, t in closes.items() if p in up]
     rows.append(("compaction outputs (from max(close, COMMIT))",
                  lat, sum(1 for p in closes if p not in up)))
-    print(f"| {a.entries:,} entries, {a.outputs} outputs ({a.outputs * 8} files) | n | "
+    print(f"| {a.entries:,} entries, {a.outputs} outputs ({a.outputs * 8} files) in "
+          f"{a.write_secs:g} s | n | "
           "median | p99 | max | not uploaded |")
     print("|---|---|---|---|---|---|")
     for name, v, missing in rows:
         print(f"| {name} | {len(v)} | {pct(v, 0.5) * 1000:.0f} ms | {pct(v, 0.99) * 1000:.0f} ms"
               f" | {max(v, default=float('nan')) * 1000:.0f} ms | {missing} |")
+    # The loop dispatches every upload: from the COMMIT to the last output's upload start,
+    # the longest time no upload started is the longest the loop kept work waiting.
+    starts = sorted(t for t in up.values() if t >= commit)
+    out_last = max((up[p] for p in closes if p in up), default=commit)
+    starts = [t for t in starts if t <= out_last]
+    gap = max((b - a for a, b in zip([commit] + starts, starts)), default=float("nan"))
+    print(f"\nlongest time with no upload starting, from the COMMIT until the last output's "
+          f"upload started ({len(starts)} starts): {gap * 1000:.0f} ms")
     idle = [v for name, v, _ in rows if name.endswith("idle")][0]
     busy = [v for name, v, _ in rows if name.endswith("compaction")][0]
     if idle and busy:
-        print(f"\nloop stall under the compaction (probe max minus idle median): "
+        print(f"loop stall while the compaction is written (probe max minus idle median): "
               f"{(max(busy) - statistics.median(idle)) * 1000:.0f} ms; "
               f"log lines mentioning overflow: {overflow}")
     if not a.keep:

@@ -14,7 +14,8 @@
 # logging proxy of bench/tools.py, which counts its requests.
 # On S3 the restore side is measured too, through the same proxy: `tableslurp -r --dry-run`
 # (the whole node's plan) and `tablechop ... 0` (RSS, wall, requests). RESTART_PREFIX=KEY/
-# with RESTART_KEEP=1 from an earlier run reuses its tree and objects (no first run).
+# with RESTART_KEEP=1 from an earlier run reuses its objects (no first run) and its tree
+# (made again if gone; RESTART_HOST names the host if $RESTART_DIR/host is gone too).
 # Knobs: RESTART_OBJECTS, RESTART_DIR (default /tmp/tsrestart; removed at the end unless
 # RESTART_KEEP=1), TABLESNAP_BIN (default: target/release/tablesnap, built unless
 # BENCH_SKIP_BUILD=1), RESTART_ARGS (extra tablesnap arguments), RESTART_BEFORE_BIN (another
@@ -29,7 +30,7 @@ if [[ -z ${TABLESNAP_BIN:-} && ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --bin tablesnap)
 fi
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
-rm -rf "$DIR"
+[[ -n ${RESTART_PREFIX:-} ]] || rm -rf "$DIR"
 mkdir -p "$DIR"
 cleanup() { [[ ${RESTART_KEEP:-0} == 1 ]] || rm -rf "$DIR"; [[ -n ${PROXY_PID:-} ]] && kill "$PROXY_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -42,7 +43,7 @@ measure() { # label, then the command
     local rss wall summary
     rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$DIR/$label.out")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$DIR/$label.out")
-    summary=$(grep -o 'tablesnap stopped: .*\|total: .*\|tablechop: .*' "$DIR/$label.out" | sed 's/\x1b\[[0-9;]*m//g' | tail -1)
+    summary=$(grep -o 'tablesnap stopped: .*\|total: .*\|deleted .* objects' "$DIR/$label.out" | sed 's/\x1b\[[0-9;]*m//g' | tail -1 || true)
     echo "$label: peak RSS ${rss} MiB, wall $wall; $summary"
 }
 
@@ -66,7 +67,13 @@ export AWS_ACCESS_KEY_ID=$TABLESNAP_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$TA
 export AWS_REGION=${TABLESNAP_TEST_S3_REGION:-garage}
 if [[ -n ${RESTART_PREFIX:-} ]]; then
     PREFIX=$RESTART_PREFIX
-    HOST=$(cat "$DIR/host")
+    HOST=${RESTART_HOST:-$(cat "$DIR/host")}
+    echo "$HOST" >"$DIR/host"
+    if [[ ! -d $DATA ]]; then
+        # The generator is deterministic (names, sizes, mtimes): the same tree again.
+        python3 "$ROOT/bench/restart_gen.py" "$DATA" "$DIR/unused" "$HOST" "$N" >/dev/null
+        rm -rf "$DIR/unused"
+    fi
     echo "S3: reusing $DATA and s3://$TABLESNAP_TEST_S3_BUCKET/$PREFIX"
 else
     # The tree only (no file:// bucket): the first run stores it.
