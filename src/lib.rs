@@ -7,7 +7,9 @@
 //!   data dirs ──inotify──▶ watch ──events──▶ daemon::state ──▶ upload (N permits) ──▶ store
 //!      │   IN_MOVED_TO, IN_CLOSE_WRITE,       (per path: queued,   stat + md5 (+ the    (S3, GCS,
 //!      │   IN_CREATE, IN_Q_OVERFLOW            running, retrying,   SSTable's Digest),   Azure,
-//!      │                                       waiting for COMMIT)  PUT, multipart or    file://)
+//!      │                                       waiting for COMMIT;  PUT, multipart or    file://)
+//!      │                                       queue fair across
+//!      │                                       directories)
 //!      └── scan (-B, new dirs, overflow, rescan), beside the loop ─┘  copy of a hard link
 //!                       │                                                   │
 //!         cassandra::DirView: complete SSTables (TOC, txn logs),            │
@@ -15,7 +17,7 @@
 //!                                                 (one write per dir,    write in flight per
 //!                                                  interleaved)          directory, last
 //!
-//!   store ──one LIST──▶ restore::plan ──▶ restore::execute  (tableslurp: verified, parallel)
+//!   store ──one LIST──▶ restore::listing ──▶ restore::plan ──▶ restore::execute  (tableslurp)
 //!   store ──one LIST──▶ retention::decide(listing, indexes, now) ──▶ delete  (tablechop)
 //! ```
 //!

@@ -916,6 +916,90 @@ async fn a_big_compaction_output_uploading_does_not_hold_back_a_flush() {
     assert_eq!(summary.failures, 0, "{summary}");
 }
 
+/// A compaction's backlog held every other table's flush behind it: the upload queue was
+/// first in, first out, so a flush of table B right after a compaction of table A committed
+/// waited for every output of A to start uploading (`bench/lcs_stall.py`: 1.2 s behind 2,400
+/// small outputs; with real sizes, hours without a restore point for B). Now the free slots
+/// alternate between the smallest queued directory and the oldest queued file: B's flush is
+/// stored and named while A's outputs still upload, and A's restore points are all right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_another_table_is_not_held_behind_a_compaction_backlog() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = tempfile::tempdir().unwrap();
+    let a = table(data.path());
+    let b = data
+        .path()
+        .join("ks/users-0c3b1a40e03d11ebb4c1d335f841c590");
+    std::fs::create_dir_all(&b).unwrap();
+    let d = Running::start(slow(bucket.path(), vec![data.path().into()])).await;
+    let (gen1, gen2, _) = two_flushes_indexed(bucket.path(), &a, 1, 2).await;
+
+    // A compacts nb-1 and nb-2 into 40 outputs of 1 MiB: 40 MiB, about 20 s at 2 MiB/s.
+    let log = a.join("nb_txn_compaction_0000beef-0a7f-11ef-9a2b-5b2d6c9d3a11.log");
+    for i in [1, 2] {
+        append(
+            &log,
+            &record(RecordType::Remove, &format!("{}/nb-{i}-big", a.display())),
+        );
+    }
+    let mut outputs = BTreeSet::new();
+    let mut last = PathBuf::new();
+    for g in 3..43 {
+        append(
+            &log,
+            &record(RecordType::Add, &format!("{}/nb-{g}-big", a.display())),
+        );
+        let (components, _) = sized_components(g, 1 << 20);
+        for (n, bytes) in components {
+            std::fs::write(a.join(&n), bytes).unwrap();
+            if n.ends_with("Data.db") {
+                last = a.join(&n);
+            }
+            outputs.insert(n);
+        }
+    }
+    append(&log, &record(RecordType::Commit, ""));
+    for n in gen1.iter().chain(gen2.iter()) {
+        std::fs::remove_file(a.join(n)).unwrap();
+    }
+    std::fs::remove_file(&log).unwrap();
+    // Then B flushes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flushed = tokio::time::Instant::now();
+    let gen_b = transaction(&b, 1, &[]);
+    until_within(
+        "B's flush named while A's outputs upload",
+        Duration::from_secs(8),
+        || newest_index(bucket.path(), &b).is_some_and(|(_, n)| n == set(&gen_b)),
+        || format!(": {:?}", newest_index(bucket.path(), &b)),
+    )
+    .await;
+    let stored_last = std::fs::metadata(object(bucket.path(), &key(&last))).is_ok();
+    assert!(
+        !stored_last,
+        "A's last output was stored {:?} after B's flush: the test proves nothing",
+        flushed.elapsed()
+    );
+    let (k, _) = newest_index(bucket.path(), &b).unwrap();
+    holds_the_files(bucket.path(), &b, &set(&gen_b), &k);
+    until_within(
+        "A's newest index names its 40 outputs",
+        Duration::from_secs(90),
+        || newest_index(bucket.path(), &a).is_some_and(|(_, n)| n == outputs),
+        || {
+            format!(
+                ": {:?}",
+                newest_index(bucket.path(), &a).map(|(k, n)| (k, n.len()))
+            )
+        },
+    )
+    .await;
+    let (k, _) = newest_index(bucket.path(), &a).unwrap();
+    holds_the_files(bucket.path(), &a, &outputs, &k);
+    let summary = d.stop().await;
+    assert_eq!(summary.failures, 0, "{summary}");
+}
+
 /// A `-r -a` daemon on `roots` that stores at 2 MiB/s in 5 MiB parts: a 24 MiB file takes
 /// about 12 s.
 fn slow(bucket: &Path, roots: Vec<PathBuf>) -> Config {
@@ -933,9 +1017,14 @@ fn slow(bucket: &Path, roots: Vec<PathBuf>) -> Config {
 /// The sample's components as generation `g` with a 24 MiB `Data.db` (and its Digest to
 /// match): (components, the Data.db bytes).
 fn big_components(g: u32) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    sized_components(g, 24 << 20)
+}
+
+/// [`big_components`] with a `Data.db` of `size` bytes (other bytes for each `g`).
+fn sized_components(g: u32, size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     let mut big = sample_components(g);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let bytes: Vec<u8> = (0..24 << 20)
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(g);
+    let bytes: Vec<u8> = (0..size)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;

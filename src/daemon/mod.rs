@@ -30,6 +30,7 @@
 //!   aborted), and return a summary.
 
 mod index;
+mod queue;
 mod run;
 mod state;
 

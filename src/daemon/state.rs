@@ -3,7 +3,7 @@
 //! ([`super::index`]), and the transitions on each event, finished task or scan. No
 //! store request is made here; tasks are spawned by [`super::run`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -73,7 +73,9 @@ pub(super) struct Daemon<'a> {
     pub(super) pending_since: HashMap<PathBuf, u64>,
     pub(super) pending_order: BTreeSet<(u64, PathBuf)>,
     pub(super) roots: Vec<PathBuf>,
-    pub(super) queue: VecDeque<PathBuf>,
+    /// What waits for an upload slot ([`super::queue`]: a flush is not held behind a
+    /// compaction's backlog).
+    pub(super) queue: super::queue::UploadQueue,
     pub(super) queued: HashSet<PathBuf>,
     pub(super) running: HashSet<PathBuf>,
     /// Paths that got an event while running: queue again when done.
@@ -138,7 +140,7 @@ impl<'a> Daemon<'a> {
             pending_since: HashMap::new(),
             pending_order: BTreeSet::new(),
             roots,
-            queue: VecDeque::new(),
+            queue: super::queue::UploadQueue::new(),
             queued: HashSet::new(),
             running: HashSet::new(),
             rerun: HashSet::new(),

@@ -79,7 +79,6 @@ pub async fn execute(
     opts: &ExecOptions,
     observer: &dyn Observer,
 ) -> Report {
-    let mut report = Report::default();
     // Open every target directory first; a table whose directory cannot be used fails whole.
     let dirs = open_dirs(plan);
     let dirs = &dirs;
@@ -101,8 +100,8 @@ pub async fn execute(
     let downloads = async move {
         let commit = &commit;
         futures::stream::iter(plan.files().map(|f| async move {
-            let parent = f.dest().parent().map(Path::to_path_buf).unwrap_or_default();
-            let outcome = match dirs.get(&parent) {
+            let parent = f.dest_dir();
+            let outcome = match dirs.get(parent) {
                 Some(Ok(dir)) => {
                     let ctx = Ctx {
                         store,
@@ -118,12 +117,12 @@ pub async fn execute(
                 }
                 Some(Err(e)) => Outcome::Failed(RestoreError::Io {
                     op: "open directory",
-                    path: parent,
+                    path: parent.to_path_buf(),
                     source: std::io::Error::other(e.clone()),
                 }),
                 None => Outcome::Failed(RestoreError::Io {
                     op: "open directory",
-                    path: parent,
+                    path: parent.to_path_buf(),
                     source: std::io::Error::other("not a planned directory"),
                 }),
             };
@@ -131,18 +130,35 @@ pub async fn execute(
             (f, outcome)
         }))
         .buffer_unordered(opts.threads.max(1))
-        .collect::<Vec<_>>()
+        // Folded as they finish: a node's million outcomes are counted, not held (issue
+        // #18: 890k of them held 200 MiB). Directories a file was renamed into are kept.
+        .fold(
+            (
+                Report::default(),
+                std::collections::BTreeSet::<PathBuf>::new(),
+            ),
+            |(mut report, mut used), (f, o)| async move {
+                match o {
+                    Outcome::Restored { .. } => {
+                        report.restored += 1;
+                        report.restored_bytes += f.size;
+                        if !used.contains(f.dest_dir()) {
+                            used.insert(f.dest_dir().to_path_buf());
+                        }
+                    }
+                    Outcome::AlreadyPresent => report.present += 1,
+                    Outcome::Verified => report.verified += 1,
+                    Outcome::Failed(e) => report.failures.push((f.key(), e)),
+                }
+                (report, used)
+            },
+        )
         .await
         // `commit` is dropped here, which ends the committer.
     };
-    let (results, ()) = tokio::join!(downloads, committer);
+    let ((mut report, used), ()) = tokio::join!(downloads, committer);
     // The renames: one more syncfs per filesystem, then each directory's fsync (cheap now,
     // and the one that reports an error of that directory).
-    let used: std::collections::BTreeSet<PathBuf> = results
-        .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Restored { .. }))
-        .filter_map(|(f, _)| f.dest().parent().map(Path::to_path_buf))
-        .collect();
     let mut opened = Vec::new();
     for d in used.into_iter().filter(|_| opts.durable) {
         if let Some(Ok(dir)) = dirs.get(&d) {
@@ -162,17 +178,6 @@ pub async fn execute(
     })
     .await;
     report.incomplete_sstables = check_tocs(plan, dirs);
-    for (f, o) in results {
-        match o {
-            Outcome::Restored { .. } => {
-                report.restored += 1;
-                report.restored_bytes += f.size;
-            }
-            Outcome::AlreadyPresent => report.present += 1,
-            Outcome::Verified => report.verified += 1,
-            Outcome::Failed(e) => report.failures.push((f.key(), e)),
-        }
-    }
     report
 }
 

@@ -266,7 +266,7 @@ pub async fn verify(
 ) -> Report {
     let digests = &fetch_digests(store, plan, opts.threads).await;
     let host = plan.host.as_str();
-    let results = futures::stream::iter(plan.files().map(|f| async move {
+    futures::stream::iter(plan.files().map(|f| async move {
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -291,16 +291,15 @@ pub async fn verify(
         (f, outcome)
     }))
     .buffer_unordered(opts.threads.max(1))
-    .collect::<Vec<_>>()
-    .await;
-    let mut report = Report::default();
-    for (f, o) in results {
+    // Folded as they finish: a node's million outcomes are counted, not held.
+    .fold(Report::default(), |mut report, (f, o)| async move {
         match o {
             Outcome::Failed(e) => report.failures.push((f.key(), e)),
             _ => report.verified += 1,
         }
-    }
-    report
+        report
+    })
+    .await
 }
 
 async fn verify_one(
