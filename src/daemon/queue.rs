@@ -91,34 +91,33 @@ impl UploadQueue {
 
     /// Queues `p` behind everything.
     pub fn push_back(&mut self, p: PathBuf) {
-        let dir = dir_of(&p);
-        self.unkey(&dir);
         let seq = self.back;
         self.back += 1;
-        let q = self.dirs.entry(dir.clone()).or_insert_with(|| DirQueue {
-            files: VecDeque::new(),
-            since: seq,
-        });
-        q.files.push_back((seq, p));
-        self.len += 1;
-        self.rekey(dir);
+        self.insert(p, seq, false);
     }
 
     /// Puts a file just taken back at the head (its task could not start).
     pub fn push_front(&mut self, p: PathBuf) {
+        self.front -= 1;
+        self.insert(p, self.front, true);
+        // The pop it undoes does not count as a turn.
+        self.smallest_next = !self.smallest_next;
+    }
+
+    fn insert(&mut self, p: PathBuf, seq: i64, at_front: bool) {
         let dir = dir_of(&p);
         self.unkey(&dir);
-        self.front -= 1;
-        let seq = self.front;
         let q = self.dirs.entry(dir.clone()).or_insert_with(|| DirQueue {
             files: VecDeque::new(),
             since: seq,
         });
-        q.files.push_front((seq, p));
+        if at_front {
+            q.files.push_front((seq, p));
+        } else {
+            q.files.push_back((seq, p));
+        }
         self.len += 1;
         self.rekey(dir);
-        // The pop it undoes does not count as a turn.
-        self.smallest_next = !self.smallest_next;
     }
 
     /// The next file to upload.
