@@ -224,9 +224,9 @@ impl Daemon<'_> {
                     let r = tokio::select! {
                         r = async {
                             if files.is_empty() {
-                                up.write_restore_point(&dir, previous.as_ref(), &c).await
+                                up.write_restore_point(&dir, previous.as_deref(), &c).await
                             } else {
-                                up.write_index(&dir, &files, previous.as_ref(), &c).await
+                                up.write_index(&dir, &files, previous.as_deref(), &c).await
                             }
                         } => r,
                         _ = grace => Err(UploadError::Cancelled { path: dir.clone() }),

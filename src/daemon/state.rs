@@ -109,7 +109,8 @@ pub(super) struct Daemon<'a> {
     pub(super) indexes: IndexScheduler,
     /// What the last index this run wrote for each directory named: a file stored that it
     /// does not name, or one it names deleted, makes a new index due.
-    pub(super) last_named: HashMap<PathBuf, BTreeSet<String>>,
+    /// Shared with the index task that reads it (a 50,000-name set is not copied per index).
+    pub(super) last_named: HashMap<PathBuf, Arc<BTreeSet<String>>>,
     /// Directories whose index is due again because it left out files not settled yet
     /// (once: a file that never settles is named by a later index, not polled for).
     pub(super) rechecked: HashSet<PathBuf>,
@@ -344,7 +345,7 @@ impl<'a> Daemon<'a> {
                 continue;
             }
             self.uploader.retire_unnamed(&dir, &names);
-            self.last_named.insert(dir.clone(), names);
+            self.last_named.insert(dir.clone(), Arc::new(names));
             self.touch_index(&dir);
         }
         self.metrics
@@ -749,7 +750,7 @@ impl<'a> Daemon<'a> {
                         if !w.indexed.is_empty() {
                             tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
                             self.last_named
-                                .insert(dir.clone(), w.names.iter().cloned().collect());
+                                .insert(dir.clone(), Arc::new(w.names.iter().cloned().collect()));
                         }
                         if self.rechecked.remove(&dir) {
                             // This was the second look: a file still not settled is named
