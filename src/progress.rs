@@ -74,10 +74,20 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// The key of `p` in [`State::pending`].
+fn path_hash(p: &Path) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    KEYS.hash_one(p)
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Files of the scan not finished yet, with their size at the scan.
-    pending: HashMap<PathBuf, u64>,
+    /// Files of the scan not finished yet (by a hash of the path: the daemon holds the
+    /// paths; a million of them held again here cost ~100 MiB), with their size at the scan.
+    /// A collision of two 64-bit hashes would only miscount the progress shown.
+    pending: HashMap<u64, u64>,
     files_total: u64,
     files_done: u64,
     /// Bytes to upload: the scan's total minus what was found already stored or vanished.
@@ -128,9 +138,9 @@ impl Progress {
         every: Duration,
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Self {
-        let pending: HashMap<PathBuf, u64> = files
+        let pending: HashMap<u64, u64> = files
             .into_iter()
-            .map(|p| (p.clone(), std::fs::metadata(p).map_or(0, |m| m.len())))
+            .map(|p| (path_hash(p), std::fs::metadata(p).map_or(0, |m| m.len())))
             .collect();
         if pending.is_empty() && already_stored == 0 {
             return Self::none();
@@ -210,7 +220,7 @@ impl Progress {
     pub fn file_done(&mut self, path: &Path, outcome: &Outcome) {
         let Some(inner) = &self.inner else { return };
         let mut s = inner.state.lock().expect("progress state");
-        let Some(size) = s.pending.remove(path) else {
+        let Some(size) = s.pending.remove(&path_hash(path)) else {
             return;
         };
         s.files_done += 1;

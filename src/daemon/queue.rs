@@ -17,11 +17,12 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 struct DirQueue {
     /// (seq, file), in queue order: seqs ascend.
-    files: VecDeque<(i64, PathBuf)>,
+    files: VecDeque<(i64, Arc<Path>)>,
     /// When the directory last came into the queue (tie-break among equal lengths).
     since: i64,
 }
@@ -90,21 +91,21 @@ impl UploadQueue {
     }
 
     /// Queues `p` behind everything.
-    pub fn push_back(&mut self, p: PathBuf) {
+    pub fn push_back(&mut self, p: Arc<Path>) {
         let seq = self.back;
         self.back += 1;
         self.insert(p, seq, false);
     }
 
     /// Puts a file just taken back at the head (its task could not start).
-    pub fn push_front(&mut self, p: PathBuf) {
+    pub fn push_front(&mut self, p: Arc<Path>) {
         self.front -= 1;
         self.insert(p, self.front, true);
         // The pop it undoes does not count as a turn.
         self.smallest_next = !self.smallest_next;
     }
 
-    fn insert(&mut self, p: PathBuf, seq: i64, at_front: bool) {
+    fn insert(&mut self, p: Arc<Path>, seq: i64, at_front: bool) {
         let dir = dir_of(&p);
         self.unkey(&dir);
         let q = self.dirs.entry(dir.clone()).or_insert_with(|| DirQueue {
@@ -121,7 +122,7 @@ impl UploadQueue {
     }
 
     /// The next file to upload.
-    pub fn pop_front(&mut self) -> Option<PathBuf> {
+    pub fn pop_front(&mut self) -> Option<Arc<Path>> {
         let dir = if self.smallest_next {
             self.by_len.first().map(|(_, _, d)| d.clone())?
         } else {
@@ -149,10 +150,10 @@ mod tests {
     fn a_flush_goes_before_a_compaction_backlog_which_still_gets_every_other_slot() {
         let mut q = UploadQueue::new();
         for i in 0..100 {
-            q.push_back(PathBuf::from(format!("/d/a/out-{i}")));
+            q.push_back(PathBuf::from(format!("/d/a/out-{i}")).into());
         }
         for i in 0..3 {
-            q.push_back(PathBuf::from(format!("/d/b/flush-{i}")));
+            q.push_back(PathBuf::from(format!("/d/b/flush-{i}")).into());
         }
         let order: Vec<String> = std::iter::from_fn(|| q.pop_front())
             .take(8)
@@ -268,15 +269,15 @@ mod tests {
                     Op::Push(d) => {
                         n += 1;
                         let p = PathBuf::from(format!("/data/d{d}/f{n}"));
-                        q.push_back(p.clone());
+                        q.push_back(p.clone().into());
                         m.push_back(p);
                     }
-                    Op::Pop => prop_assert_eq!(q.pop_front(), m.pop()),
+                    Op::Pop => prop_assert_eq!(q.pop_front().map(|p| p.to_path_buf()), m.pop()),
                     Op::Unpop => {
-                        let (a, b) = (q.pop_front(), m.pop());
+                        let (a, b) = (q.pop_front().map(|p| p.to_path_buf()), m.pop());
                         prop_assert_eq!(&a, &b);
                         if let Some(p) = a {
-                            q.push_front(p.clone());
+                            q.push_front(p.clone().into());
                             m.push_front(p);
                         }
                     }
@@ -286,7 +287,7 @@ mod tests {
             }
             // Drained, every file comes out once, in its directory's order.
             let mut last: HashMap<PathBuf, u64> = HashMap::new();
-            while let Some(p) = q.pop_front() {
+            while let Some(p) = q.pop_front().map(|p| p.to_path_buf()) {
                 let want = m.pop();
                 prop_assert_eq!(Some(&p), want.as_ref());
                 let f: u64 = p.file_name().unwrap().to_str().unwrap()[1..].parse().unwrap();
