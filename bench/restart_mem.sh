@@ -3,7 +3,7 @@
 # --once -B -r` run over a tree whose every file and index is already stored. Reports peak
 # RSS and wall time (from /usr/bin/time -v) and, on S3, the requests the restart sent.
 #
-#   bench/restart_mem.sh                      # file://, 1,000,000 objects (~1 min to build)
+#   bench/restart_mem.sh                      # file://, 1,000,000 objects (~1 min to build; real listings)
 #   RESTART_OBJECTS=200000 bench/restart_mem.sh
 #   RESTART_S3=1 RESTART_OBJECTS=100000 bench/restart_mem.sh   # Garage, requests counted
 #
@@ -48,7 +48,7 @@ measure() { # label, then the command
 }
 
 if [[ $S3 != 1 ]]; then
-    read -r files objects < <(python3 "$ROOT/bench/restart_gen.py" "$DATA" "$DIR/bucket" "$HOST" "$N")
+    read -r files objects < <(python3 "$ROOT/bench/restart_gen.py" "$DATA" "$DIR/bucket" "$HOST" "$N" --listings)
     echo "file://: $files local files, $objects stored objects ($(du -sh "$DIR" | cut -f1) on disk)"
     sync
     # shellcheck disable=SC2086
@@ -57,6 +57,9 @@ if [[ $S3 != 1 ]]; then
         # shellcheck disable=SC2086
         measure restart-before "$RESTART_BEFORE_BIN" --once -B -r -n "$HOST" ${RESTART_ARGS:-} "file://$DIR/bucket" "$DATA"
     fi
+    # The restore side on the same bucket (its indexes are real listings).
+    measure restore-plan "$(dirname "$BIN")/tableslurp" -r --dry-run -n "$HOST" "file://$DIR/bucket" "$DATA" "$DIR/restore"
+    measure tablechop-dry "$(dirname "$BIN")/tablechop" --dry-run -n "$HOST" "file://$DIR/bucket" "$DATA" 0
     exit 0
 fi
 

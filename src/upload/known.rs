@@ -68,8 +68,11 @@ impl Dir {
         })
     }
 
-    /// The newest index known in this directory: (LastModified, name), the greatest name
-    /// among the same second.
+    /// The newest index known in this directory: (LastModified, name). Among the same
+    /// second, the order tableslurp and tablechop use ([`crate::restore::newness`]): the
+    /// higher SSTable generation, then the greater name. (By name alone `nb-99-big` beat
+    /// `nb-111-big`: a restart over such a tie took the older listing as the restore point
+    /// and stored again, as superseded, every SSTable only the newer one named.)
     fn newest_index(&self) -> Option<(i64, &str)> {
         let listed = self
             .listed
@@ -79,8 +82,12 @@ impl Dir {
         let recorded = self.recorded.iter().map(|(n, k)| (k.stored_at, n.as_ref()));
         listed
             .chain(recorded)
-            .filter(|(_, n)| n.ends_with(crate::layout::INDEX_SUFFIX))
+            .filter_map(|(t, n)| {
+                let data = n.strip_suffix(crate::layout::INDEX_SUFFIX)?;
+                Some((t, crate::layout::sstable_generation(data), n))
+            })
             .max()
+            .map(|(t, _, n)| (t, n))
     }
 
     fn is_empty(&self) -> bool {
@@ -315,6 +322,38 @@ mod tests {
             l.push(k, *s, 100);
         }
         l.finish()
+    }
+
+    /// Indexes of one second (the original's, a generated bucket, a restart within the
+    /// second of the last write): the newest is the one tableslurp restores, the higher
+    /// generation, not the greater name (`nb-99` > `nb-111` as strings).
+    #[test]
+    fn same_second_indexes_are_ordered_as_tableslurp_orders_them() {
+        let mut set = KnownSet::default();
+        let l = listing(&[
+            ("h:/d/t/nb-99-big-Data.db-listdir.json", 1),
+            ("h:/d/t/nb-111-big-Data.db-listdir.json", 1),
+            ("h:/d/t/nb-111-big-Data.db", 1),
+            ("h:/d/t/nb-99-big-Data.db", 1),
+        ]);
+        set.replace_under("h:/d/", l, 1);
+        assert_eq!(
+            set.newest_indexes_under("h:/d/"),
+            [(
+                "h:/d/t".to_string(),
+                "nb-111-big-Data.db-listdir.json".to_string()
+            )]
+        );
+        // A later second wins whatever its generation.
+        let later = Known {
+            stored_at: 101,
+            ..known(1, 2)
+        };
+        set.insert("h:/d/t/nb-5-big-Data.db-listdir.json", later);
+        assert_eq!(
+            set.newest_indexes_under("h:/d/")[0].1,
+            "nb-5-big-Data.db-listdir.json"
+        );
     }
 
     #[test]
