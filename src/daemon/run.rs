@@ -320,11 +320,7 @@ impl Daemon<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::Config;
-    use crate::layout::Layout;
-    use crate::metrics::Metrics;
-    use crate::store::{Store, StoreOptions};
-    use crate::upload::{Outcome, Uploader};
+    use crate::upload::Outcome;
 
     /// Regression (issue #10, defect 10): a panicking upload task left its path "running"
     /// for ever, and its directory got no more indexes. The panic is contained and the work
@@ -332,25 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_retried_not_leaked() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(
-            StoreOptions {
-                destination: format!("file://{}", dir.path().join("b").display()),
-                ..Default::default()
-            },
-            Layout::new("", "h", ":"),
-            vec![dir.path().into()],
-        );
-        let up = Arc::new(Uploader::new(
-            Store::open(&cfg.store).unwrap(),
-            cfg.layout.clone(),
-            cfg.upload.clone(),
-        ));
-        let mut d = Daemon::new(
-            &cfg,
-            up,
-            Arc::new(Metrics::default()),
-            vec![dir.path().into()],
-        );
+        let mut d = Daemon::for_tests(dir.path());
         let p = dir.path().join("nb-1-big-Data.db");
         d.enqueue(p.clone());
         let task = d.next_task().expect("the file");

@@ -1043,6 +1043,33 @@ async fn stored_points(
     out
 }
 
+/// A daemon on `root` storing to `file://ROOT/b`, for unit tests of the state (its
+/// configuration is leaked: it lives as long as the test).
+#[cfg(test)]
+impl Daemon<'static> {
+    pub(super) fn for_tests(root: &Path) -> Daemon<'static> {
+        let cfg: &'static Config = Box::leak(Box::new(Config::new(
+            crate::store::StoreOptions {
+                destination: format!("file://{}", root.join("b").display()),
+                ..Default::default()
+            },
+            crate::layout::Layout::new("", "h", ":"),
+            vec![root.into()],
+        )));
+        let up = Arc::new(crate::upload::Uploader::new(
+            crate::store::Store::open(&cfg.store).unwrap(),
+            cfg.layout.clone(),
+            cfg.upload.clone(),
+        ));
+        Daemon::new(
+            cfg,
+            up,
+            Arc::new(crate::metrics::Metrics::default()),
+            vec![root.into()],
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,25 +1082,7 @@ mod tests {
     #[test]
     fn a_queued_path_is_held_once() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(
-            StoreOptions {
-                destination: format!("file://{}", dir.path().join("b").display()),
-                ..Default::default()
-            },
-            Layout::new("", "h", ":"),
-            vec![dir.path().into()],
-        );
-        let up = Arc::new(Uploader::new(
-            Store::open(&cfg.store).unwrap(),
-            cfg.layout.clone(),
-            cfg.upload.clone(),
-        ));
-        let mut d = Daemon::new(
-            &cfg,
-            up,
-            Arc::new(Metrics::default()),
-            vec![dir.path().into()],
-        );
+        let mut d = Daemon::for_tests(dir.path());
         let p = dir.path().join("ks/t-1/nb-1-big-Data.db");
         d.enqueue(p.clone());
         let held = d.queued.get(p.as_path()).expect("queued").clone();
@@ -1201,25 +1210,7 @@ mod tests {
         for g in 1000..6000 {
             std::fs::write(t.join(format!("nb-{g}-big-Filter.db")), b"").unwrap();
         }
-        let cfg = Config::new(
-            StoreOptions {
-                destination: format!("file://{}", dir.path().join("b").display()),
-                ..Default::default()
-            },
-            Layout::new("", "h", ":"),
-            vec![dir.path().into()],
-        );
-        let up = Arc::new(Uploader::new(
-            Store::open(&cfg.store).unwrap(),
-            cfg.layout.clone(),
-            cfg.upload.clone(),
-        ));
-        let mut d = Daemon::new(
-            &cfg,
-            up,
-            Arc::new(Metrics::default()),
-            vec![dir.path().into()],
-        );
+        let mut d = Daemon::for_tests(dir.path());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         d.checked_tx = Some(tx);
         d.unsettled
