@@ -16,7 +16,7 @@
 //! Pure (no clock, no I/O); a property test checks it against a plain list.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -27,14 +27,15 @@ struct DirQueue {
     since: i64,
 }
 
-/// See the module doc.
+/// See the module doc. A directory is keyed by one shared `Arc<Path>` in all three maps, so
+/// a push or a pop allocates nothing but a new directory's key.
 #[derive(Debug, Default)]
 pub struct UploadQueue {
-    dirs: HashMap<PathBuf, DirQueue>,
+    dirs: HashMap<Arc<Path>, DirQueue>,
     /// (files queued, since, dir): the smallest directory first.
-    by_len: BTreeSet<(usize, i64, PathBuf)>,
+    by_len: BTreeSet<(usize, i64, Arc<Path>)>,
     /// (seq of the directory's first file, dir): the oldest file first.
-    by_age: BTreeSet<(i64, PathBuf)>,
+    by_age: BTreeSet<(i64, Arc<Path>)>,
     /// Next seq at the back; the next one at the front is `front - 1`.
     back: i64,
     front: i64,
@@ -43,8 +44,8 @@ pub struct UploadQueue {
     smallest_next: bool,
 }
 
-fn dir_of(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_default()
+fn dir_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new(""))
 }
 
 impl UploadQueue {
@@ -64,18 +65,17 @@ impl UploadQueue {
     }
 
     /// Takes `dir` out of both orders (before its queue changes).
-    fn unkey(&mut self, dir: &Path) {
+    fn unkey(&mut self, dir: &Arc<Path>) {
         if let Some(q) = self.dirs.get(dir) {
             if let Some(&(seq, _)) = q.files.front() {
-                self.by_age.remove(&(seq, dir.to_path_buf()));
+                self.by_age.remove(&(seq, dir.clone()));
             }
-            self.by_len
-                .remove(&(q.files.len(), q.since, dir.to_path_buf()));
+            self.by_len.remove(&(q.files.len(), q.since, dir.clone()));
         }
     }
 
     /// Puts `dir` back in both orders (after its queue changed), or forgets it when empty.
-    fn rekey(&mut self, dir: PathBuf) {
+    fn rekey(&mut self, dir: Arc<Path>) {
         let Some(q) = self.dirs.get(&dir) else {
             return;
         };
@@ -106,7 +106,10 @@ impl UploadQueue {
     }
 
     fn insert(&mut self, p: Arc<Path>, seq: i64, at_front: bool) {
-        let dir = dir_of(&p);
+        let dir = match self.dirs.get_key_value(dir_of(&p)) {
+            Some((d, _)) => d.clone(),
+            None => Arc::from(dir_of(&p)),
+        };
         self.unkey(&dir);
         let q = self.dirs.entry(dir.clone()).or_insert_with(|| DirQueue {
             files: VecDeque::new(),
@@ -145,6 +148,12 @@ impl UploadQueue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    /// The model's directory of `p` (owned).
+    fn dir_of(p: &Path) -> PathBuf {
+        super::dir_of(p).to_path_buf()
+    }
 
     #[test]
     fn a_flush_goes_before_a_compaction_backlog_which_still_gets_every_other_slot() {

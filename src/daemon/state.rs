@@ -357,8 +357,7 @@ impl<'a> Daemon<'a> {
         for p in f.scan.ready {
             self.enqueue(p.clone());
             let queued = self.queued.get(p.as_path()).cloned();
-            if let Some(q) = queued.filter(|q| !self.untried.contains(q)) {
-                self.untried.insert(q);
+            if queued.is_some_and(|q| self.untried.insert(q)) {
                 if let Some(d) = p.parent() {
                     *self.untried_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
                 }
