@@ -630,26 +630,16 @@ fn json_line(out: &mut impl std::io::Write, v: &serde_json::Value) {
     let _ = writeln!(out, "{v}");
 }
 
-/// A sink for one JSON value at a time: a plan of a million files is printed, not held.
-struct Emit<'a>(&'a mut dyn FnMut(serde_json::Value));
-
-impl Emit<'_> {
-    fn push(&mut self, v: serde_json::Value) {
-        (self.0)(v)
-    }
-}
-
 /// One JSON object per table, file, problem, room and total of a plan (`--dry-run --json`),
-/// each given to `emit` as it is made.
+/// each given to `emit` as it is made: a plan of a million files is printed, not held.
 fn plan_json(
     plan: &restore::Plan,
     rooms: &[restore::space::Room],
     emit: &mut dyn FnMut(serde_json::Value),
 ) {
     use serde_json::json;
-    let mut out = Emit(emit);
     for t in &plan.tables {
-        out.push(json!({
+        emit(json!({
             "type": "table",
             "dir": t.dir,
             "target": t.target,
@@ -674,7 +664,7 @@ fn plan_json(
             "present": t.files.iter().filter(|f| f.already_present()).count(),
         }));
         for f in &t.files {
-            out.push(json!({
+            emit(json!({
                 "type": "file",
                 "dir": t.dir,
                 "name": f.name(),
@@ -692,7 +682,7 @@ fn plan_json(
     }
     if let Some(c) = &plan.commitlogs {
         for f in &c.files {
-            out.push(json!({
+            emit(json!({
                 "type": "commitlog",
                 "name": f.name(),
                 "key": f.key(),
@@ -702,13 +692,13 @@ fn plan_json(
         }
     }
     for d in &plan.skipped_dirs {
-        out.push(json!({"type": "skipped_dir", "dir": d}));
+        emit(json!({"type": "skipped_dir", "dir": d}));
     }
     for p in &plan.problems {
-        out.push(json!({"type": "problem", "message": p.to_string()}));
+        emit(json!({"type": "problem", "message": p.to_string()}));
     }
     for r in rooms {
-        out.push(json!({
+        emit(json!({
             "type": "room",
             "path": r.path,
             "need_bytes": r.need,
@@ -716,7 +706,7 @@ fn plan_json(
             "fits": r.fits(),
         }));
     }
-    out.push(json!({
+    emit(json!({
         "type": "total",
         "tables": plan.tables.len(),
         "files": plan.files().count(),
@@ -739,19 +729,19 @@ fn verify_json(plan: &restore::Plan, r: &restore::Report, emit: &mut dyn FnMut(s
             emit(v)
         }
     });
-    let mut out = Emit(emit);
     for f in plan.files() {
-        let err = failed.get(f.key().as_str());
-        out.push(json!({
+        let key = f.key();
+        let err = failed.get(key.as_str());
+        emit(json!({
             "type": "verified",
-            "key": f.key(),
+            "key": key,
             "size": f.size,
             "ok": err.is_none(),
             "error": err,
             "verified_by": if f.digest().is_some() { "digest+md5" } else { "md5" },
         }));
     }
-    out.push(json!({
+    emit(json!({
         "type": "summary",
         "verified": r.verified,
         "failed": r.failures.len(),

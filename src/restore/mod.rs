@@ -302,15 +302,16 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The listing cannot be held ([`ListingError::TooLarge`]).
+    #[error(transparent)]
+    Listing(ListingError),
 }
 
 impl From<ListingError> for PrepareError {
     fn from(e: ListingError) -> Self {
         match e {
             ListingError::Store(e) => PrepareError::List(e),
-            e @ ListingError::TooLarge { .. } => {
-                PrepareError::Plan(PlanError::Listing(e.to_string()))
-            }
+            e @ ListingError::TooLarge { .. } => PrepareError::Listing(e),
         }
     }
 }

@@ -72,8 +72,6 @@ pub enum PlanError {
     NoSuchIndex { key: String },
     #[error("-f expects a plain file name such as nb-7-big-Data.db, got {0:?}")]
     BadFileArg(String),
-    #[error("{0}")]
-    Listing(String),
 }
 
 /// A per-table problem found while planning; the other tables are still restored.
@@ -184,10 +182,16 @@ impl PlannedFile {
         self.renamed = Some(name.into());
     }
 
-    pub fn digest(&self) -> Option<DigestRef> {
+    /// The key and algorithm of the `Digest` this `Data.db` is checked against.
+    pub fn digest_key(&self) -> Option<(String, crate::digest::Algorithm)> {
         let (slot, alg) = self.digest?;
+        Some((self.set.listed.key_of(slot), alg))
+    }
+
+    pub fn digest(&self) -> Option<DigestRef> {
+        let (key, alg) = self.digest_key()?;
         Some(DigestRef {
-            key: self.set.listed.key_of(slot),
+            key,
             alg,
             sstable: self.name().trim_end_matches("Data.db").to_string(),
             dir: self.set.dir.clone(),

@@ -204,11 +204,8 @@ const MAX_DIGEST_BYTES: u64 = 4096;
 /// Fetches and parses every Digest the plan's `Data.db` files refer to, each checked by
 /// MD5 first. One that cannot be used leaves its `Data.db` to MD5, with a warning.
 pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) -> Digests {
-    let wanted: BTreeMap<String, digest::Algorithm> = plan
-        .files()
-        .filter_map(|f| f.digest())
-        .map(|d| (d.key, d.alg))
-        .collect();
+    let wanted: BTreeMap<String, digest::Algorithm> =
+        plan.files().filter_map(PlannedFile::digest_key).collect();
     let got: Vec<(String, Result<digest::Value, String>)> =
         futures::stream::iter(wanted.into_iter().map(|(key, alg)| async move {
             let k = key.as_str();
