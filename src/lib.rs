@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod progress;
 pub mod restore;
 pub mod retention;
+pub mod seal;
 pub mod store;
 pub mod throttle;
 pub mod upload;

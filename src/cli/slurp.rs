@@ -30,7 +30,9 @@ Exit status:
      or corrupt at the source (each is named in the log)
   2  bad usage
   3  configuration or destination error: bucket missing, access denied, endpoint
-     unreachable, target not writable, nothing to restore found, not enough room";
+     unreachable, target not writable, nothing to restore found, not enough room;
+     sealed objects and no --identity, or none that opens them (found before anything
+     is written)";
 
 /// Restore Cassandra SSTables backed up by tablesnap.
 #[derive(Debug, Parser)]
@@ -90,6 +92,17 @@ pub struct Args {
     #[arg(long = "max-bandwidth", env = "TABLESLURP_MAX_BANDWIDTH",
           value_parser = crate::throttle::parse_rate)]
     pub max_bandwidth: Option<u64>,
+    /// An age identity file (AGE-SECRET-KEY-1... lines, from age-keygen) to open sealed
+    /// objects with; repeatable (an old key beside the new after a rotation). Plain
+    /// objects need none
+    #[arg(
+        short = 'i',
+        long = "identity",
+        value_name = "PATH",
+        env = "TABLESLURP_IDENTITY",
+        value_delimiter = ','
+    )]
+    pub identity: Vec<PathBuf>,
     /// Restore the file set of ORIGIN/FILE-listdir.json (FILE = a ...-Data.db name) instead
     /// of the newest
     #[arg(short = 'f', long, conflicts_with_all = ["recursive", "as_of"], env = "TABLESLURP_FILE")]
@@ -342,7 +355,21 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         Ownership::Current
     };
+    let identities = if a.identity.is_empty() {
+        None
+    } else {
+        Some(std::sync::Arc::new(
+            crate::seal::Identities::read(&a.identity).map_err(|e| anyhow!("{e}"))?,
+        ))
+    };
+    // Sealed objects and the keys to open them, asked before anything is written.
+    if !a.verify || identities.is_some() {
+        restore::sealed::preflight(&store, &plan, &identities, threads)
+            .await
+            .map_err(|e| anyhow!("{}", escape(&e.to_string())))?;
+    }
     let exec = ExecOptions {
+        identities,
         threads,
         force: a.force,
         durable: !a.no_fsync,
@@ -398,6 +425,15 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             r.failures.len(),
             started.elapsed()
         );
+        if r.verified_sealed_only > 0 {
+            tracing::info!(
+                "{} of them are sealed and were checked by the CRC-32 of their stored bytes \
+                 only (no --identity): pass --identity to check their content (MD5, Digest) too",
+                r.verified_sealed_only
+            );
+        } else if exec.identities.is_some() {
+            tracing::info!("sealed files were opened and checked by content (MD5, Digest)");
+        }
         return Ok(code(r.ok() && !problems));
     }
     for r in &rooms {

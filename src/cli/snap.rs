@@ -181,6 +181,25 @@ pub struct SnapArgs {
         env = "TABLESNAP_HEALTH_FAILING_AFTER"
     )]
     pub health_failing_after: u64,
+    /// Seal every data object to this age X25519 public key (age1..., from age-keygen);
+    /// repeatable: any one of the matching identities restores. Indexes stay in clear.
+    /// The node needs no secret key. TABLESNAP_RECIPIENT: comma-separated
+    #[arg(
+        long = "recipient",
+        value_name = "RECIPIENT",
+        env = "TABLESNAP_RECIPIENT",
+        value_delimiter = ','
+    )]
+    pub recipient: Vec<String>,
+    /// Seal to the recipients in this file (one age1... key a line, # comments), as
+    /// `age -R`; repeatable
+    #[arg(
+        long = "recipients-file",
+        value_name = "PATH",
+        env = "TABLESNAP_RECIPIENTS_FILE",
+        value_delimiter = ','
+    )]
+    pub recipients_file: Vec<PathBuf>,
 }
 
 impl SnapArgs {
@@ -208,6 +227,17 @@ impl SnapArgs {
         let name = self.name.unwrap_or_else(super::fqdn);
         let layout = Layout::new(self.prefix, name, self.keyname_separator);
         let part = self.multipart_chunk_size.map(|mb| mb << 20);
+        for p in &self.recipients_file {
+            if crate::seal::looks_like_identity_file(p) {
+                anyhow::bail!(
+                    "--recipients-file {} holds a secret key (AGE-SECRET-KEY-1...): give the node \
+                     only the public key (age-keygen -y {} prints it), keep the identity off the node",
+                    p.display(),
+                    p.display()
+                );
+            }
+        }
+        let recipients = crate::seal::Recipients::parse(&self.recipient, &self.recipients_file)?;
         let upload = UploadConfig {
             with_index: !self.without_index,
             md5_on_start: self.md5_on_start,
@@ -224,6 +254,7 @@ impl SnapArgs {
             throttle: self
                 .max_bandwidth
                 .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
+            seal: (!recipients.is_empty()).then(|| std::sync::Arc::new(recipients)),
         };
         let mut cfg = Config::new(store, layout, self.paths);
         cfg.recursive = self.recursive;

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use super::commit::{GroupCommit, sync_batch};
 use super::dirs::{self, Dir};
 use super::verify::{Digests, Hashing, check_tocs, fetch_digests, next_chunk};
-use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError, escape};
+use super::{ExecOptions, Observer, Outcome, Ownership, Report, RestoreError, escape, sealed};
 use crate::layout::{self, StatMeta};
 use crate::restore::plan::{Plan, PlannedFile};
 use crate::store::{ErrorKind, ObjectInfo, Store, StoreError};
@@ -93,7 +93,7 @@ pub async fn execute(
         })
         .ok();
     // Each Data.db with a Digest in its file set is verified by that Digest as it streams.
-    let digests = &fetch_digests(store, plan, opts.threads).await;
+    let digests = &fetch_digests(store, plan, opts).await;
     let host = plan.host.as_str();
     let gate = &Semaphore::new(opts.threads.max(1));
     let (commit, committer) = GroupCommit::new();
@@ -204,8 +204,12 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     let name = file_name(f);
     match dir.stat(name) {
         Ok(Some(en)) if !opts.force => {
-            let why = if en.is_file() && en.size == f.size {
-                match present_matches(ctx, f, dir).await {
+            // A sealed object is larger than its file by its header and tags: a file of a
+            // size it may hold is asked about (HEAD: the plaintext size, then the MD5).
+            let sizes_match = en.size == f.size
+                || (opts.identities.is_some() && crate::seal::could_be_sealed(f.size, en.size));
+            let why = if en.is_file() && sizes_match {
+                match present_matches(ctx, f, dir, en.size).await {
                     Ok(None) => return Outcome::AlreadyPresent,
                     Ok(Some(why)) => why,
                     Err(e) => return Outcome::Failed(e),
@@ -235,6 +239,9 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     // matches too, the bytes are what was uploaded and the source was bad; if not, it was
     // the transfer, retried like any MD5 mismatch.
     let mut confirm = false;
+    // A sealed chunk that does not authenticate is fetched once more (a bit flipped in
+    // transit), then reported: the stored bytes are not what was sealed.
+    let mut tamper_retried = false;
     loop {
         attempt += 1;
         let r = fetch_once(ctx, f, dir, &tmp, attempt, confirm).await;
@@ -242,6 +249,11 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
             Ok(()) => return Outcome::Restored { attempts: attempt },
             Err(e) => {
                 let _ = dir.remove(&tmp);
+                if matches!(e, RestoreError::Tampered { .. }) && !tamper_retried {
+                    tamper_retried = true;
+                    tracing::warn!("{}; fetching it once more", escape(&e.to_string()));
+                    continue;
+                }
                 if matches!(e, RestoreError::Digest(_)) && !confirm {
                     confirm = true;
                     tracing::warn!(
@@ -273,6 +285,7 @@ async fn present_matches(
     ctx: &Ctx<'_>,
     f: &PlannedFile,
     dir: &Dir,
+    local_size: u64,
 ) -> Result<Option<String>, RestoreError> {
     let info = {
         let _permit = ctx.gate.acquire().await.expect("gate closed");
@@ -280,6 +293,24 @@ async fn present_matches(
             .head(&f.key())
             .await?
             .ok_or_else(|| RestoreError::Missing { key: f.key() })?
+    };
+    let info = match sealed::sealing(&info)? {
+        Some(meta) if meta.plain_size != local_size => {
+            return Ok(Some(format!(
+                "exists with {local_size} bytes but {} holds {}",
+                escape(&f.key()),
+                meta.plain_size
+            )));
+        }
+        Some(meta) => info.as_plain(meta.plain_size),
+        None if info.size != local_size => {
+            return Ok(Some(format!(
+                "exists with {local_size} bytes but {} has {}",
+                escape(&f.key()),
+                info.size
+            )));
+        }
+        None => info,
     };
     let mut h = Hashing::for_file(f, ctx.host, ctx.digests, false);
     if !h.by_digest() && info.expected_md5().is_none() {
@@ -351,13 +382,40 @@ async fn fetch_once(
                     .ok_or_else(|| RestoreError::Missing { key: f.key() })?
             };
             let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
-            let h = fetch_ranges(ctx, &f.key(), info.size, &file, &tmp_path, h).await?;
-            (info, h)
+            match sealed::sealing(&info)? {
+                None => {
+                    let h =
+                        fetch_ranges(ctx, &f.key(), info.size, &file, &tmp_path, h, None).await?;
+                    (info, h)
+                }
+                Some(meta) => {
+                    let ids = sealed::identities(&opts.identities, &f.key())?;
+                    let opener = {
+                        let _permit = ctx.gate.acquire().await.expect("gate closed");
+                        sealed::open_header(store, &info, &meta, ids, opts.idle_timeout).await?
+                    };
+                    let h = fetch_ranges(
+                        ctx,
+                        &f.key(),
+                        meta.plain_size,
+                        &file,
+                        &tmp_path,
+                        h,
+                        Some((&opener, info.size)),
+                    )
+                    .await?;
+                    (info.as_plain(meta.plain_size), h)
+                }
+            }
         } else {
             // Small: one GET gives the metadata and the bytes, hashed as they stream in.
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let (info, stream) = store.get_with_info(&f.key()).await.map_err(missing)?;
             let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
+            let sealed = match sealed::sealing(&info)? {
+                Some(meta) => Some((meta, sealed::identities(&opts.identities, &f.key())?)),
+                None => None,
+            };
             let h = fetch_stream(
                 stream,
                 &f.key(),
@@ -368,9 +426,13 @@ async fn fetch_once(
                 opts,
                 observer,
                 h,
+                sealed.map(|(_, ids)| ids),
             )
             .await?;
-            (info, h)
+            match sealed {
+                Some((meta, _)) => (info.as_plain(meta.plain_size), h),
+                None => (info, h),
+            }
         };
     hashing.finish(&f.key(), &info, n, false)?;
     let len = file
@@ -439,8 +501,12 @@ async fn fetch_stream(
     opts: &ExecOptions,
     observer: &dyn Observer,
     mut h: Hashing,
+    sealed: Option<&crate::seal::Identities>,
 ) -> Result<(u64, Hashing), RestoreError> {
     let mut off = 0u64;
+    // Sealed: the plaintext is what is written and hashed, chunk by chunk as each opens.
+    let mut opener = sealed.map(|_| crate::seal::StreamOpener::new(size));
+    let mut plain_off = 0u64;
     while let Some(mut chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
         if let Some(l) = limit {
             if off + chunk.len() as u64 > l {
@@ -457,9 +523,22 @@ async fn fetch_stream(
         if let Some(t) = &opts.throttle {
             t.take(chunk.len() as u64).await;
         }
-        h.update(&chunk);
-        file.write_all_at(&chunk, off)
-            .map_err(RestoreError::io("write", path))?;
+        if let (Some(o), Some(ids)) = (opener.as_mut(), sealed) {
+            o.feed(ids, &chunk, &mut |plain| {
+                h.update(plain);
+                file.write_all_at(plain, plain_off)?;
+                plain_off += plain.len() as u64;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                crate::seal::FeedError::Seal(e) => sealed::open_err(key, e),
+                crate::seal::FeedError::Out(e) => RestoreError::io("write", path)(e),
+            })?;
+        } else {
+            h.update(&chunk);
+            file.write_all_at(&chunk, off)
+                .map_err(RestoreError::io("write", path))?;
+        }
         off += chunk.len() as u64;
         observer.bytes(chunk.len() as u64);
         if let Some(hook) = &opts.chunk_hook {
@@ -468,6 +547,17 @@ async fn fetch_stream(
         if limit.is_some_and(|l| off >= l) {
             break;
         }
+    }
+    if let Some(o) = opener {
+        if !o.finished() {
+            // Short: the size check names it (and it is retried).
+            return Err(RestoreError::Size {
+                key: key.to_string(),
+                expected: size,
+                actual: off,
+            });
+        }
+        return Ok((plain_off, h));
     }
     Ok((off, h))
 }
@@ -483,13 +573,20 @@ async fn fetch_ranges(
     file: &Arc<File>,
     path: &Path,
     mut h: Hashing,
+    sealed: Option<(&crate::seal::Opener, u64)>,
 ) -> Result<(u64, Hashing), RestoreError> {
     let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
     file.set_len(size)
         .map_err(RestoreError::io("allocate", path))?;
+    // Ranges of the file (the plaintext); a sealed object's start on chunk boundaries, each
+    // fetched as the sealed bytes of its chunks and opened as they stream in.
+    let step = match sealed {
+        Some(_) => opts.range_size.next_multiple_of(crate::seal::CHUNK),
+        None => opts.range_size,
+    };
     let ranges: Vec<Range<u64>> = (0..size)
-        .step_by(opts.range_size as usize)
-        .map(|s| s..(s + opts.range_size).min(size))
+        .step_by(step as usize)
+        .map(|s| s..(s + step).min(size))
         .collect();
     // How far from the start every byte is written: the hasher may read up to here.
     let (written_tx, mut written) = watch::channel(0u64);
@@ -505,9 +602,59 @@ async fn fetch_ranges(
         futures::stream::iter(ranges.iter().enumerate().map(|(i, r)| async move {
             let want = r.end - r.start;
             let _permit = ctx.gate.acquire().await.expect("gate closed");
+            let mut crc = per_range.then(crc32fast::Hasher::new);
+            if let Some((o, _)) = sealed {
+                let (chunks, bytes) = crate::seal::sealed_range(o.payload_start(), r.clone(), size);
+                let mut s = store.get_stream(key, Some(bytes.clone())).await?;
+                let mut ro = crate::seal::RangeOpener::new(o, chunks, size);
+                let mut got = 0u64;
+                while let Some(chunk) =
+                    next_chunk(&mut s, key, bytes.start + got, opts.idle_timeout).await?
+                {
+                    if got + chunk.len() as u64 > bytes.end - bytes.start {
+                        return Err(RestoreError::Size {
+                            key: key.to_string(),
+                            expected: bytes.end - bytes.start,
+                            actual: got + chunk.len() as u64,
+                        });
+                    }
+                    if let Some(t) = &opts.throttle {
+                        t.take(chunk.len() as u64).await;
+                    }
+                    ro.feed(&chunk, &mut |at, plain| {
+                        file.write_all_at(plain, at)?;
+                        if let Some(c) = &mut crc {
+                            c.update(plain);
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        crate::seal::FeedError::Seal(e) => sealed::open_err(key, e),
+                        crate::seal::FeedError::Out(e) => RestoreError::io("write", path)(e),
+                    })?;
+                    got += chunk.len() as u64;
+                    observer.bytes(chunk.len() as u64);
+                    if let Some(hook) = &opts.chunk_hook {
+                        hook(key, bytes.start + got);
+                    }
+                }
+                if !ro.finished() {
+                    return Err(RestoreError::Size {
+                        key: key.to_string(),
+                        expected: bytes.end - bytes.start,
+                        actual: got,
+                    });
+                }
+                if let Some(c) = crc {
+                    crcs_ref.lock().expect("poisoned")[i] = Some(c);
+                }
+                let prefix = complete.lock().expect("poisoned").done(i);
+                let upto = ranges.get(prefix).map_or(size, |r| r.start);
+                written_tx.send_if_modified(|w| std::mem::replace(w, upto) != upto);
+                return Ok::<_, RestoreError>(());
+            }
             let mut s = store.get_stream(key, Some(r.clone())).await?;
             let mut off = r.start;
-            let mut crc = per_range.then(crc32fast::Hasher::new);
             while let Some(chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
                 if off + chunk.len() as u64 > r.end {
                     return Err(RestoreError::Size {

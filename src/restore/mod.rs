@@ -55,6 +55,7 @@ mod mapping;
 pub mod plan;
 mod points;
 mod render;
+pub mod sealed;
 pub mod space;
 pub mod superseded;
 pub mod verify;
@@ -122,6 +123,8 @@ pub struct ExecOptions {
     pub idle_timeout: Duration,
     /// Test hook: called with (key, bytes received so far) after each chunk of a download.
     pub chunk_hook: Option<ChunkHook>,
+    /// `--identity`: the keys sealed objects are opened with ([`crate::seal`]).
+    pub identities: Option<Arc<crate::seal::Identities>>,
 }
 
 /// See [`ExecOptions::chunk_hook`].
@@ -142,6 +145,7 @@ impl Default for ExecOptions {
             durable: true,
             idle_timeout: Duration::from_secs(120),
             chunk_hook: None,
+            identities: None,
         }
     }
 }
@@ -200,6 +204,22 @@ pub enum RestoreError {
     Dir(#[from] dirs::DirError),
     #[error(transparent)]
     Digest(Box<DigestMismatch>),
+    #[error(
+        "{key} is sealed (age): pass --identity FILE with the secret key of one of its recipients"
+    )]
+    NeedIdentity { key: String },
+    #[error(
+        "{key} is sealed to other keys: none of the --identity keys given opens it; pass the \
+         identity of one of its recipients (an older key for objects sealed before a rotation)"
+    )]
+    WrongIdentity { key: String },
+    #[error("{key}: {why}")]
+    Sealed { key: String, why: String },
+    #[error(
+        "{key}: {why}: the stored bytes are not what was sealed (tampered or corrupted); \
+         nothing was written under its name"
+    )]
+    Tampered { key: String, why: String },
     #[error("{key}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         key: String,
@@ -271,6 +291,9 @@ pub struct Report {
     pub restored_bytes: u64,
     pub present: usize,
     pub verified: usize,
+    /// Of `verified`: sealed objects checked by their stored bytes' CRC-32 only (no
+    /// `--identity`, so neither plaintext MD5 nor Digest).
+    pub verified_sealed_only: usize,
     pub failures: Vec<(String, RestoreError)>,
     /// SSTables in TARGET missing a component their `TOC.txt` lists (after a restore).
     pub incomplete_sstables: Vec<String>,

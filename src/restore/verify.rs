@@ -203,7 +203,9 @@ const MAX_DIGEST_BYTES: u64 = 4096;
 
 /// Fetches and parses every Digest the plan's `Data.db` files refer to, each checked by
 /// MD5 first. One that cannot be used leaves its `Data.db` to MD5, with a warning.
-pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) -> Digests {
+pub(super) async fn fetch_digests(store: &Store, plan: &Plan, opts: &ExecOptions) -> Digests {
+    let threads = opts.threads;
+    let ids = &opts.identities;
     let wanted: BTreeMap<String, digest::Algorithm> =
         plan.files().filter_map(PlannedFile::digest_key).collect();
     let got: Vec<(String, Result<digest::Value, String>)> =
@@ -215,18 +217,45 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, threads: usize) ->
                     return Err(format!("{} bytes, too large for a Digest", info.size));
                 }
                 let mut body = Vec::new();
+                let mut got = 0u64;
                 let mut h = Hashing::new();
-                while let Some(c) =
-                    next_chunk(&mut s, k, body.len() as u64, Duration::from_secs(60))
-                        .await
-                        .map_err(|e| e.to_string())?
+                // A sealed Digest (every data object of a sealed node is) is opened first.
+                let sealed = match super::sealed::sealing(&info).map_err(|e| e.to_string())? {
+                    Some(m) => Some((
+                        m,
+                        crate::seal::StreamOpener::new(info.size),
+                        super::sealed::identities(ids, k).map_err(|e| e.to_string())?,
+                    )),
+                    None => None,
+                };
+                let mut sealed = sealed;
+                while let Some(c) = next_chunk(&mut s, k, got, Duration::from_secs(60))
+                    .await
+                    .map_err(|e| e.to_string())?
                 {
-                    if body.len() as u64 + c.len() as u64 > MAX_DIGEST_BYTES {
+                    got += c.len() as u64;
+                    if got > MAX_DIGEST_BYTES + 4096 {
                         return Err("too large for a Digest".to_string());
                     }
-                    h.update(&c);
-                    body.extend_from_slice(&c);
+                    match &mut sealed {
+                        Some((_, o, ids)) => o
+                            .feed(ids, &c, &mut |p| {
+                                body.extend_from_slice(p);
+                                Ok(())
+                            })
+                            .map_err(|e| e.to_string())?,
+                        None => body.extend_from_slice(&c),
+                    }
                 }
+                if body.len() as u64 > MAX_DIGEST_BYTES {
+                    return Err("too large for a Digest".to_string());
+                }
+                h.update(&body);
+                let info = match &sealed {
+                    Some((m, o, _)) if o.finished() => info.as_plain(m.plain_size),
+                    Some(_) => return Err("its sealed bytes end early".to_string()),
+                    None => info,
+                };
                 h.finish(k, &info, body.len() as u64, false)
                     .map_err(|e| e.to_string())?;
                 digest::parse(alg, &body).map_err(|e| e.to_string())
@@ -261,9 +290,10 @@ pub async fn verify(
     opts: &ExecOptions,
     observer: &dyn Observer,
 ) -> Report {
-    let digests = &fetch_digests(store, plan, opts.threads).await;
+    let digests = &fetch_digests(store, plan, opts).await;
     let host = plan.host.as_str();
     futures::stream::iter(plan.files().map(|f| async move {
+        let mut sealed_only = false;
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -276,7 +306,10 @@ pub async fn verify(
             )
             .await
             {
-                Ok(()) => break Outcome::Verified,
+                Ok(unopened) => {
+                    sealed_only = unopened;
+                    break Outcome::Verified;
+                }
                 Err(e @ RestoreError::Stalled { .. }) if attempt < opts.attempts => {
                     tracing::warn!("{}; retrying", escape(&e.to_string()));
                     tokio::time::sleep(opts.retry_pause * attempt).await;
@@ -285,27 +318,35 @@ pub async fn verify(
             }
         };
         observer.file_done(f, &outcome);
-        (f, outcome)
+        (f, outcome, sealed_only)
     }))
     .buffer_unordered(opts.threads.max(1))
     // Folded as they finish: a node's million outcomes are counted, not held.
-    .fold(Report::default(), |mut report, (f, o)| async move {
-        match o {
-            Outcome::Failed(e) => report.failures.push((f.key(), e)),
-            _ => report.verified += 1,
-        }
-        report
-    })
+    .fold(
+        Report::default(),
+        |mut report, (f, o, sealed_only)| async move {
+            match o {
+                Outcome::Failed(e) => report.failures.push((f.key(), e)),
+                _ => {
+                    report.verified += 1;
+                    report.verified_sealed_only += sealed_only as usize;
+                }
+            }
+            report
+        },
+    )
     .await
 }
 
+/// Checks one object; `Ok(true)` when it is sealed and no identity was given, so only its
+/// stored bytes were checked (by their CRC-32).
 async fn verify_one(
     store: &Store,
     f: &PlannedFile,
     opts: &ExecOptions,
     observer: &dyn Observer,
     mut h: Hashing,
-) -> Result<(), RestoreError> {
+) -> Result<bool, RestoreError> {
     // One GET: the metadata comes with the bytes.
     let (info, mut s) = store
         .get_with_info(&f.key())
@@ -321,16 +362,73 @@ async fn verify_one(
             actual: info.size,
         });
     }
+    let key = f.key();
+    let meta = super::sealed::sealing(&info)?;
+    let ids = opts.identities.as_deref().filter(|i| !i.is_empty());
+    let mut crc = meta.map(|_| crc32fast::Hasher::new());
+    let mut opener = match (meta, ids) {
+        (Some(_), Some(_)) => Some(crate::seal::StreamOpener::new(info.size)),
+        _ => None,
+    };
     let mut n = 0u64;
-    while let Some(chunk) = next_chunk(&mut s, &f.key(), n, opts.idle_timeout).await? {
-        h.update(&chunk);
+    let mut plain = 0u64;
+    while let Some(chunk) = next_chunk(&mut s, &key, n, opts.idle_timeout).await? {
+        match (&mut crc, &mut opener, ids) {
+            (Some(c), Some(o), Some(ids)) => {
+                c.update(&chunk);
+                o.feed(ids, &chunk, &mut |p| {
+                    h.update(p);
+                    plain += p.len() as u64;
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    crate::seal::FeedError::Seal(e) => super::sealed::open_err(&key, e),
+                    crate::seal::FeedError::Out(e) => RestoreError::io("hash", &f.dest())(e),
+                })?;
+            }
+            (Some(c), _, _) => c.update(&chunk),
+            _ => h.update(&chunk),
+        }
         n += chunk.len() as u64;
         if n > info.size {
             break;
         }
         observer.bytes(chunk.len() as u64);
     }
-    h.finish(&f.key(), &info, n, true)
+    let Some(meta) = meta else {
+        h.finish(&key, &info, n, true)?;
+        return Ok(false);
+    };
+    if n != info.size {
+        return Err(RestoreError::Size {
+            key,
+            expected: info.size,
+            actual: n,
+        });
+    }
+    // The stored bytes by their CRC-32, with or without an identity.
+    let got = crc.expect("sealed").finalize();
+    match meta.sealed_crc32 {
+        Some(want) if want != got => {
+            return Err(RestoreError::Tampered {
+                key,
+                why: format!("the stored bytes' CRC-32 is {got:08x}, its metadata says {want:08x}"),
+            });
+        }
+        None if opener.is_none() => return Err(RestoreError::NoChecksum { key }),
+        _ => {}
+    }
+    match opener {
+        Some(o) if o.finished() => {
+            h.finish(&key, &info.as_plain(meta.plain_size), plain, true)?;
+            Ok(false)
+        }
+        Some(_) => Err(RestoreError::Tampered {
+            key,
+            why: "its sealed bytes end early".into(),
+        }),
+        None => Ok(true),
+    }
 }
 
 /// After a restore: every SSTable of the plan whose `TOC.txt` is in TARGET must have each

@@ -162,7 +162,7 @@ fn open_blocking(
         )));
     }
     let mut i = info(key, &m);
-    for name in [crate::layout::META_MD5, crate::layout::META_STAT] {
+    for name in crate::layout::META_NAMES {
         if let Some(v) = super::xattr::fget(&file, name) {
             i.metadata
                 .insert(name.to_string(), String::from_utf8_lossy(&v).into_owned());

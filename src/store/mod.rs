@@ -65,10 +65,38 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
+    /// Whether the object is sealed ([`crate::seal`]), and its plaintext size; `Err` for a
+    /// sealing this version cannot read.
+    pub fn sealed(&self) -> Result<Option<crate::seal::SealedMeta>, String> {
+        crate::seal::SealedMeta::of(&self.metadata)
+    }
+
+    /// The object as the file it holds: `plain_size` bytes, and no ETag (a sealed object's
+    /// is of its ciphertext).
+    pub fn as_plain(&self, plain_size: u64) -> ObjectInfo {
+        ObjectInfo {
+            size: plain_size,
+            e_tag: None,
+            ..self.clone()
+        }
+    }
+
+    /// The size of the file this object holds: its plaintext size if sealed.
+    pub fn file_size(&self) -> u64 {
+        match self.sealed() {
+            Ok(Some(s)) => s.plain_size,
+            _ => self.size,
+        }
+    }
+
     /// The MD5 the object should have: the `md5sum` metadata, else a single-part ETag.
     pub fn expected_md5(&self) -> Option<String> {
         if let Some(m) = self.metadata.get(crate::layout::META_MD5) {
             return Some(m.to_ascii_lowercase());
+        }
+        // A sealed object's ETag is of its ciphertext, never the file's MD5.
+        if self.metadata.contains_key(crate::seal::META_SEALED) {
+            return None;
         }
         let etag = self.e_tag.as_deref()?.trim_matches('"');
         (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -607,8 +635,13 @@ impl Store {
         for (name, value) in &meta.user {
             if let Err(source) = xattr::set(&file, name, value.as_bytes()) {
                 // Filesystems without user xattrs (some tmpfs) still get the data; only
-                // restore-time MD5 verification is lost.
-                if source.raw_os_error() == Some(libc::ENOTSUP) {
+                // restore-time MD5 verification is lost. Not for a sealed object: without
+                // its mark it would be restored as its ciphertext.
+                let sealed = meta
+                    .user
+                    .iter()
+                    .any(|(n, _)| *n == crate::seal::META_SEALED);
+                if source.raw_os_error() == Some(libc::ENOTSUP) && !sealed {
                     tracing::debug!(key, "destination filesystem has no user xattrs");
                     return Ok(());
                 }
@@ -627,7 +660,7 @@ impl Store {
         let Some(file) = self.local_file(key) else {
             return Ok(out);
         };
-        for name in [crate::layout::META_MD5, crate::layout::META_STAT] {
+        for name in crate::layout::META_NAMES {
             if let Some(v) = xattr::get(&file, name) {
                 out.insert(name.to_string(), String::from_utf8_lossy(&v).into_owned());
             }

@@ -44,7 +44,7 @@ impl Uploader {
             let data = path.with_file_name(format!("{}-Data.db", f.sstable));
             key_of(&self.layout, &data).is_ok_and(|k| self.renewed.lock().unwrap().contains(&k))
         });
-        if info.size == size
+        if info.file_size() == size
             && sstable.is_some()
             && !suspect
             && (retired || renewed || self.held_before(path, &key, size).await?)
@@ -54,7 +54,7 @@ impl Uploader {
                 .supersede(path, key, info, size, fp, cancel, HELD_BEFORE)
                 .await;
         }
-        if info.size == size && (!suspect || sstable.is_none()) {
+        if info.file_size() == size && (!suspect || sstable.is_none()) {
             // Same size, different MD5, and the file is not newer than the object (or not
             // an SSTable's, where no other node is to be feared): bit rot on this disk is
             // likelier; keep the good copy (like the original; for a Data.db, Cassandra's
@@ -69,7 +69,7 @@ impl Uploader {
             return self.upload_now(path, key, size, fp, cancel).await;
         };
         if f.component == "Data.db" {
-            if info.size < size && self.torn_prefix(path, info).await? {
+            if info.file_size() < size && self.torn_prefix(path, info).await? {
                 tracing::warn!(path = %path.display(), key, "the stored object is a torn prefix of this file (written by an older tablesnap while the file grew); replacing it");
                 return self.upload_now(path, key, size, fp, cancel).await;
             }
@@ -257,7 +257,7 @@ impl Uploader {
                     source: Box::new(source),
                 })?;
             if let Some(info) = info {
-                if info.size == size && self.same_md5(path, &info).await? {
+                if info.file_size() == size && self.same_md5(path, &info).await? {
                     return Ok(true);
                 }
             }
@@ -286,7 +286,7 @@ impl Uploader {
                 source: Box::new(source),
             })?;
         let Some(info) = info else { return Ok(None) };
-        if info.size != m.len() {
+        if info.file_size() != m.len() {
             return Ok(Some(false));
         }
         if !newer_than(&m, info.last_modified.timestamp()) {
@@ -304,7 +304,7 @@ impl Uploader {
         let Some(expected) = info.expected_md5() else {
             return Ok(false);
         };
-        let (p, n) = (path.to_path_buf(), info.size);
+        let (p, n) = (path.to_path_buf(), info.file_size());
         let got = tokio::task::spawn_blocking(move || {
             let f = open_regular(&p)?;
             md5_of_reader(&mut f.take(n))

@@ -73,7 +73,7 @@ impl Uploader {
         let live = live_twin(path)?;
         let live_key = key_of(&self.layout, &live).ok()?;
         let k = self.known(&live_key)?;
-        if k.size != meta.len() {
+        if !self.same_size(k.size, meta.len()) {
             return None;
         }
         let same = match std::fs::symlink_metadata(&live) {

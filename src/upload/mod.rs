@@ -75,6 +75,8 @@ pub struct UploadConfig {
     pub memory_budget: u64,
     /// Shared bandwidth limit (`--max-bandwidth`).
     pub throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// `--recipient`: data objects are sealed to these keys ([`crate::seal`]).
+    pub seal: Option<Arc<crate::seal::Recipients>>,
 }
 
 impl Default for UploadConfig {
@@ -89,6 +91,7 @@ impl Default for UploadConfig {
             filter: Filter::default(),
             memory_budget: 4 * DEFAULT_PART_SIZE,
             throttle: None,
+            seal: None,
         }
     }
 }
@@ -486,7 +489,11 @@ impl Uploader {
         // file is much newer than the object (then it may be another file: ask).
         let suspect = known.is_some_and(|k| k.file.is_none() && newer_than(&meta, k.stored_at));
         if let Some(k) = known {
-            if k.size == size && !replaced && !suspect && (k.verified || !self.cfg.md5_on_start) {
+            if self.same_size(k.size, size)
+                && !replaced
+                && !suspect
+                && (k.verified || !self.cfg.md5_on_start)
+            {
                 return Ok(Outcome::Present);
             }
         }
@@ -495,7 +502,7 @@ impl Uploader {
         if must_ask {
             if let Some(info) = self.store.head(&key).await.map_err(store_err)? {
                 let suspect = newer_than(&meta, info.last_modified.timestamp());
-                if info.size == size
+                if info.file_size() == size
                     && ((!self.cfg.md5_on_start && !suspect) || self.same_md5(path, &info).await?)
                 {
                     self.mark(&key, size, true, Some(fp));
@@ -535,7 +542,7 @@ impl Uploader {
         let outcome = match info {
             // Deleted from the store since (tablechop): nothing to protect.
             None => self.upload_now(path, key.clone(), size, fp, cancel).await?,
-            Some(info) if info.size == size && self.same_md5(path, &info).await? => {
+            Some(info) if info.file_size() == size && self.same_md5(path, &info).await? => {
                 self.mark(&key, size, true, Some(fp));
                 self.retired.lock().unwrap().remove(&key);
                 Outcome::Present

@@ -88,6 +88,13 @@ impl Uploader {
             .any(|p| key.starts_with(p.as_str()))
     }
 
+    /// Whether a stored object of `stored` bytes (a LIST's size) is the size a file of
+    /// `local` bytes is stored at: the same, or, when this node seals, sealed to some
+    /// number of recipients (the HEAD behind a "no" compares the plaintext size).
+    pub(super) fn same_size(&self, stored: u64, local: u64) -> bool {
+        stored == local || (self.cfg.seal.is_some() && crate::seal::could_be_sealed(stored, local))
+    }
+
     pub(super) fn known(&self, key: &str) -> Option<Known> {
         self.known.lock().unwrap().get(key)
     }
@@ -205,7 +212,7 @@ impl Uploader {
             None => !newer_than(meta, k.stored_at),
         };
         meta.is_file()
-            && k.size == meta.len()
+            && self.same_size(k.size, meta.len())
             && fresh
             && (k.verified || !self.cfg.md5_on_start)
             && !self.force.lock().unwrap().contains(&key)

@@ -70,7 +70,13 @@ impl Uploader {
             .unwrap_or(DEFAULT_PART_SIZE)
             .max(MIN_PART);
         let needed = size.div_ceil(MAX_PARTS);
-        base.max(needed.div_ceil(1 << 20) << 20)
+        let p = base.max(needed.div_ceil(1 << 20) << 20);
+        // Sealed parts start on a chunk boundary.
+        if self.cfg.seal.is_some() {
+            p.next_multiple_of(crate::seal::CHUNK)
+        } else {
+            p
+        }
     }
 
     pub(super) async fn acquire(&self, bytes: u64) -> OwnedSemaphorePermit {
@@ -101,7 +107,15 @@ impl Uploader {
         let stat = self.stat_meta(&before).to_json();
         let file = Arc::new(file);
         let part = self.part_size_for(size);
-        let single = size <= self.cfg.max_upload_size && size <= part;
+        // What is sent: a sealed file is its header and tags larger.
+        let sent = match &self.cfg.seal {
+            Some(r) => {
+                crate::seal::x25519_header_len(r.len() as u64)
+                    + crate::seal::sealed_part_len(size as usize) as u64
+            }
+            None => size,
+        };
+        let single = sent <= self.cfg.max_upload_size && size <= part;
         // Cassandra's own checksum of a Data.db, computed in the same read as the MD5.
         let alg = path
             .file_name()
@@ -133,32 +147,53 @@ impl Uploader {
             path: path.to_path_buf(),
             source,
         };
-        let permit = self.acquire(self.pool.budget_for(size)).await;
+        // Sealed: one buffer of the sealed size, the plaintext read in after the header
+        // and sealed in place.
+        let sealer = self.cfg.seal.as_deref().map(crate::seal::Sealer::new);
+        let (head, stored) = match &sealer {
+            Some(s) => (s.header().len(), s.sealed_len(size)),
+            None => (0, size),
+        };
+        let permit = self.acquire(self.pool.budget_for(stored)).await;
         let f = file.clone();
         let pool = self.pool.clone();
-        let (body, md5, dv) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut buf = pool.take(size as usize, permit);
-            let n = read_full(&f, &mut buf.buf)?;
-            buf.buf.truncate(n);
-            let md5 = hex::encode(Md5::digest(&buf.buf));
-            let dv = alg.map(|a| {
-                let mut h = crate::digest::Hasher::new(a);
-                h.update(&buf.buf);
-                h.finish()
-            });
-            Ok((buf.into_bytes(), md5, dv))
-        })
-        .await
-        .expect("read task panicked")
-        .map_err(read_err)?;
-        if body.len() as u64 != size {
+        let (body, n, md5, dv, crc, sealer) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let mut buf = pool.take(stored as usize, permit);
+                if let Some(s) = &sealer {
+                    buf.buf[..head].copy_from_slice(s.header());
+                }
+                let n = read_full(&f, &mut buf.buf[head..head + size as usize])?;
+                let plain = &buf.buf[head..head + n];
+                let md5 = hex::encode(Md5::digest(plain));
+                let dv = alg.map(|a| {
+                    let mut h = crate::digest::Hasher::new(a);
+                    h.update(plain);
+                    h.finish()
+                });
+                let crc = match &sealer {
+                    Some(s) if n as u64 == size => {
+                        s.seal_in_place(0, n, size, &mut buf.buf[head..]);
+                        Some(crc32fast::hash(&buf.buf))
+                    }
+                    _ => {
+                        buf.buf.truncate(head + n);
+                        None
+                    }
+                };
+                Ok((buf.into_bytes(), n, md5, dv, crc, sealer))
+            })
+            .await
+            .expect("read task panicked")
+            .map_err(read_err)?;
+        if n as u64 != size {
             return Err(UploadError::Changed {
                 path: path.to_path_buf(),
             });
         }
-        let meta = self.data_meta(stat, md5);
+        let meta = self.data_meta(stat, md5, sealer.as_ref().map(|_| (size, crc)));
         if let Some(t) = &self.cfg.throttle {
-            t.take(size).await;
+            t.take(stored).await;
         }
         self.store
             .put(key, body, &meta)
@@ -185,14 +220,27 @@ impl Uploader {
         cancel: &CancellationToken,
     ) -> Result<Option<crate::digest::Value>, UploadError> {
         let f = file.clone();
-        let (md5, dv) = tokio::task::spawn_blocking(move || {
+        // Sealed: the first pass seals too, for the CRC of the stored bytes the metadata
+        // names before the first part; the second seals the same bytes again (the same
+        // key and nonce), part by part in parallel.
+        let sealer = self
+            .cfg
+            .seal
+            .as_deref()
+            .map(|r| Arc::new(crate::seal::Sealer::new(r)));
+        let s2 = sealer.clone();
+        let (md5, dv, crc) = tokio::task::spawn_blocking(move || {
             let mut h = alg.map(crate::digest::Hasher::new);
+            let mut c = s2.as_deref().map(|s| crate::seal::SealedCrc::new(s, size));
             let md5 = md5_and(&f, &mut |b| {
                 if let Some(h) = h.as_mut() {
                     h.update(b)
                 }
+                if let Some(c) = c.as_mut() {
+                    c.update(b)
+                }
             })?;
-            Ok::<_, std::io::Error>((md5, h.map(|h| h.finish())))
+            Ok::<_, std::io::Error>((md5, h.map(|h| h.finish()), c.map(|c| c.finish())))
         })
         .await
         .expect("hash task panicked")
@@ -200,8 +248,8 @@ impl Uploader {
             path: path.to_path_buf(),
             source,
         })?;
-        let meta = self.data_meta(stat, md5);
-        self.put_multipart(path, key, file, size, part, &meta, cancel)
+        let meta = self.data_meta(stat, md5, sealer.as_ref().map(|_| (size, crc)));
+        self.put_multipart(path, key, file, size, part, &meta, sealer.as_ref(), cancel)
             .await?;
         Ok(dv)
     }
@@ -246,10 +294,25 @@ impl Uploader {
         }
     }
 
-    pub(super) fn data_meta(&self, stat: String, md5: String) -> PutMeta {
+    /// The layout's metadata, and for a sealed object (plaintext size, CRC-32 of the
+    /// stored bytes) its marks.
+    pub(super) fn data_meta(
+        &self,
+        stat: String,
+        md5: String,
+        sealed: Option<(u64, Option<u32>)>,
+    ) -> PutMeta {
+        let mut user = vec![(layout::META_STAT, stat), (layout::META_MD5, md5)];
+        if let Some((plain, crc)) = sealed {
+            user.push((crate::seal::META_SEALED, crate::seal::SEALED_AGE.into()));
+            user.push((crate::seal::META_PLAIN_SIZE, plain.to_string()));
+            if let Some(c) = crc {
+                user.push((crate::seal::META_SEALED_CRC, format!("{c:08x}")));
+            }
+        }
         PutMeta {
             content_type: None,
-            user: vec![(layout::META_STAT, stat), (layout::META_MD5, md5)],
+            user,
         }
     }
 
@@ -262,12 +325,28 @@ impl Uploader {
         at: u64,
         len: u64,
         permit: OwnedSemaphorePermit,
+        seal: Option<(Arc<crate::seal::Sealer>, u64)>,
     ) -> Result<Bytes, UploadError> {
         let f = file.clone();
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-            let mut buf = pool.take(len as usize, permit);
-            f.read_exact_at(&mut buf.buf, at)?;
+            let Some((s, total)) = seal else {
+                let mut buf = pool.take(len as usize, permit);
+                f.read_exact_at(&mut buf.buf, at)?;
+                return Ok(buf.into_bytes());
+            };
+            // The first part carries the header; parts start on chunk boundaries.
+            let head = if at == 0 { s.header().len() } else { 0 };
+            let sealed = crate::seal::sealed_part_len(len as usize);
+            let mut buf = pool.take(head + sealed, permit);
+            buf.buf[..head].copy_from_slice(&s.header()[..head]);
+            f.read_exact_at(&mut buf.buf[head..head + len as usize], at)?;
+            s.seal_in_place(
+                at / crate::seal::CHUNK,
+                len as usize,
+                total,
+                &mut buf.buf[head..],
+            );
             Ok(buf.into_bytes())
         })
         .await
@@ -295,8 +374,10 @@ impl Uploader {
         size: u64,
         part: u64,
         meta: &PutMeta,
+        seal: Option<&Arc<crate::seal::Sealer>>,
         cancel: &CancellationToken,
     ) -> Result<(), UploadError> {
+        debug_assert!(seal.is_none() || part % crate::seal::CHUNK == 0);
         let store_err = |source| UploadError::Store {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -325,13 +406,20 @@ impl Uploader {
                         }))?;
                 }
                 let len = part.min(size - offset);
+                let stored = match seal {
+                    Some(s) if offset == 0 => s.header().len() as u64 + crate::seal::sealed_part_len(len as usize) as u64,
+                    Some(_) => crate::seal::sealed_part_len(len as usize) as u64,
+                    None => len,
+                };
                 let permit = tokio::select! {
-                    p = self.acquire(self.pool.budget_for(len)) => p,
+                    p = self.acquire(self.pool.budget_for(stored)) => p,
                     _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
                 };
-                let chunk = self.read_part(path, file, offset, len, permit).await?;
+                let chunk = self
+                    .read_part(path, file, offset, len, permit, seal.map(|s| (s.clone(), size)))
+                    .await?;
                 if let Some(t) = &self.cfg.throttle {
-                    t.take(len).await;
+                    t.take(stored).await;
                 }
                 parts.spawn(upload.put_part(PutPayload::from_bytes(chunk)));
                 offset += len;
