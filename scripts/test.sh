@@ -55,6 +55,17 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
         echo "test.sh: prometheus/promtool not installed (apt-get install prometheus): tests/prometheus.rs will skip" >&2
     fi
 fi
+# The stock age tool (Debian's package) for tests/sealed.rs: a sealed object decrypted
+# without tablesnap, as the README tells operators to. Installed when missing and root.
+if ! command -v age >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing age (Debian package) for the sealed-backup tests" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends age >/dev/null
+    else
+        echo "test.sh: age not installed (apt-get install age): tests/sealed.rs checks decryption with the age crate only" >&2
+    fi
+fi
 # What to stop on exit: only the servers started here.
 stop_here=()
 cleanup() {

@@ -16,7 +16,9 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use common::backend::{Backend, azure, gcs, opath, s3};
+
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,12 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::path::Path as ObjPath;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
-    PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
 };
 use tablesnap::layout::{self, Layout, StatMeta};
 
@@ -43,96 +41,6 @@ const JB: &str = "Keyspace1/Standard1-4d331c44f018302b91c22dcf94c4bfad";
 const BTI: &str = "legacy_tables/legacy_da_simple-27609b83f3a93b5d931777cede2368d3";
 /// Its Data.db (1.1 MB) goes multipart with `--max-upload-size 1`.
 const IOT: &str = "baselines/iot-5b608090e03d11ebb4c1d335f841c590";
-
-/// A destination under test: what to give the binaries, and a client of its own to check
-/// what they did.
-struct Backend {
-    name: &'static str,
-    dest: String,
-    env: Vec<(String, String)>,
-    raw: Arc<dyn ObjectStore>,
-    /// Whether the server takes object_store's multipart upload (fake-gcs-server does not).
-    multipart: bool,
-}
-
-/// In CI a backend that is not there is a failure, not a skip.
-fn required() -> bool {
-    std::env::var_os("TABLESNAP_REQUIRE_BACKENDS").is_some_and(|v| !v.is_empty())
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn var(name: &str, backend: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if required() => panic!(
-            "{name} is not set and TABLESNAP_REQUIRE_BACKENDS/CI requires the {backend} test server: run the tests with `bash scripts/test.sh` (it starts it with scripts/emulators.sh)"
-        ),
-        _ => {
-            eprintln!(
-                "skipping the {backend} run: {name} is not set (run `bash scripts/test.sh`, which starts it)"
-            );
-            None
-        }
-    }
-}
-
-fn s3() -> Backend {
-    let s3 = common::s3();
-    Backend {
-        name: "s3",
-        dest: s3.dest(),
-        env: s3.cli_env(),
-        raw: s3.raw(),
-        multipart: true,
-    }
-}
-
-fn azure() -> Option<Backend> {
-    let url = var("TABLESNAP_TEST_AZURE_URL", "Azure (Azurite)")?;
-    let container = var("TABLESNAP_TEST_AZURE_CONTAINER", "Azure (Azurite)")?;
-    // object_store finds the emulator through AZURITE_BLOB_STORAGE_URL, here too.
-    assert_eq!(
-        std::env::var("AZURITE_BLOB_STORAGE_URL").ok().as_deref(),
-        Some(url.as_str()),
-        "AZURITE_BLOB_STORAGE_URL must name the Azurite of TABLESNAP_TEST_AZURE_URL"
-    );
-    let raw = MicrosoftAzureBuilder::new()
-        .with_use_emulator(true)
-        .with_container_name(&container)
-        .build()
-        .expect("raw Azure client");
-    Some(Backend {
-        name: "azure",
-        dest: format!("az://{container}"),
-        env: vec![
-            ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
-            ("AZURITE_BLOB_STORAGE_URL".into(), url),
-        ],
-        raw: Arc::new(raw),
-        multipart: true,
-    })
-}
-
-fn gcs() -> Option<Backend> {
-    let sa = var(
-        "TABLESNAP_TEST_GCS_SERVICE_ACCOUNT",
-        "GCS (fake-gcs-server)",
-    )?;
-    let bucket = var("TABLESNAP_TEST_GCS_BUCKET", "GCS (fake-gcs-server)")?;
-    let raw = GoogleCloudStorageBuilder::new()
-        .with_service_account_path(&sa)
-        .with_bucket_name(&bucket)
-        .with_client_options(ClientOptions::new().with_allow_http(true))
-        .build()
-        .expect("raw GCS client");
-    Some(Backend {
-        name: "gcs",
-        dest: format!("gs://{bucket}"),
-        env: vec![("GOOGLE_SERVICE_ACCOUNT".into(), sa)],
-        raw: Arc::new(raw),
-        multipart: false,
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_garage() {
@@ -150,79 +58,6 @@ async fn azure_azurite() {
 async fn gcs_fake_gcs_server() {
     if let Some(b) = gcs() {
         suite(b).await;
-    }
-}
-
-// ---- the bucket, through the backend's own client ------------------------------------------
-
-fn opath(key: &str) -> ObjPath {
-    ObjPath::parse(key).unwrap_or_else(|e| panic!("{key:?}: {e}"))
-}
-
-impl Backend {
-    async fn keys(&self, prefix: &str) -> BTreeMap<String, u64> {
-        use futures::TryStreamExt;
-        let p = opath(prefix.trim_end_matches('/'));
-        self.raw
-            .list(Some(&p))
-            .map_ok(|m| (m.location.to_string(), m.size))
-            .try_collect()
-            .await
-            .unwrap_or_else(|e| panic!("{}: list {prefix}: {e}", self.name))
-    }
-
-    async fn get(&self, key: &str) -> Vec<u8> {
-        let r = self
-            .raw
-            .get(&opath(key))
-            .await
-            .unwrap_or_else(|e| panic!("{}: get {key}: {e}", self.name));
-        r.bytes().await.unwrap().to_vec()
-    }
-
-    /// User metadata and content type of an object (a HEAD), after checking its size.
-    async fn head(&self, key: &str) -> (BTreeMap<String, String>, Option<String>) {
-        let opts = GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        let r = self
-            .raw
-            .get_opts(&opath(key), opts)
-            .await
-            .unwrap_or_else(|e| panic!("{}: head {key}: {e}", self.name));
-        let dir = key.rsplit_once('/').expect("a key under a prefix").0;
-        let listed = self.keys(dir).await;
-        assert_eq!(
-            Some(&r.meta.size),
-            listed.get(key),
-            "{}: HEAD and LIST sizes of {key}",
-            self.name
-        );
-        let mut meta = BTreeMap::new();
-        let mut ct = None;
-        for (k, v) in r.attributes.iter() {
-            match k {
-                Attribute::Metadata(n) => {
-                    meta.insert(n.to_string(), v.to_string());
-                }
-                Attribute::ContentType => ct = Some(v.to_string()),
-                _ => {}
-            }
-        }
-        (meta, ct)
-    }
-
-    async fn wait_for(&self, prefix: &str, want: &BTreeSet<String>) {
-        common::wait_until_async(
-            WAIT,
-            &format!("{} keys on {}", want.len(), self.name),
-            || async move {
-                let have: BTreeSet<String> = self.keys(prefix).await.into_keys().collect();
-                want.is_subset(&have)
-            },
-        )
-        .await;
     }
 }
 

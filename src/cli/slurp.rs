@@ -103,6 +103,13 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub identity: Vec<PathBuf>,
+    /// Objects at least this many bytes are fetched as parallel ranges (tuning and tests)
+    #[arg(long = "range-threshold", hide = true, default_value_t = ExecOptions::default().range_threshold)]
+    pub range_threshold: u64,
+    /// Bytes per range of a large object (tuning and tests)
+    #[arg(long = "range-size", hide = true, default_value_t = ExecOptions::default().range_size,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub range_size: u64,
     /// Restore the file set of ORIGIN/FILE-listdir.json (FILE = a ...-Data.db name) instead
     /// of the newest
     #[arg(short = 'f', long, conflicts_with_all = ["recursive", "as_of"], env = "TABLESLURP_FILE")]
@@ -370,6 +377,8 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let exec = ExecOptions {
         identities,
+        range_threshold: a.range_threshold,
+        range_size: a.range_size,
         threads,
         force: a.force,
         durable: !a.no_fsync,

@@ -178,9 +178,15 @@ fn recipients_and_identities_parse_as_the_age_tool_reads_them() {
     .unwrap();
     let rf = dir.path().join("recipients.txt");
     std::fs::write(&rf, format!("# team\n\n{}\n", id.to_public())).unwrap();
-    let r = Recipients::parse(&[id.to_public().to_string()], &[rf.clone()]).unwrap();
+    let r = Recipients::parse(&[id.to_public().to_string()], std::slice::from_ref(&rf)).unwrap();
     assert_eq!(r.len(), 2);
-    assert_eq!(Identities::read(&[idf.clone()]).unwrap().0.len(), 1);
+    assert_eq!(
+        Identities::read(std::slice::from_ref(&idf))
+            .unwrap()
+            .0
+            .len(),
+        1
+    );
     // A bad recipient is named; a bad identity line is numbered, never quoted.
     let e = Recipients::parse(&["age1nope".into()], &[]).unwrap_err();
     assert!(e.to_string().contains("\"age1nope\""), "{e}");

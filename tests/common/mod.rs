@@ -410,7 +410,11 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+pub mod backend;
 pub mod proxy;
+
+/// How long the backend suites wait for an object to appear.
+pub const WAIT_BACKEND: Duration = Duration::from_secs(60);
 
 // ---- the daemon in this process ------------------------------------------------------------
 

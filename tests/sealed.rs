@@ -1,0 +1,496 @@
+//! Sealed backups (issue #16) through the three binaries, on every backend: `file://`, S3
+//! (Garage), Azure (Azurite) and GCS (fake-gcs-server), the bucket read back through each
+//! backend's own client.
+//!
+//! One bucket holds a table backed up in clear before sealing was turned on, and tables
+//! sealed to two recipients (one by `--recipient`, one in a `--recipients-file`): a
+//! snapshot of them (its links copied in the store, not sealed again) and a 12 MiB
+//! `Data.db` stored as three multipart parts and restored as parallel ranges. Checked: every
+//! sealed object is a standard age file that the `age` crate, and the stock `age` tool when
+//! installed (required in CI), decrypts to the file; its metadata; indexes in clear; a
+//! restart uploads nothing; a restore without an identity or with the wrong one stops
+//! before writing anything (exit 3, naming the object); the right identity (either one)
+//! restores byte-identical; `--verify` says what it checked; a flipped byte is found,
+//! fetched again, reported, and nothing appears under the file's name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use age::secrecy::ExposeSecret;
+use common::backend::{Backend, azure, gcs, local, opath, s3};
+use object_store::{Attribute, AttributeValue, Attributes, PutOptions, PutPayload};
+use tablesnap::layout::{self, Layout};
+
+const SNAP: &str = env!("CARGO_BIN_EXE_tablesnap");
+const SLURP: &str = env!("CARGO_BIN_EXE_tableslurp");
+const HOST: &str = "sealed-node";
+const FOO: &str = "hello/foo-c2cebe20d60d11ebab539116fc548b6b";
+const JB: &str = "Keyspace1/Standard1-4d331c44f018302b91c22dcf94c4bfad";
+const IOT: &str = "baselines/iot-5b608090e03d11ebb4c1d335f841c590";
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_on_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    suite(local(&tmp.path().join("bucket"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_on_s3_garage() {
+    suite(s3()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_on_azure_azurite() {
+    if let Some(b) = azure() {
+        suite(b).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_on_gcs_fake_gcs_server() {
+    if let Some(b) = gcs() {
+        suite(b).await;
+    }
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn copy_table(rel: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(common::sample_sstables().join(rel)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// An identity file as age-keygen writes it, and its public key.
+fn keygen(path: &Path) -> (age::x25519::Identity, String) {
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    std::fs::write(
+        path,
+        format!(
+            "# created: 2026-12-05T00:00:00Z\n# public key: {public}\n{}\n",
+            id.to_string().expose_secret()
+        ),
+    )
+    .unwrap();
+    (id, public)
+}
+
+fn decrypt(id: &age::x25519::Identity, sealed: &[u8]) -> Vec<u8> {
+    let d = age::Decryptor::new(sealed).expect("an age file");
+    let mut out = Vec::new();
+    d.decrypt(std::iter::once(id as &dyn age::Identity))
+        .expect("the identity opens it")
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The stock `age` tool, required in CI (Debian's `age` package).
+fn stock_age() -> Option<&'static str> {
+    let ok = std::process::Command::new("age")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && common::backend::required() {
+        panic!("the stock age tool is not installed (apt-get install age); CI requires it");
+    }
+    ok.then_some("age")
+}
+
+async fn suite(b: Backend) {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("t-sealed-{}-{}-{nanos}/", b.name, std::process::id());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dpath = data.to_str().unwrap().to_string();
+    let layout = Layout::new(prefix.clone(), HOST, ":");
+    let run = |bin: &str, args: &[&str]| common::run_bin(bin, args, &b.env);
+    let base = ["-n", HOST, "--prefix", &prefix];
+
+    // 1. A table backed up in clear, before sealing was turned on.
+    copy_table(JB, &data.join(JB));
+    let mut args = vec!["--once", "-r"];
+    args.extend(base);
+    args.extend([b.dest.as_str(), dpath.as_str()]);
+    let (code, out) = run(SNAP, &args);
+    assert_eq!(code, 0, "{}: plain backfill: {out}", b.name);
+
+    // 2. Sealing on: two recipients, one of them from a file (the break-glass key).
+    let (id1, r1) = keygen(&tmp.path().join("team.key"));
+    let (id2, r2) = keygen(&tmp.path().join("breakglass.key"));
+    let (_, _) = keygen(&tmp.path().join("other.key"));
+    let rfile = tmp.path().join("recipients.txt");
+    std::fs::write(&rfile, format!("# break-glass, in the safe\n{r2}\n")).unwrap();
+    copy_table(FOO, &data.join(FOO));
+    // A 12 MiB Data.db (three 5 MiB parts), its Digest made to match.
+    copy_table(IOT, &data.join(IOT));
+    let big: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(data.join(IOT).join("md-2-big-Data.db"), &big).unwrap();
+    std::fs::write(
+        data.join(IOT).join("md-2-big-Digest.crc32"),
+        crc32fast::hash(&big).to_string(),
+    )
+    .unwrap();
+    // A snapshot: hard links of the live files.
+    let snap = data.join(FOO).join("snapshots").join("before-upgrade");
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(data.join(FOO)).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::hard_link(&p, snap.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let rf = rfile.to_str().unwrap();
+    let mut sealed_args = vec![
+        "--once",
+        "-r",
+        "--recipient",
+        &r1,
+        "--recipients-file",
+        rf,
+        "--listen-events",
+        "IN_MOVED_TO,IN_CLOSE_WRITE,IN_CREATE",
+    ];
+    if b.multipart {
+        sealed_args.extend(["--max-upload-size", "1", "--multipart-chunk-size", "5"]);
+    }
+    sealed_args.extend(base);
+    sealed_args.extend([b.dest.as_str(), dpath.as_str()]);
+    let (code, out) = run(SNAP, &sealed_args);
+    assert_eq!(code, 0, "{}: sealed backfill: {out}", b.name);
+
+    // 3. What is stored: every object of the sealed tables an age file with its marks,
+    // decrypting to the file; the plain table untouched; indexes in clear.
+    let stored = b.keys(&prefix).await;
+    let mut sealed_keys = 0;
+    let age_tool = stock_age();
+    for (rel, bytes) in tree(&data) {
+        let path = data.join(&rel);
+        let key = layout.data_key(path.to_str().unwrap());
+        let body = b.get(&key).await;
+        let (meta, _) = b.head(&key).await;
+        if rel.starts_with(JB) {
+            assert_eq!(body, bytes, "{}: {key} stays as stored in clear", b.name);
+            assert!(!meta.contains_key("sealed"), "{}: {key}", b.name);
+            continue;
+        }
+        sealed_keys += 1;
+        assert!(
+            body.starts_with(AGE_MAGIC),
+            "{}: {key} is not an age file",
+            b.name
+        );
+        assert_eq!(
+            meta.get("sealed").map(String::as_str),
+            Some("age"),
+            "{}: {key}",
+            b.name
+        );
+        assert_eq!(
+            meta.get("plainsize"),
+            Some(&bytes.len().to_string()),
+            "{}: {key}",
+            b.name
+        );
+        assert_eq!(
+            meta.get("md5sum"),
+            Some(&hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes))),
+            "{}: {key}: md5sum is the file's",
+            b.name
+        );
+        assert_eq!(
+            meta.get("sealedcrc32"),
+            Some(&format!("{:08x}", crc32fast::hash(&body))),
+            "{}: {key}",
+            b.name
+        );
+        assert!(meta.contains_key("stat"), "{}: {key}", b.name);
+        // Either recipient opens it.
+        let id = if sealed_keys % 2 == 0 { &id1 } else { &id2 };
+        assert!(
+            decrypt(id, &body) == bytes,
+            "{}: {key} decrypts to other bytes",
+            b.name
+        );
+        // The snapshot's link is a copy of the live object: the same ciphertext.
+        if let Ok(in_snap) = rel.strip_prefix(Path::new(FOO).join("snapshots/before-upgrade")) {
+            let live = layout.data_key(data.join(FOO).join(in_snap).to_str().unwrap());
+            assert!(
+                b.get(&live).await == body,
+                "{}: {key} was sealed again, not copied",
+                b.name
+            );
+        }
+    }
+    assert!(
+        sealed_keys >= 30,
+        "{}: only {sealed_keys} sealed objects",
+        b.name
+    );
+    let indexes: Vec<&String> = stored
+        .keys()
+        .filter(|k| k.ends_with(layout::INDEX_SUFFIX))
+        .collect();
+    assert!(!indexes.is_empty());
+    for k in indexes {
+        let body = b.get(k).await;
+        layout::parse_listing(&body)
+            .unwrap_or_else(|e| panic!("{}: index {k} not in clear: {e}", b.name));
+    }
+    // The stock tool, as the README says: `age -d -i key.txt OBJECT > FILE`.
+    if let Some(age) = age_tool {
+        let path = data.join(IOT).join("md-2-big-Data.db");
+        let obj = tmp.path().join("object.age");
+        std::fs::write(&obj, b.get(&layout.data_key(path.to_str().unwrap())).await).unwrap();
+        let out = std::process::Command::new(age)
+            .args(["-d", "-i"])
+            .arg(tmp.path().join("breakglass.key"))
+            .arg(&obj)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: age -d: {}",
+            b.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == big, "{}: age -d gave other bytes", b.name);
+    }
+
+    // 4. A restart stores nothing again, and on S3 (through a counting proxy) asks no HEAD
+    // per file either: a listed sealed size is the file's size sealed, not another file.
+    let files = tree(&data).len() as u64;
+    let (code, out, requests) = if b.name == "s3" {
+        let s3 = common::s3();
+        let proxy = common::proxy::Proxy::start(&s3.endpoint).await;
+        let mut env = b.env.clone();
+        env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+        env.push(("AWS_ENDPOINT_URL".into(), proxy.url()));
+        let args: Vec<String> = sealed_args.iter().map(|a| a.to_string()).collect();
+        let (code, out) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_bin(SNAP, &args, &env)
+        })
+        .await
+        .unwrap();
+        (code, out, Some(proxy.counts().requests))
+    } else {
+        let (code, out) = run(SNAP, &sealed_args);
+        (code, out, None)
+    };
+    assert_eq!(code, 0, "{}: restart: {out}", b.name);
+    assert!(
+        out.contains(" 0 files (0 bytes) uploaded"),
+        "{}: restart uploaded again: {out}",
+        b.name
+    );
+    if let Some(n) = requests {
+        assert!(
+            n < files / 2,
+            "{}: the restart sent {n} requests for {files} stored files",
+            b.name
+        );
+    }
+
+    // 5. Restores without an identity, or with the wrong one: stopped before any write.
+    let target = tmp.path().join("restore");
+    let tpath = target.to_str().unwrap();
+    let slurp = |extra: &[&str], to: &str| {
+        let mut a = vec![
+            "-r",
+            "--range-threshold",
+            "1048576",
+            "--range-size",
+            "1000000",
+        ];
+        a.extend(base);
+        a.extend(extra);
+        a.extend([b.dest.as_str(), dpath.as_str()]);
+        if !to.is_empty() {
+            a.push(to);
+        }
+        run(SLURP, &a)
+    };
+    let (code, out) = slurp(&[], tpath);
+    assert_eq!(code, 3, "{}: restore without --identity: {out}", b.name);
+    assert!(
+        out.contains("is sealed (age): pass --identity"),
+        "{}: {out}",
+        b.name
+    );
+    assert!(
+        tree(&target).is_empty(),
+        "{}: files written without an identity",
+        b.name
+    );
+    let other = tmp.path().join("other.key");
+    let (code, out) = slurp(&["-i", other.to_str().unwrap()], tpath);
+    assert_eq!(
+        code, 3,
+        "{}: restore with the wrong identity: {out}",
+        b.name
+    );
+    assert!(out.contains("is sealed to other keys"), "{}: {out}", b.name);
+    assert!(
+        tree(&target).is_empty(),
+        "{}: files written with the wrong identity",
+        b.name
+    );
+
+    // 6. The right identity (the break-glass one alone will do) restores every byte; the
+    // big Data.db by parallel ranges, Digest-checked.
+    let bg = tmp.path().join("breakglass.key");
+    let (code, out) = slurp(&["-i", bg.to_str().unwrap()], tpath);
+    assert_eq!(code, 0, "{}: sealed restore: {out}", b.name);
+    let want: BTreeMap<PathBuf, Vec<u8>> = tree(&data)
+        .into_iter()
+        .filter(|(p, _)| !p.components().any(|c| c.as_os_str() == "snapshots"))
+        .collect();
+    let got = tree(&target);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{}",
+        b.name
+    );
+    for (p, bytes) in &want {
+        assert!(
+            &got[p] == bytes,
+            "{}: {} restored with other bytes",
+            b.name,
+            p.display()
+        );
+    }
+    // Again: all present (the plaintext size and MD5 compared, not the sealed size).
+    let (code, out) = slurp(&["-i", bg.to_str().unwrap()], tpath);
+    assert_eq!(code, 0, "{}: second restore: {out}", b.name);
+    assert!(
+        out.contains("restored 0 files"),
+        "{}: {out}",
+        b.name
+    );
+
+    // 7. --verify says what it could check.
+    let (code, out) = slurp(&["--verify"], "");
+    assert_eq!(code, 0, "{}: verify without identity: {out}", b.name);
+    assert!(
+        out.contains("checked by the CRC-32 of their stored bytes only"),
+        "{}: {out}",
+        b.name
+    );
+    let id1f = tmp.path().join("team.key");
+    let (code, out) = slurp(&["--verify", "-i", id1f.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{}: verify with identity: {out}", b.name);
+    assert!(
+        out.contains("opened and checked by content"),
+        "{}: {out}",
+        b.name
+    );
+
+    // 8. One flipped byte in the middle of the big Data.db, metadata kept: found, fetched
+    // once more, reported; nothing under its name.
+    let big_path = data.join(IOT).join("md-2-big-Data.db");
+    let big_key = layout.data_key(big_path.to_str().unwrap());
+    let mut body = b.get(&big_key).await;
+    let mid = body.len() / 2;
+    body[mid] ^= 0x01;
+    if let Some(root) = &b.root {
+        // In place, its extended attributes kept.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join(&big_key))
+            .unwrap();
+        f.write_all_at(&body[mid..mid + 1], mid as u64).unwrap();
+    } else {
+        let (meta, _) = b.head(&big_key).await;
+        let mut attrs = Attributes::new();
+        for (k, v) in meta {
+            attrs.insert(Attribute::Metadata(k.into()), AttributeValue::from(v));
+        }
+        b.raw
+            .put_opts(
+                &opath(&big_key),
+                PutPayload::from(body),
+                PutOptions {
+                    attributes: attrs,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let t2 = tmp.path().join("restore-tampered");
+    let (code, out) = slurp(&["-i", bg.to_str().unwrap()], t2.to_str().unwrap());
+    assert_eq!(code, 1, "{}: restore of a tampered object: {out}", b.name);
+    assert!(
+        out.contains("does not authenticate") && out.contains("tampered"),
+        "{}: {out}",
+        b.name
+    );
+    assert!(
+        out.contains("fetching it once more"),
+        "{}: not retried: {out}",
+        b.name
+    );
+    let restored = tree(&t2);
+    let rel = big_path.strip_prefix(&data).unwrap();
+    assert!(
+        !restored.contains_key(rel),
+        "{}: a tampered file appeared under its name",
+        b.name
+    );
+    assert!(
+        !restored
+            .keys()
+            .any(|p| p.to_string_lossy().contains("tableslurp-tmp")),
+        "{}: a temp file was left behind",
+        b.name
+    );
+    assert!(
+        restored.len() + 1 >= want.len(),
+        "{}: the other files are restored",
+        b.name
+    );
+    let (code, out) = slurp(&["--verify", "-i", id1f.to_str().unwrap()], "");
+    assert_eq!(code, 1, "{}: verify of a tampered object: {out}", b.name);
+    let (code, out) = slurp(&["--verify"], "");
+    assert_eq!(
+        code, 1,
+        "{}: CRC verify of a tampered object: {out}",
+        b.name
+    );
+    assert!(out.contains("CRC-32"), "{}: {out}", b.name);
+}
