@@ -26,6 +26,10 @@
 #                tableslurp -r (its default: every file durable before its rename) against
 #                `s5cmd cp` followed by `sync` (what it takes to make s5cmd's copy durable);
 #                the report gives the median of each and their ratio (issue #18: <= 1.0)
+#   7 sealed     the whole tree, BENCH_REPEAT times, a fresh Garage per run: backfill then
+#                restore by tablesnap/tableslurp in clear, by tablesnap --recipient /
+#                tableslurp --identity (age), and by s5cmd; the report gives the medians and
+#                sealed ÷ clear (issue #16: <= 1.3 both ways). Needs age-keygen (Debian: age).
 #
 # Environment (all optional):
 #   BENCH_GIB=2  BENCH_TINY=100000 BENCH_BIG_GIB="4 8"  BENCH_BIG_CONTENT=sparse|random
@@ -201,7 +205,7 @@ tree_files() { find "$1" -type f | wc -l; }
 } >"$BENCH_DIR/machine.md"
 
 # ---- data ------------------------------------------------------------------------------------
-if has 1 || has 2 || has 6; then
+if has 1 || has 2 || has 6 || has 7; then
     # Reused between runs of the same size (the stamp lives outside the tree: every file in
     # the tree is uploaded).
     if [[ ! -f $DATA.gen || $(cat "$DATA.gen") != "$BENCH_GIB" ]]; then
@@ -280,6 +284,47 @@ if has 6 && [[ -n $TABLESLURP_BIN ]]; then
         rm -rf "$tgt"
     done
     garage_stop
+fi
+
+# ---- 7: sealed vs clear, median of BENCH_REPEAT, a fresh Garage per run ------------------------
+if has 7 && [[ -n $TABLESLURP_BIN ]]; then
+    command -v age-keygen >/dev/null || {
+        say "apt-get install age"
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >&2
+    }
+    KEY=$BENCH_DIR/sealed.key
+    rm -f "$KEY" && age-keygen -o "$KEY" 2>/dev/null
+    RECIPIENT=$(age-keygen -y "$KEY")
+    for i in $(seq "$BENCH_REPEAT"); do
+        for v in tablesnap tablesnap-sealed s5cmd; do
+            garage_start
+            tgt=$OUT/sealed
+            rm -rf "$tgt" && mkdir -p "$tgt"
+            case $v in
+            tablesnap | tablesnap-sealed)
+                snap_args=() slurp_args=()
+                if [[ $v == tablesnap-sealed ]]; then
+                    snap_args=(--recipient "$RECIPIENT")
+                    slurp_args=(--identity "$KEY")
+                fi
+                # shellcheck disable=SC2086
+                measure "$v" "7 sealed backfill #$i" "$TREE_BYTES" "$TABLESNAP_BIN" --once -r -n bench \
+                    -p sealed/ --endpoint-url "$EP" $BENCH_TABLESNAP_ARGS "${snap_args[@]}" "$B" "$DATA"
+                # shellcheck disable=SC2086
+                measure "$v" "7 sealed restore #$i" "$TREE_BYTES" "$TABLESLURP_BIN" -r -n bench \
+                    --prefix sealed/ --endpoint-url "$EP" $BENCH_TABLESLURP_ARGS "${slurp_args[@]}" \
+                    "$B" "$DATA" "$tgt" ;;
+            s5cmd)
+                measure s5cmd "7 sealed backfill #$i" "$TREE_BYTES" "$S5CMD" --endpoint-url "$EP" cp \
+                    "$DATA/*" "s3://$B/sealed-s5cmd/"
+                measure s5cmd "7 sealed restore #$i" "$TREE_BYTES" "$S5CMD" --endpoint-url "$EP" cp \
+                    "s3://$B/sealed-s5cmd/*" "$tgt/" ;;
+            esac
+            complete "$v" "$tgt" "7 sealed restore #$i"
+            rm -rf "$tgt"
+            garage_stop
+        done
+    done
 fi
 
 # ---- 3, 4, 5: one Garage behind the logging proxy ---------------------------------------------

@@ -327,6 +327,23 @@ def medians(runs, extras):
             ratio = fmt(ts_med / med) if ts_med and tool != "tablesnap" and med else "-"
             print(f"| {name} | {tool} | {len(walls)} | {fmt(med)} | {fmt(min(walls))} | "
                   f"{fmt(max(walls))} | {bad} | {ratio} |")
+    # Sealed (age) against the same tool in clear (issue #16: <= 1.3).
+    lines = []
+    for name, tools in groups.items():
+        plain, sealed = tools.get("tablesnap"), tools.get("tablesnap-sealed")
+        if plain and sealed:
+            p = statistics.median(w for w, _ in plain)
+            s = statistics.median(w for w, _ in sealed)
+            lines.append(f"| {name} | {fmt(p)} | {fmt(s)} | **{fmt(s / p if p else None)}** |")
+    if lines:
+        print()
+        print("Sealed against clear: median wall of tablesnap --recipient (backfill) or "
+              "tableslurp --identity (restore) ÷ the same in clear.")
+        print()
+        print("| scenario | clear s | sealed s | sealed ÷ clear |")
+        print("|---|---:|---:|---:|")
+        for line in lines:
+            print(line)
 
 
 if __name__ == "__main__":

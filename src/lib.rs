@@ -8,8 +8,8 @@
 //!      │   IN_MOVED_TO, IN_CLOSE_WRITE,       (per path: queued,   stat + md5 (+ the    (S3, GCS,
 //!      │   IN_CREATE, IN_Q_OVERFLOW            running, retrying,   SSTable's Digest),   Azure,
 //!      │                                       waiting for COMMIT;  PUT, multipart or    file://)
-//!      │                                       queue fair across
-//!      │                                       directories)
+//!      │                                       queue fair across    (sealed to age keys:
+//!      │                                       directories)          seal)
 //!      └── scan (-B, new dirs, overflow, rescan), beside the loop ─┘  copy of a hard link
 //!                       │                                                   │
 //!         cassandra::DirView: complete SSTables (TOC, txn logs),            │
@@ -41,6 +41,8 @@
 //!   what is durable, the last listing and what compactions replaced ([`upload::lineage`]).
 //! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together: the state
 //!   model, the index scheduler and the run loop each in a file of their own.
+//! * [`seal`]: sealed backups: each data object an age file sealed on the node to public
+//!   keys (`--recipient`), opened by range on restore (`--identity`); indexes stay in clear.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.
 //! * [`progress`]: files, bytes, rate and ETA of the first backfill (bar or log lines).
 //! * [`metrics`]: Prometheus counters and the recovery-point gauge (`--metrics-addr`).

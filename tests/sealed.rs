@@ -396,11 +396,7 @@ async fn suite(b: Backend) {
     // Again: all present (the plaintext size and MD5 compared, not the sealed size).
     let (code, out) = slurp(&["-i", bg.to_str().unwrap()], tpath);
     assert_eq!(code, 0, "{}: second restore: {out}", b.name);
-    assert!(
-        out.contains("restored 0 files"),
-        "{}: {out}",
-        b.name
-    );
+    assert!(out.contains("restored 0 files"), "{}: {out}", b.name);
 
     // 7. --verify says what it could check.
     let (code, out) = slurp(&["--verify"], "");
@@ -493,4 +489,80 @@ async fn suite(b: Backend) {
         b.name
     );
     assert!(out.contains("CRC-32"), "{}: {out}", b.name);
+}
+
+/// Bad keys are one line each, naming the thing, before anything runs: a recipient that is
+/// not a key (exit 2), a recipients file holding a secret key (exit 2: the node must not
+/// have it), an identity file that is missing or holds no key (exit 3, never quoting it).
+#[test]
+fn bad_keys_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let bucket = format!("file://{}", tmp.path().join("bucket").display());
+    std::fs::create_dir_all(tmp.path().join("bucket")).unwrap();
+    let d = data.to_str().unwrap();
+    let (code, out) = common::run_bin(
+        SNAP,
+        &["--once", "--recipient", "age1notakey", &bucket, d],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("\"age1notakey\"") && out.contains("age-keygen"),
+        "{out}"
+    );
+    let secret = tmp.path().join("key.txt");
+    let (_, public) = keygen(&secret);
+    let s = secret.to_str().unwrap();
+    let (code, out) = common::run_bin(SNAP, &["--once", "--recipients-file", s, &bucket, d], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("holds a secret key") && out.contains("age-keygen -y"),
+        "{out}"
+    );
+    let missing = tmp.path().join("nope.txt");
+    let (code, out) = common::run_bin(
+        SNAP,
+        &[
+            "--once",
+            "--recipients-file",
+            missing.to_str().unwrap(),
+            &bucket,
+            d,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nope.txt"), "{out}");
+    // A valid recipient: the run goes ahead.
+    let (code, out) = common::run_bin(SNAP, &["--once", "--recipient", &public, &bucket, d], &[]);
+    assert_eq!(code, 0, "{out}");
+    // tableslurp: an identity file with a line that is no key; one that is missing.
+    let bad = tmp.path().join("bad.key");
+    std::fs::write(&bad, "AGE-SECRET-KEY-1NOTREALLYASECRET\n").unwrap();
+    for (f, want) in [
+        (&bad, "line 1 is not an age X25519 identity"),
+        (&missing, "nope.txt"),
+    ] {
+        let (code, out) = common::run_bin(
+            SLURP,
+            &[
+                "-n",
+                "h",
+                "-i",
+                f.to_str().unwrap(),
+                &bucket,
+                d,
+                tmp.path().join("t").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 3, "{out}");
+        assert!(out.contains(want), "{out}");
+        assert!(
+            !out.contains("NOTREALLYASECRET"),
+            "a secret key quoted: {out}"
+        );
+    }
 }

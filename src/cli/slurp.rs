@@ -247,6 +247,14 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // A mistyped or unmounted file:// bucket is "bucket missing" (exit 3), not an empty
     // bucket created on the spot and then "nothing to restore".
     let store = Store::open_existing(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
+    // Read first: a bad key file is told before a long LIST, not after.
+    let identities = if a.identity.is_empty() {
+        None
+    } else {
+        Some(std::sync::Arc::new(
+            crate::seal::Identities::read(&a.identity).map_err(|e| anyhow!("{e}"))?,
+        ))
+    };
     let name = a.name.clone().unwrap_or_else(super::fqdn);
     let layout = a.dest.layout(name.clone());
     if a.list {
@@ -361,13 +369,6 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ownership::Ids { uid, gid }
     } else {
         Ownership::Current
-    };
-    let identities = if a.identity.is_empty() {
-        None
-    } else {
-        Some(std::sync::Arc::new(
-            crate::seal::Identities::read(&a.identity).map_err(|e| anyhow!("{e}"))?,
-        ))
     };
     // Sealed objects and the keys to open them, asked before anything is written.
     if !a.verify || identities.is_some() {

@@ -1,3 +1,5 @@
+//! The framing against the age crate in both directions, tampering, keys and lengths.
+
 use std::io::{Read, Write};
 
 use super::*;

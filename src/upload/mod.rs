@@ -307,6 +307,16 @@ impl Uploader {
     pub fn new(store: Store, layout: Layout, cfg: UploadConfig) -> Self {
         let part = cfg.part_size.unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART);
         let mem_units = (cfg.memory_budget.max(part) / MEM_UNIT).clamp(1, u32::MAX as u64 / 2);
+        // A sealed part is its tags and (the first) its header larger: pooled buffers are
+        // made to hold one, or none would ever be reused.
+        let buf = match &cfg.seal {
+            Some(r) => {
+                let p = part.next_multiple_of(crate::seal::CHUNK) as usize;
+                crate::seal::sealed_part_len(p)
+                    + crate::seal::x25519_header_len(r.len() as u64) as usize
+            }
+            None => part as usize,
+        };
         Self {
             store,
             layout,
@@ -328,7 +338,7 @@ impl Uploader {
             renewed: Mutex::new(Default::default()),
             pool: Arc::new(BufPool::new(
                 (mem_units * MEM_UNIT / part).max(1) as usize,
-                part as usize,
+                buf,
             )),
             unstorable: Mutex::new(Default::default()),
             last_index: Mutex::new(HashMap::new()),
