@@ -566,3 +566,85 @@ fn bad_keys_are_refused_by_name() {
         );
     }
 }
+
+/// Key rotation on `file://`: a table sealed to two keys, then the node restarted with one
+/// new key and a new table. The restart stores nothing again (the old objects' sealed size
+/// is of two recipients, the new key makes one); new objects are sealed to the new key only;
+/// the new identity alone is refused before anything is written, naming an old object;
+/// both identities together restore every byte.
+#[test]
+fn a_key_rotation_keeps_old_objects_and_needs_both_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let bucket_dir = tmp.path().join("bucket");
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let bucket = format!("file://{}", bucket_dir.display());
+    let d = data.to_str().unwrap();
+    let (old1, p1) = keygen(&tmp.path().join("old1.key"));
+    let (_, p2) = keygen(&tmp.path().join("old2.key"));
+    let (new, p3) = keygen(&tmp.path().join("new.key"));
+    copy_table(FOO, &data.join(FOO));
+    let snap = |recipients: &[&str]| {
+        let mut a = vec!["--once", "-r", "-n", HOST];
+        for r in recipients {
+            a.extend(["--recipient", r]);
+        }
+        a.extend([bucket.as_str(), d]);
+        common::run_bin(SNAP, &a, &[])
+    };
+    let (code, out) = snap(&[&p1, &p2]);
+    assert_eq!(code, 0, "{out}");
+    copy_table(JB, &data.join(JB));
+    let (code, out) = snap(&[&p3]);
+    assert_eq!(code, 0, "{out}");
+    let jb_files = std::fs::read_dir(data.join(JB)).unwrap().count();
+    assert!(
+        out.contains(&format!(" {jb_files} files (")),
+        "the restart stored more than the new table's {jb_files} files: {out}"
+    );
+    let layout = Layout::new("", HOST, ":");
+    let obj = |rel: &str, name: &str| {
+        std::fs::read(bucket_dir.join(layout.data_key(data.join(rel).join(name).to_str().unwrap())))
+            .unwrap()
+    };
+    let old_obj = obj(FOO, "md-1-big-Data.db");
+    assert!(
+        decrypt(&old1, &old_obj) == std::fs::read(data.join(FOO).join("md-1-big-Data.db")).unwrap()
+    );
+    let new_obj = obj(JB, "Keyspace1-Standard1-jb-0-Data.db");
+    assert!(
+        decrypt(&new, &new_obj)
+            == std::fs::read(data.join(JB).join("Keyspace1-Standard1-jb-0-Data.db")).unwrap()
+    );
+    assert!(
+        age::Decryptor::new(&new_obj[..])
+            .unwrap()
+            .decrypt(std::iter::once(&old1 as &dyn age::Identity))
+            .is_err(),
+        "an object stored after the rotation opens with a retired key"
+    );
+    let target = tmp.path().join("restore");
+    let slurp = |ids: &[&str]| {
+        let mut a = vec!["-r", "-n", HOST];
+        for i in ids {
+            a.extend(["-i", i]);
+        }
+        a.extend([bucket.as_str(), d, target.to_str().unwrap()]);
+        common::run_bin(SLURP, &a, &[])
+    };
+    let newk = tmp.path().join("new.key");
+    let oldk = tmp.path().join("old2.key");
+    let (code, out) = slurp(&[newk.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("is sealed to other keys") && out.contains(FOO),
+        "{out}"
+    );
+    assert!(
+        tree(&target).is_empty(),
+        "written before the key check: {out}"
+    );
+    let (code, out) = slurp(&[newk.to_str().unwrap(), oldk.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(tree(&target), tree(&data));
+}

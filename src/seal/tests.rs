@@ -84,6 +84,21 @@ fn what_the_age_crate_encrypts_we_open_whole_and_by_ranges() {
         }
         assert!(s.finished(), "{n}");
         assert_eq!(got, plain, "{n} bytes");
+        // The header a byte at a time, then the rest whole.
+        let mut s = StreamOpener::new(sealed.len() as u64);
+        let mut again = Vec::new();
+        let split = 300.min(sealed.len());
+        for piece in sealed[..split]
+            .chunks(1)
+            .chain(std::iter::once(&sealed[split..]))
+        {
+            s.feed(&ids, piece, &mut |b| {
+                again.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(s.finished() && again == plain, "{n} bytes fed byte by byte");
         // By ranges of plaintext.
         let o = Opener::open(&sealed, &ids).unwrap().unwrap();
         let total = o.plain_len(sealed.len() as u64).unwrap();
