@@ -17,14 +17,15 @@ pub const META_STAT: &str = "stat";
 /// User metadata name carrying the lowercase hex MD5 of the whole file (`x-amz-meta-md5sum`).
 pub const META_MD5: &str = "md5sum";
 /// Every user metadata name the tools write and read (the `file://` backend keeps them as
-/// extended attributes): the original's two, and a sealed object's marks
-/// ([`crate::seal`]).
-pub const META_NAMES: [&str; 5] = [
+/// extended attributes): the original's two, and the marks of a sealed or compressed
+/// object ([`crate::seal`], [`crate::compress`]).
+pub const META_NAMES: [&str; 6] = [
     META_MD5,
     META_STAT,
     crate::seal::META_SEALED,
     crate::seal::META_PLAIN_SIZE,
     crate::seal::META_SEALED_CRC,
+    crate::compress::META_COMPRESSED,
 ];
 
 /// How keys are named for one host: `PREFIX + NAME + SEPARATOR + ABSOLUTE_PATH`.

@@ -51,6 +51,7 @@
 
 pub mod cassandra;
 pub mod cli;
+pub mod compress;
 pub mod credentials;
 pub mod daemon;
 pub mod digest;

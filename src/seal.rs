@@ -274,16 +274,22 @@ impl Sealer {
             let to = j * SEALED_CHUNK as usize;
             buf.copy_within(from..from + len, to);
             let index = first + j as u64;
-            let tag = self
-                .cipher
-                .encrypt_in_place_detached(
-                    &chunk_nonce(index, index == last_chunk),
-                    &[],
-                    &mut buf[to..to + len],
-                )
-                .expect("a chunk is far below ChaCha20's limit");
-            buf[to + len..to + len + TAG as usize].copy_from_slice(&tag);
+            self.seal_chunk(
+                index,
+                index == last_chunk,
+                &mut buf[to..to + len + TAG as usize],
+            );
         }
+    }
+
+    /// Seals one chunk in place: `buf` is its plaintext and room for the tag.
+    fn seal_chunk(&self, index: u64, last: bool, buf: &mut [u8]) {
+        let len = buf.len() - TAG as usize;
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(&chunk_nonce(index, last), &[], &mut buf[..len])
+            .expect("a chunk is far below ChaCha20's limit");
+        buf[len..].copy_from_slice(&tag);
     }
 }
 
@@ -310,14 +316,15 @@ pub fn sealed_part_len(plain: usize) -> usize {
 /// (the first pass of a multipart upload, which must name the checksum before any part).
 pub struct SealedCrc<'a> {
     sealer: &'a Sealer,
-    total: u64,
+    /// `None`: not known until [`SealedCrc::finish`] (a compressed stream).
+    total: Option<u64>,
     crc: crc32fast::Hasher,
     buf: Vec<u8>,
     index: u64,
 }
 
 impl<'a> SealedCrc<'a> {
-    pub fn new(sealer: &'a Sealer, total: u64) -> Self {
+    pub fn new(sealer: &'a Sealer, total: Option<u64>) -> Self {
         let mut crc = crc32fast::Hasher::new();
         crc.update(sealer.header());
         Self {
@@ -331,28 +338,33 @@ impl<'a> SealedCrc<'a> {
 
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
+            // A full chunk is not the last one when more bytes follow.
+            if self.buf.len() == CHUNK as usize {
+                self.flush(false);
+            }
             let take = (CHUNK as usize - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buf.len() == CHUNK as usize && (self.index + 1) * CHUNK < self.total {
-                self.flush();
+            if self.buf.len() == CHUNK as usize
+                && self.total.is_some_and(|t| (self.index + 1) * CHUNK < t)
+            {
+                self.flush(false);
             }
         }
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, last: bool) {
         let n = self.buf.len();
-        self.buf.resize(sealed_part_len(n), 0);
-        self.sealer
-            .seal_in_place(self.index, n, self.total, &mut self.buf);
+        self.buf.resize(n + TAG as usize, 0);
+        self.sealer.seal_chunk(self.index, last, &mut self.buf);
         self.crc.update(&self.buf);
         self.buf.clear();
         self.index += 1;
     }
 
-    /// The CRC, once exactly `total` bytes were given.
+    /// The CRC, once all bytes (exactly `total`, when it was given) were given.
     pub fn finish(mut self) -> u32 {
-        self.flush();
+        self.flush(true);
         self.crc.finalize()
     }
 }
@@ -711,33 +723,56 @@ impl<'a> RangeOpener<'a> {
     }
 }
 
-/// What a HEAD or GET says of an object's sealing.
+/// What a HEAD or GET says of how an object holds its file: sealed ([`META_SEALED`]),
+/// compressed ([`crate::compress::META_COMPRESSED`]), or both (compressed, then sealed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SealedMeta {
+pub struct Encoding {
+    pub sealed: bool,
+    pub compressed: bool,
+    /// The file's size.
     pub plain_size: u64,
+    /// CRC-32 of the stored bytes (sealed objects).
     pub sealed_crc32: Option<u32>,
 }
 
-impl SealedMeta {
-    /// `Some` for an object marked sealed; `Err` for a mark we cannot read (a newer
-    /// format), naming it.
+impl Encoding {
+    /// `Some` for an object marked sealed or compressed; `Err` for a mark we cannot read
+    /// (a newer format), naming it.
     pub fn of(meta: &std::collections::HashMap<String, String>) -> Result<Option<Self>, String> {
-        let Some(kind) = meta.get(META_SEALED) else {
-            return Ok(None);
+        let sealed = match meta.get(META_SEALED).map(String::as_str) {
+            None => false,
+            Some(SEALED_AGE) => true,
+            Some(kind) => {
+                return Err(format!(
+                    "sealed as {kind:?}, which this version does not know (a newer one wrote it?)"
+                ));
+            }
         };
-        if kind != SEALED_AGE {
-            return Err(format!(
-                "sealed as {kind:?}, which this tableslurp does not know (a newer version?)"
-            ));
+        let compressed = match meta
+            .get(crate::compress::META_COMPRESSED)
+            .map(String::as_str)
+        {
+            None => false,
+            Some(crate::compress::COMPRESSED_ZSTD) => true,
+            Some(kind) => {
+                return Err(format!(
+                    "compressed as {kind:?}, which this version does not know (a newer one wrote it?)"
+                ));
+            }
+        };
+        if !sealed && !compressed {
+            return Ok(None);
         }
         let plain_size = meta
             .get(META_PLAIN_SIZE)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("sealed, but its {META_PLAIN_SIZE} metadata is missing"))?;
+            .ok_or_else(|| format!("its {META_PLAIN_SIZE} metadata is missing"))?;
         let sealed_crc32 = meta
             .get(META_SEALED_CRC)
             .and_then(|s| u32::from_str_radix(s, 16).ok());
         Ok(Some(Self {
+            sealed,
+            compressed,
             plain_size,
             sealed_crc32,
         }))

@@ -154,15 +154,39 @@ async fn suite(b: Backend) {
     copy_table(FOO, &data.join(FOO));
     // A 12 MiB Data.db (three 5 MiB parts), its Digest made to match.
     copy_table(IOT, &data.join(IOT));
-    let big: Vec<u8> = (0..12u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    // Random bytes (as an LZ4-compressed Data.db is, to zstd): stored as they are.
+    let mut big = vec![0u8; 12 << 20];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 32) as u8;
+    }
     std::fs::write(data.join(IOT).join("md-2-big-Data.db"), &big).unwrap();
     std::fs::write(
         data.join(IOT).join("md-2-big-Digest.crc32"),
         crc32fast::hash(&big).to_string(),
     )
     .unwrap();
+    // A 24 MiB Index.db that compresses about 2.4:1: compressed, then sealed, in two parts.
+    // (12 MiB where the server takes no multipart upload: one PUT.)
+    let index_len = if b.multipart { 24 << 20 } else { 12 << 20 };
+    let mut index = Vec::with_capacity(index_len);
+    let mut i = 0u64;
+    while index.len() < index_len {
+        index.extend_from_slice(
+            format!(
+                "key {:016x} pos {}\n",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                i * 37
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    index.truncate(index_len);
+    std::fs::write(data.join(IOT).join("md-2-big-Index.db"), &index).unwrap();
     // A snapshot: hard links of the live files.
     let snap = data.join(FOO).join("snapshots").join("before-upgrade");
     std::fs::create_dir_all(&snap).unwrap();
@@ -182,6 +206,8 @@ async fn suite(b: Backend) {
         rf,
         "--listen-events",
         "IN_MOVED_TO,IN_CLOSE_WRITE,IN_CREATE",
+        "--compress",
+        "zstd",
     ];
     if b.multipart {
         sealed_args.extend(["--max-upload-size", "1", "--multipart-chunk-size", "5"]);
@@ -237,13 +263,21 @@ async fn suite(b: Backend) {
             b.name
         );
         assert!(meta.contains_key("stat"), "{}: {key}", b.name);
-        // Either recipient opens it.
+        // Either recipient opens it; compressed (where that saves a tenth), then sealed.
         let id = if sealed_keys % 2 == 0 { &id1 } else { &id2 };
-        assert!(
-            decrypt(id, &body) == bytes,
-            "{}: {key} decrypts to other bytes",
-            b.name
-        );
+        let mut opened = decrypt(id, &body);
+        let compressible = bytes.len() >= 4096
+            && zstd::bulk::compress(&bytes, 3).unwrap().len() * 10 < bytes.len() * 8;
+        if meta.get("compressed").map(String::as_str) == Some("zstd") {
+            opened = zstd::stream::decode_all(&opened[..]).unwrap();
+        } else {
+            assert!(
+                !compressible,
+                "{}: {key} compresses well but is stored as it is",
+                b.name
+            );
+        }
+        assert!(opened == bytes, "{}: {key} decrypts to other bytes", b.name);
         // The snapshot's link is a copy of the live object: the same ciphertext.
         if let Ok(in_snap) = rel.strip_prefix(Path::new(FOO).join("snapshots/before-upgrade")) {
             let live = layout.data_key(data.join(FOO).join(in_snap).to_str().unwrap());
@@ -259,6 +293,28 @@ async fn suite(b: Backend) {
         "{}: only {sealed_keys} sealed objects",
         b.name
     );
+    // The big Data.db (random bytes) is stored as it is; the Index.db compressed.
+    let dkey = layout.data_key(data.join(IOT).join("md-2-big-Data.db").to_str().unwrap());
+    let (meta, _) = b.head(&dkey).await;
+    assert!(
+        !meta.contains_key("compressed"),
+        "{}: an incompressible file stored compressed",
+        b.name
+    );
+    let ikey = layout.data_key(data.join(IOT).join("md-2-big-Index.db").to_str().unwrap());
+    let (meta, _) = b.head(&ikey).await;
+    assert_eq!(
+        meta.get("compressed").map(String::as_str),
+        Some("zstd"),
+        "{}",
+        b.name
+    );
+    let stored_index = stored[&ikey];
+    assert!(
+        stored_index < (index_len as u64) * 9 / 10 && (!b.multipart || stored_index > (5 << 20)),
+        "{}: the Index.db is stored in {stored_index} bytes",
+        b.name
+    );
     let indexes: Vec<&String> = stored
         .keys()
         .filter(|k| k.ends_with(layout::INDEX_SUFFIX))
@@ -269,8 +325,30 @@ async fn suite(b: Backend) {
         layout::parse_listing(&body)
             .unwrap_or_else(|e| panic!("{}: index {k} not in clear: {e}", b.name));
     }
-    // The stock tool, as the README says: `age -d -i key.txt OBJECT > FILE`.
+    // The stock tools, as the README says: `age -d -i key.txt OBJECT > FILE`, and
+    // `| zstd -d` for a compressed one.
     if let Some(age) = age_tool {
+        let obj = tmp.path().join("index.age");
+        std::fs::write(&obj, b.get(&ikey).await).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("age -d -i \"$1\" \"$2\" | zstd -d -c")
+            .arg("sh")
+            .arg(tmp.path().join("team.key"))
+            .arg(&obj)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: age -d | zstd -d: {}",
+            b.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == index,
+            "{}: age -d | zstd -d gave other bytes",
+            b.name
+        );
         let path = data.join(IOT).join("md-2-big-Data.db");
         let obj = tmp.path().join("object.age");
         std::fs::write(&obj, b.get(&layout.data_key(path.to_str().unwrap())).await).unwrap();

@@ -200,6 +200,11 @@ pub struct SnapArgs {
         value_delimiter = ','
     )]
     pub recipients_file: Vec<PathBuf>,
+    /// Compress each data object with zstd (independent 1 MiB frames, restorable by
+    /// range; `zstd -d` reads it), kept only when it saves a tenth; indexes never
+    #[arg(long = "compress", value_name = "HOW", default_value = "none",
+          value_parser = ["none", "zstd"], env = "TABLESNAP_COMPRESS")]
+    pub compress: String,
 }
 
 impl SnapArgs {
@@ -255,6 +260,7 @@ impl SnapArgs {
                 .max_bandwidth
                 .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
             seal: (!recipients.is_empty()).then(|| std::sync::Arc::new(recipients)),
+            compress: self.compress == "zstd",
         };
         let mut cfg = Config::new(store, layout, self.paths);
         cfg.recursive = self.recursive;

@@ -204,23 +204,14 @@ async fn restore_one(ctx: &Ctx<'_>, f: &PlannedFile, dir: &Dir) -> Outcome {
     let name = file_name(f);
     match dir.stat(name) {
         Ok(Some(en)) if !opts.force => {
-            // A sealed object is larger than its file by its header and tags: a file of a
-            // size it may hold is asked about (HEAD: the plaintext size, then the MD5).
-            let sizes_match = en.size == f.size
-                || (opts.identities.is_some() && crate::seal::could_be_sealed(f.size, en.size));
-            let why = if en.is_file() && sizes_match {
+            // A sealed or compressed object's listed size is not its file's: a local file
+            // of another size is asked about too (HEAD: the file's size, then its MD5).
+            let why = if en.is_file() {
                 match present_matches(ctx, f, dir, en.size).await {
                     Ok(None) => return Outcome::AlreadyPresent,
                     Ok(Some(why)) => why,
                     Err(e) => return Outcome::Failed(e),
                 }
-            } else if en.is_file() {
-                format!(
-                    "exists with {} bytes but {} has {}",
-                    en.size,
-                    escape(&f.key()),
-                    f.size
-                )
             } else {
                 "exists and is not a regular file".to_string()
             };
@@ -388,6 +379,30 @@ async fn fetch_once(
                         fetch_ranges(ctx, &f.key(), info.size, &file, &tmp_path, h, None).await?;
                     (info, h)
                 }
+                Some(meta) if meta.compressed => {
+                    let opener = match meta.sealed {
+                        true => {
+                            let ids = sealed::identities(&opts.identities, &f.key())?;
+                            let _permit = ctx.gate.acquire().await.expect("gate closed");
+                            Some(
+                                sealed::open_header(store, &info, &meta, ids, opts.idle_timeout)
+                                    .await?,
+                            )
+                        }
+                        false => None,
+                    };
+                    let h = fetch_compressed_ranges(
+                        ctx,
+                        &info,
+                        &meta,
+                        opener.as_ref(),
+                        &file,
+                        &tmp_path,
+                        h,
+                    )
+                    .await?;
+                    (info.as_plain(meta.plain_size), h)
+                }
                 Some(meta) => {
                     let ids = sealed::identities(&opts.identities, &f.key())?;
                     let opener = {
@@ -412,8 +427,10 @@ async fn fetch_once(
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let (info, stream) = store.get_with_info(&f.key()).await.map_err(missing)?;
             let h = Hashing::for_file(f, ctx.host, ctx.digests, with_md5);
-            let sealed = match sealed::sealing(&info)? {
-                Some(meta) => Some((meta, sealed::identities(&opts.identities, &f.key())?)),
+            let key = f.key();
+            let enc = sealed::sealing(&info)?;
+            let decoder = match &enc {
+                Some(e) => Some(sealed::Decoder::new(&key, e, info.size, &opts.identities)?),
                 None => None,
             };
             let h = fetch_stream(
@@ -426,11 +443,11 @@ async fn fetch_once(
                 opts,
                 observer,
                 h,
-                sealed.map(|(_, ids)| ids),
+                decoder,
             )
             .await?;
-            match sealed {
-                Some((meta, _)) => (info.as_plain(meta.plain_size), h),
+            match enc {
+                Some(e) => (info.as_plain(e.plain_size), h),
                 None => (info, h),
             }
         };
@@ -501,11 +518,11 @@ async fn fetch_stream(
     opts: &ExecOptions,
     observer: &dyn Observer,
     mut h: Hashing,
-    sealed: Option<&crate::seal::Identities>,
+    mut decoder: Option<sealed::Decoder<'_>>,
 ) -> Result<(u64, Hashing), RestoreError> {
     let mut off = 0u64;
-    // Sealed: the plaintext is what is written and hashed, chunk by chunk as each opens.
-    let mut opener = sealed.map(|_| crate::seal::StreamOpener::new(size));
+    // Sealed or compressed: the file's bytes are what is written and hashed, as they are
+    // decoded.
     let mut plain_off = 0u64;
     while let Some(mut chunk) = next_chunk(&mut s, key, off, opts.idle_timeout).await? {
         if let Some(l) = limit {
@@ -523,16 +540,12 @@ async fn fetch_stream(
         if let Some(t) = &opts.throttle {
             t.take(chunk.len() as u64).await;
         }
-        if let (Some(o), Some(ids)) = (opener.as_mut(), sealed) {
-            o.feed(ids, &chunk, &mut |plain| {
+        if let Some(d) = decoder.as_mut() {
+            d.feed(&chunk, path, &mut |plain| {
                 h.update(plain);
                 file.write_all_at(plain, plain_off)?;
                 plain_off += plain.len() as u64;
                 Ok(())
-            })
-            .map_err(|e| match e {
-                crate::seal::FeedError::Seal(e) => sealed::open_err(key, e),
-                crate::seal::FeedError::Out(e) => RestoreError::io("write", path)(e),
             })?;
         } else {
             h.update(&chunk);
@@ -548,8 +561,8 @@ async fn fetch_stream(
             break;
         }
     }
-    if let Some(o) = opener {
-        if !o.finished() {
+    if let Some(d) = decoder {
+        if !d.finished() {
             // Short: the size check names it (and it is retried).
             return Err(RestoreError::Size {
                 key: key.to_string(),
@@ -728,6 +741,198 @@ async fn fetch_ranges(
         h.set_digest(crate::digest::Value::Crc32(total.finalize()));
     }
     Ok((at, h))
+}
+
+/// Where stream bytes go: `(offset in the stream, bytes)`.
+type StreamSink<'s> = dyn FnMut(u64, &[u8]) -> Result<(), RestoreError> + Send + 's;
+
+/// Bytes `r` of a stored stream (the payload of a sealed object, opened; else the object),
+/// fed to `out(offset in the stream, bytes)` in order as they arrive.
+#[allow(clippy::too_many_arguments)]
+async fn stream_range(
+    ctx: &Ctx<'_>,
+    key: &str,
+    stored: u64,
+    opener: Option<&crate::seal::Opener>,
+    stream_len: u64,
+    r: Range<u64>,
+    path: &Path,
+    out: &mut StreamSink<'_>,
+) -> Result<(), RestoreError> {
+    let (store, opts, observer) = (ctx.store, ctx.opts, ctx.observer);
+    let (bytes, chunks) = match opener {
+        Some(o) => {
+            let (chunks, bytes) =
+                crate::seal::sealed_range(o.payload_start(), r.clone(), stream_len);
+            (bytes, Some(chunks))
+        }
+        None => (r.clone(), None),
+    };
+    if bytes.end > stored {
+        return Err(RestoreError::Size {
+            key: key.to_string(),
+            expected: bytes.end,
+            actual: stored,
+        });
+    }
+    let mut s = store.get_stream(key, Some(bytes.clone())).await?;
+    let mut ro = match (opener, chunks) {
+        (Some(o), Some(c)) => Some(crate::seal::RangeOpener::new(o, c, stream_len)),
+        _ => None,
+    };
+    let mut got = 0u64;
+    let mut failed: Option<RestoreError> = None;
+    while let Some(chunk) = next_chunk(&mut s, key, bytes.start + got, opts.idle_timeout).await? {
+        if got + chunk.len() as u64 > bytes.end - bytes.start {
+            return Err(RestoreError::Size {
+                key: key.to_string(),
+                expected: bytes.end - bytes.start,
+                actual: got + chunk.len() as u64,
+            });
+        }
+        if let Some(t) = &opts.throttle {
+            t.take(chunk.len() as u64).await;
+        }
+        match ro.as_mut() {
+            Some(ro) => ro
+                .feed(&chunk, &mut |at, plain| {
+                    // Only the part of each chunk inside `r`.
+                    let from = r.start.max(at);
+                    let to = r.end.min(at + plain.len() as u64);
+                    if from < to {
+                        if let Err(e) = out(from, &plain[(from - at) as usize..(to - at) as usize])
+                        {
+                            failed = Some(e);
+                            return Err(std::io::Error::other("stopped"));
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match (failed.take(), e) {
+                    (Some(f), _) => f,
+                    (None, crate::seal::FeedError::Seal(e)) => sealed::open_err(key, e),
+                    (None, crate::seal::FeedError::Out(e)) => RestoreError::io("write", path)(e),
+                })?,
+            None => out(bytes.start + got, &chunk)?,
+        }
+        got += chunk.len() as u64;
+        observer.bytes(chunk.len() as u64);
+    }
+    if got != bytes.end - bytes.start || ro.is_some_and(|r| !r.finished()) {
+        return Err(RestoreError::Size {
+            key: key.to_string(),
+            expected: bytes.end - bytes.start,
+            actual: got,
+        });
+    }
+    Ok(())
+}
+
+/// A compressed object ([`crate::compress`]) fetched as parallel groups of its frames: the
+/// seek table first (from the end of the stream), then each group's stream bytes, each
+/// frame decompressed as soon as it is whole and written at its offset. The file is then
+/// read back and hashed.
+async fn fetch_compressed_ranges(
+    ctx: &Ctx<'_>,
+    info: &ObjectInfo,
+    enc: &crate::seal::Encoding,
+    opener: Option<&crate::seal::Opener>,
+    file: &Arc<File>,
+    path: &Path,
+    h: Hashing,
+) -> Result<(u64, Hashing), RestoreError> {
+    use crate::compress::Frames;
+    let key = info.key.as_str();
+    let opts = ctx.opts;
+    let bad = |why: String| RestoreError::Tampered {
+        key: key.to_string(),
+        why,
+    };
+    let stream_len = match opener {
+        Some(o) => o
+            .plain_len(info.size)
+            .map_err(|e| sealed::open_err(key, e))?,
+        None => info.size,
+    };
+    // The table: its footer says how long it is.
+    let read_tail = |n: u64| async move {
+        let mut tail = Vec::new();
+        let start = stream_len - n.min(stream_len);
+        let _permit = ctx.gate.acquire().await.expect("gate closed");
+        stream_range(
+            ctx,
+            key,
+            info.size,
+            opener,
+            stream_len,
+            start..stream_len,
+            path,
+            &mut |_, b| {
+                tail.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .await?;
+        Ok::<_, RestoreError>(tail)
+    };
+    let mut tail = read_tail(4096).await?;
+    let frames_n = Frames::count_in_footer(&tail).map_err(|e| bad(e.to_string()))?;
+    let need = Frames::table_len(frames_n);
+    if need > stream_len {
+        return Err(bad("its seek table is longer than the object".into()));
+    }
+    if need > tail.len() as u64 {
+        tail = read_tail(need).await?;
+    }
+    let frames =
+        Frames::parse(&tail, stream_len, enc.plain_size).map_err(|e| bad(e.to_string()))?;
+    drop(tail);
+    file.set_len(enc.plain_size)
+        .map_err(RestoreError::io("allocate", path))?;
+    let frames = &frames;
+    futures::stream::iter(frames.groups(opts.range_size.max(1)).into_iter().map(
+        |(fr, p, c)| async move {
+            let _permit = ctx.gate.acquire().await.expect("gate closed");
+            let (mut i, mut at) = (fr.start, p.start);
+            let mut buf: Vec<u8> = Vec::new();
+            let mut sink = |_: u64, mut b: &[u8]| -> Result<(), RestoreError> {
+                while !b.is_empty() {
+                    if i >= fr.end {
+                        return Err(bad("more stream bytes than its frames".into()));
+                    }
+                    let (cl, pl) = frames.frame(i);
+                    let take = (cl as usize - buf.len()).min(b.len());
+                    buf.extend_from_slice(&b[..take]);
+                    b = &b[take..];
+                    if buf.len() as u64 == cl {
+                        let plain = crate::compress::decompress_frame(&buf, pl)
+                            .map_err(|e| bad(format!("a frame does not decode ({e})")))?;
+                        file.write_all_at(&plain, at)
+                            .map_err(RestoreError::io("write", path))?;
+                        at += pl;
+                        i += 1;
+                        buf.clear();
+                    }
+                }
+                Ok(())
+            };
+            stream_range(ctx, key, info.size, opener, stream_len, c, path, &mut sink).await?;
+            if i != fr.end || at != p.end {
+                return Err(bad("a group of frames ended early".into()));
+            }
+            Ok::<_, RestoreError>(())
+        },
+    ))
+    .buffer_unordered(opts.threads.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    let f = file.clone();
+    let p = path.to_path_buf();
+    let size = enc.plain_size;
+    let h = tokio::task::spawn_blocking(move || hash_range(&f, &p, 0..size, h))
+        .await
+        .map_err(|e| RestoreError::io("hash", path)(std::io::Error::other(e)))??;
+    Ok((size, h))
 }
 
 /// Which of `n` ranges are complete, and how many from the first are, without a gap.

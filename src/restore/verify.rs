@@ -220,15 +220,15 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, opts: &ExecOptions
                 let mut got = 0u64;
                 let mut h = Hashing::new();
                 // A sealed Digest (every data object of a sealed node is) is opened first.
-                let sealed = match super::sealed::sealing(&info).map_err(|e| e.to_string())? {
-                    Some(m) => Some((
-                        m,
-                        crate::seal::StreamOpener::new(info.size),
-                        super::sealed::identities(ids, k).map_err(|e| e.to_string())?,
-                    )),
+                let enc = super::sealed::sealing(&info).map_err(|e| e.to_string())?;
+                let mut decoder = match &enc {
+                    Some(e) => Some(
+                        super::sealed::Decoder::new(k, e, info.size, ids)
+                            .map_err(|e| e.to_string())?,
+                    ),
                     None => None,
                 };
-                let mut sealed = sealed;
+                let here = std::path::Path::new(k);
                 while let Some(c) = next_chunk(&mut s, k, got, Duration::from_secs(60))
                     .await
                     .map_err(|e| e.to_string())?
@@ -237,9 +237,9 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, opts: &ExecOptions
                     if got > MAX_DIGEST_BYTES + 4096 {
                         return Err("too large for a Digest".to_string());
                     }
-                    match &mut sealed {
-                        Some((_, o, ids)) => o
-                            .feed(ids, &c, &mut |p| {
+                    match &mut decoder {
+                        Some(d) => d
+                            .feed(&c, here, &mut |p| {
                                 body.extend_from_slice(p);
                                 Ok(())
                             })
@@ -251,10 +251,10 @@ pub(super) async fn fetch_digests(store: &Store, plan: &Plan, opts: &ExecOptions
                     return Err("too large for a Digest".to_string());
                 }
                 h.update(&body);
-                let info = match &sealed {
-                    Some((m, o, _)) if o.finished() => info.as_plain(m.plain_size),
-                    Some(_) => return Err("its sealed bytes end early".to_string()),
-                    None => info,
+                let info = match (&enc, &decoder) {
+                    (Some(e), Some(d)) if d.finished() => info.as_plain(e.plain_size),
+                    (Some(_), _) => return Err("its stored bytes end early".to_string()),
+                    _ => info,
                 };
                 h.finish(k, &info, body.len() as u64, false)
                     .map_err(|e| e.to_string())?;
@@ -364,30 +364,33 @@ async fn verify_one(
     }
     let key = f.key();
     let meta = super::sealed::sealing(&info)?;
-    let ids = opts.identities.as_deref().filter(|i| !i.is_empty());
-    let mut crc = meta.map(|_| crc32fast::Hasher::new());
-    let mut opener = match (meta, ids) {
-        (Some(_), Some(_)) => Some(crate::seal::StreamOpener::new(info.size)),
+    let has_ids = opts.identities.as_deref().is_some_and(|i| !i.is_empty());
+    // A sealed object without an identity: its stored bytes by their CRC-32 only.
+    let mut crc = meta.filter(|m| m.sealed).map(|_| crc32fast::Hasher::new());
+    let mut decoder = match meta {
+        Some(m) if !m.sealed || has_ids => Some(super::sealed::Decoder::new(
+            &key,
+            &m,
+            info.size,
+            &opts.identities,
+        )?),
         _ => None,
     };
     let mut n = 0u64;
     let mut plain = 0u64;
+    let dest = f.dest();
     while let Some(chunk) = next_chunk(&mut s, &key, n, opts.idle_timeout).await? {
-        match (&mut crc, &mut opener, ids) {
-            (Some(c), Some(o), Some(ids)) => {
-                c.update(&chunk);
-                o.feed(ids, &chunk, &mut |p| {
-                    h.update(p);
-                    plain += p.len() as u64;
-                    Ok(())
-                })
-                .map_err(|e| match e {
-                    crate::seal::FeedError::Seal(e) => super::sealed::open_err(&key, e),
-                    crate::seal::FeedError::Out(e) => RestoreError::io("hash", &f.dest())(e),
-                })?;
-            }
-            (Some(c), _, _) => c.update(&chunk),
-            _ => h.update(&chunk),
+        if let Some(c) = &mut crc {
+            c.update(&chunk);
+        }
+        match (&mut decoder, meta) {
+            (Some(d), _) => d.feed(&chunk, &dest, &mut |p| {
+                h.update(p);
+                plain += p.len() as u64;
+                Ok(())
+            })?,
+            (None, None) => h.update(&chunk),
+            (None, Some(_)) => {}
         }
         n += chunk.len() as u64;
         if n > info.size {
@@ -406,26 +409,29 @@ async fn verify_one(
             actual: n,
         });
     }
-    // The stored bytes by their CRC-32, with or without an identity.
-    let got = crc.expect("sealed").finalize();
-    match meta.sealed_crc32 {
-        Some(want) if want != got => {
-            return Err(RestoreError::Tampered {
-                key,
-                why: format!("the stored bytes' CRC-32 is {got:08x}, its metadata says {want:08x}"),
-            });
+    if let Some(c) = crc {
+        let got = c.finalize();
+        match meta.sealed_crc32 {
+            Some(want) if want != got => {
+                return Err(RestoreError::Tampered {
+                    key,
+                    why: format!(
+                        "the stored bytes' CRC-32 is {got:08x}, its metadata says {want:08x}"
+                    ),
+                });
+            }
+            None if decoder.is_none() => return Err(RestoreError::NoChecksum { key }),
+            _ => {}
         }
-        None if opener.is_none() => return Err(RestoreError::NoChecksum { key }),
-        _ => {}
     }
-    match opener {
-        Some(o) if o.finished() => {
+    match decoder {
+        Some(d) if d.finished() => {
             h.finish(&key, &info.as_plain(meta.plain_size), plain, true)?;
             Ok(false)
         }
         Some(_) => Err(RestoreError::Tampered {
             key,
-            why: "its sealed bytes end early".into(),
+            why: "its stored bytes end early".into(),
         }),
         None => Ok(true),
     }

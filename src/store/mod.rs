@@ -67,8 +67,8 @@ pub struct ObjectInfo {
 impl ObjectInfo {
     /// Whether the object is sealed ([`crate::seal`]), and its plaintext size; `Err` for a
     /// sealing this version cannot read.
-    pub fn sealed(&self) -> Result<Option<crate::seal::SealedMeta>, String> {
-        crate::seal::SealedMeta::of(&self.metadata)
+    pub fn sealed(&self) -> Result<Option<crate::seal::Encoding>, String> {
+        crate::seal::Encoding::of(&self.metadata)
     }
 
     /// The object as the file it holds: `plain_size` bytes, and no ETag (a sealed object's
@@ -635,8 +635,8 @@ impl Store {
         for (name, value) in &meta.user {
             if let Err(source) = xattr::set(&file, name, value.as_bytes()) {
                 // Filesystems without user xattrs (some tmpfs) still get the data; only
-                // restore-time MD5 verification is lost. Not for a sealed object: without
-                // its mark it would be restored as its ciphertext.
+                // restore-time MD5 verification is lost. Not for a sealed or compressed
+                // object: without its marks it would be restored as its stored bytes.
                 let sealed = meta
                     .user
                     .iter()

@@ -77,6 +77,8 @@ pub struct UploadConfig {
     pub throttle: Option<Arc<crate::throttle::Throttle>>,
     /// `--recipient`: data objects are sealed to these keys ([`crate::seal`]).
     pub seal: Option<Arc<crate::seal::Recipients>>,
+    /// `--compress zstd` ([`crate::compress`]).
+    pub compress: bool,
 }
 
 impl Default for UploadConfig {
@@ -92,6 +94,7 @@ impl Default for UploadConfig {
             memory_budget: 4 * DEFAULT_PART_SIZE,
             throttle: None,
             seal: None,
+            compress: false,
         }
     }
 }

@@ -157,7 +157,8 @@ impl Uploader {
         let permit = self.acquire(self.pool.budget_for(stored)).await;
         let f = file.clone();
         let pool = self.pool.clone();
-        let (body, n, md5, dv, crc, sealer) =
+        let compress = self.cfg.compress && size >= crate::compress::MIN_SIZE;
+        let (body, n, md5, dv, crc, sealer, compressed) =
             tokio::task::spawn_blocking(move || -> std::io::Result<_> {
                 let mut buf = pool.take(stored as usize, permit);
                 if let Some(s) = &sealer {
@@ -171,17 +172,30 @@ impl Uploader {
                     h.update(plain);
                     h.finish()
                 });
+                // Compressed in place of the file's bytes, if that saves a tenth.
+                let mut len = n;
+                let mut compressed = false;
+                if compress && n as u64 == size {
+                    let (z, _) = crate::compress::compress_all(plain)?;
+                    if crate::compress::worth_it(size, z.len() as u64) {
+                        buf.buf[head..head + z.len()].copy_from_slice(&z);
+                        len = z.len();
+                        compressed = true;
+                    }
+                }
                 let crc = match &sealer {
                     Some(s) if n as u64 == size => {
-                        s.seal_in_place(0, n, size, &mut buf.buf[head..]);
+                        let end = head + crate::seal::sealed_part_len(len);
+                        s.seal_in_place(0, len, len as u64, &mut buf.buf[head..end]);
+                        buf.buf.truncate(end);
                         Some(crc32fast::hash(&buf.buf))
                     }
                     _ => {
-                        buf.buf.truncate(head + n);
+                        buf.buf.truncate(head + len);
                         None
                     }
                 };
-                Ok((buf.into_bytes(), n, md5, dv, crc, sealer))
+                Ok((buf.into_bytes(), n, md5, dv, crc, sealer, compressed))
             })
             .await
             .expect("read task panicked")
@@ -191,9 +205,9 @@ impl Uploader {
                 path: path.to_path_buf(),
             });
         }
-        let meta = self.data_meta(stat, md5, sealer.as_ref().map(|_| (size, crc)));
+        let meta = self.data_meta(stat, md5, size, sealer.is_some(), crc, compressed);
         if let Some(t) = &self.cfg.throttle {
-            t.take(stored).await;
+            t.take(body.len() as u64).await;
         }
         self.store
             .put(key, body, &meta)
@@ -229,9 +243,19 @@ impl Uploader {
             .as_deref()
             .map(|r| Arc::new(crate::seal::Sealer::new(r)));
         let s2 = sealer.clone();
-        let (md5, dv, crc) = tokio::task::spawn_blocking(move || {
+        let compress = self.cfg.compress;
+        // With --compress: the frames it would be stored as, and the CRC of that stream
+        // sealed, in the same pass (which of the two is stored is known only at its end).
+        let (md5, dv, crc, squeezed) = tokio::task::spawn_blocking(move || {
             let mut h = alg.map(crate::digest::Hasher::new);
-            let mut c = s2.as_deref().map(|s| crate::seal::SealedCrc::new(s, size));
+            let mut c = s2
+                .as_deref()
+                .map(|s| crate::seal::SealedCrc::new(s, Some(size)));
+            let mut z = compress.then(crate::compress::Squeeze::new).transpose()?;
+            let mut zc = z
+                .as_ref()
+                .and(s2.as_deref())
+                .map(|s| crate::seal::SealedCrc::new(s, None));
             let md5 = md5_and(&f, &mut |b| {
                 if let Some(h) = h.as_mut() {
                     h.update(b)
@@ -239,8 +263,26 @@ impl Uploader {
                 if let Some(c) = c.as_mut() {
                     c.update(b)
                 }
+                if let Some(z) = z.as_mut() {
+                    z.update(b, &mut |s| {
+                        if let Some(zc) = zc.as_mut() {
+                            zc.update(s)
+                        }
+                    });
+                }
             })?;
-            Ok::<_, std::io::Error>((md5, h.map(|h| h.finish()), c.map(|c| c.finish())))
+            let squeezed = match z {
+                Some(z) => {
+                    let frames = z.finish(&mut |s| {
+                        if let Some(zc) = zc.as_mut() {
+                            zc.update(s)
+                        }
+                    })?;
+                    Some((frames, zc.map(|c| c.finish())))
+                }
+                None => None,
+            };
+            Ok::<_, std::io::Error>((md5, h.map(|h| h.finish()), c.map(|c| c.finish()), squeezed))
         })
         .await
         .expect("hash task panicked")
@@ -248,9 +290,46 @@ impl Uploader {
             path: path.to_path_buf(),
             source,
         })?;
-        let meta = self.data_meta(stat, md5, sealer.as_ref().map(|_| (size, crc)));
-        self.put_multipart(path, key, file, size, part, &meta, sealer.as_ref(), cancel)
-            .await?;
+        match squeezed {
+            Some((frames, zcrc)) if crate::compress::worth_it(size, frames.stream_len()) => {
+                let total = frames.stream_len();
+                let meta = self.data_meta(stat, md5, size, sealer.is_some(), zcrc, true);
+                let stream = crate::compress::FileStream::new(file.clone(), size, frames).map_err(
+                    |source| UploadError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                )?;
+                let stream = Arc::new(std::sync::Mutex::new(stream));
+                self.put_multipart(
+                    path,
+                    key,
+                    file,
+                    total,
+                    part,
+                    &meta,
+                    sealer.as_ref(),
+                    Some(stream),
+                    cancel,
+                )
+                .await?;
+            }
+            _ => {
+                let meta = self.data_meta(stat, md5, size, sealer.is_some(), crc, false);
+                self.put_multipart(
+                    path,
+                    key,
+                    file,
+                    size,
+                    part,
+                    &meta,
+                    sealer.as_ref(),
+                    None,
+                    cancel,
+                )
+                .await?;
+            }
+        }
         Ok(dv)
     }
 
@@ -294,21 +373,32 @@ impl Uploader {
         }
     }
 
-    /// The layout's metadata, and for a sealed object (plaintext size, CRC-32 of the
-    /// stored bytes) its marks.
+    /// The layout's metadata, and the marks of a sealed or compressed object: the file's
+    /// size, the CRC-32 of the stored bytes (sealed), how it is held.
     pub(super) fn data_meta(
         &self,
         stat: String,
         md5: String,
-        sealed: Option<(u64, Option<u32>)>,
+        size: u64,
+        sealed: bool,
+        crc: Option<u32>,
+        compressed: bool,
     ) -> PutMeta {
         let mut user = vec![(layout::META_STAT, stat), (layout::META_MD5, md5)];
-        if let Some((plain, crc)) = sealed {
+        if sealed {
             user.push((crate::seal::META_SEALED, crate::seal::SEALED_AGE.into()));
-            user.push((crate::seal::META_PLAIN_SIZE, plain.to_string()));
             if let Some(c) = crc {
                 user.push((crate::seal::META_SEALED_CRC, format!("{c:08x}")));
             }
+        }
+        if compressed {
+            user.push((
+                crate::compress::META_COMPRESSED,
+                crate::compress::COMPRESSED_ZSTD.into(),
+            ));
+        }
+        if sealed || compressed {
+            user.push((crate::seal::META_PLAIN_SIZE, size.to_string()));
         }
         PutMeta {
             content_type: None,
@@ -318,6 +408,7 @@ impl Uploader {
 
     /// One part of a file, read into a pooled buffer that holds `permit` of the budget; a
     /// file shorter than it was is one that changed.
+    #[allow(clippy::too_many_arguments)]
     async fn read_part(
         &self,
         path: &Path,
@@ -326,13 +417,19 @@ impl Uploader {
         len: u64,
         permit: OwnedSemaphorePermit,
         seal: Option<(Arc<crate::seal::Sealer>, u64)>,
+        stream: Option<Arc<std::sync::Mutex<crate::compress::FileStream>>>,
     ) -> Result<Bytes, UploadError> {
         let f = file.clone();
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            // The bytes at `at` of what is stored: the file's, or its compressed stream's.
+            let read = |out: &mut [u8]| match &stream {
+                Some(z) => z.lock().unwrap().fill(at, out),
+                None => f.read_exact_at(out, at),
+            };
             let Some((s, total)) = seal else {
                 let mut buf = pool.take(len as usize, permit);
-                f.read_exact_at(&mut buf.buf, at)?;
+                read(&mut buf.buf)?;
                 return Ok(buf.into_bytes());
             };
             // The first part carries the header; parts start on chunk boundaries.
@@ -340,7 +437,7 @@ impl Uploader {
             let sealed = crate::seal::sealed_part_len(len as usize);
             let mut buf = pool.take(head + sealed, permit);
             buf.buf[..head].copy_from_slice(&s.header()[..head]);
-            f.read_exact_at(&mut buf.buf[head..head + len as usize], at)?;
+            read(&mut buf.buf[head..head + len as usize])?;
             s.seal_in_place(
                 at / crate::seal::CHUNK,
                 len as usize,
@@ -375,6 +472,7 @@ impl Uploader {
         part: u64,
         meta: &PutMeta,
         seal: Option<&Arc<crate::seal::Sealer>>,
+        stream: Option<Arc<std::sync::Mutex<crate::compress::FileStream>>>,
         cancel: &CancellationToken,
     ) -> Result<(), UploadError> {
         debug_assert!(seal.is_none() || part % crate::seal::CHUNK == 0);
@@ -416,7 +514,15 @@ impl Uploader {
                     _ = cancel.cancelled() => return Err(UploadError::Cancelled { path: path.to_path_buf() }),
                 };
                 let chunk = self
-                    .read_part(path, file, offset, len, permit, seal.map(|s| (s.clone(), size)))
+                    .read_part(
+                        path,
+                        file,
+                        offset,
+                        len,
+                        permit,
+                        seal.map(|s| (s.clone(), size)),
+                        stream.clone(),
+                    )
                     .await?;
                 if let Some(t) = &self.cfg.throttle {
                     t.take(stored).await;
