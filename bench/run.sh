@@ -28,8 +28,10 @@
 #                the report gives the median of each and their ratio (issue #18: <= 1.0)
 #   7 sealed     the whole tree, BENCH_REPEAT times, a fresh Garage per run: backfill then
 #                restore by tablesnap/tableslurp in clear, by tablesnap --recipient /
-#                tableslurp --identity (age), and by s5cmd; the report gives the medians and
-#                sealed ÷ clear (issue #16: <= 1.3 both ways). Needs age-keygen (Debian: age).
+#                tableslurp --identity (age), the same with --compress zstd, and by s5cmd;
+#                the report gives the medians and sealed ÷ clear (issue #16: <= 1.3 both
+#                ways). Needs age-keygen (Debian: age). The tree is incompressible: zstd's
+#                row is the cost of trying (every object compressed, then stored as it is).
 #
 # Environment (all optional):
 #   BENCH_GIB=2  BENCH_TINY=100000 BENCH_BIG_GIB="4 8"  BENCH_BIG_CONTENT=sparse|random
@@ -296,17 +298,18 @@ if has 7 && [[ -n $TABLESLURP_BIN ]]; then
     rm -f "$KEY" && age-keygen -o "$KEY" 2>/dev/null
     RECIPIENT=$(age-keygen -y "$KEY")
     for i in $(seq "$BENCH_REPEAT"); do
-        for v in tablesnap tablesnap-sealed s5cmd; do
+        for v in tablesnap tablesnap-sealed tablesnap-sealed-zstd s5cmd; do
             garage_start
             tgt=$OUT/sealed
             rm -rf "$tgt" && mkdir -p "$tgt"
             case $v in
-            tablesnap | tablesnap-sealed)
+            tablesnap | tablesnap-sealed | tablesnap-sealed-zstd)
                 snap_args=() slurp_args=()
-                if [[ $v == tablesnap-sealed ]]; then
+                if [[ $v == tablesnap-sealed* ]]; then
                     snap_args=(--recipient "$RECIPIENT")
                     slurp_args=(--identity "$KEY")
                 fi
+                [[ $v == *-zstd ]] && snap_args+=(--compress zstd)
                 # shellcheck disable=SC2086
                 measure "$v" "7 sealed backfill #$i" "$TREE_BYTES" "$TABLESNAP_BIN" --once -r -n bench \
                     -p sealed/ --endpoint-url "$EP" $BENCH_TABLESNAP_ARGS "${snap_args[@]}" "$B" "$DATA"

@@ -330,18 +330,21 @@ def medians(runs, extras):
     # Sealed (age) against the same tool in clear (issue #16: <= 1.3).
     lines = []
     for name, tools in groups.items():
-        plain, sealed = tools.get("tablesnap"), tools.get("tablesnap-sealed")
-        if plain and sealed:
-            p = statistics.median(w for w, _ in plain)
-            s = statistics.median(w for w, _ in sealed)
-            lines.append(f"| {name} | {fmt(p)} | {fmt(s)} | **{fmt(s / p if p else None)}** |")
+        plain = tools.get("tablesnap")
+        for variant in ("tablesnap-sealed", "tablesnap-sealed-zstd"):
+            sealed = tools.get(variant)
+            if plain and sealed:
+                p = statistics.median(w for w, _ in plain)
+                s = statistics.median(w for w, _ in sealed)
+                lines.append(f"| {name} | {variant} | {fmt(p)} | {fmt(s)} | "
+                             f"**{fmt(s / p if p else None)}** |")
     if lines:
         print()
         print("Sealed against clear: median wall of tablesnap --recipient (backfill) or "
               "tableslurp --identity (restore) ÷ the same in clear.")
         print()
-        print("| scenario | clear s | sealed s | sealed ÷ clear |")
-        print("|---|---:|---:|---:|")
+        print("| scenario | variant | clear s | sealed s | sealed ÷ clear |")
+        print("|---|---|---:|---:|---:|")
         for line in lines:
             print(line)
 

@@ -166,6 +166,9 @@ pub fn compress_block(
 pub fn compressor() -> std::io::Result<zstd::bulk::Compressor<'static>> {
     let mut c = zstd::bulk::Compressor::new(LEVEL)?;
     c.include_contentsize(true)?;
+    // Each frame checks itself (XXH64): a corrupt frame fails to decode, never decodes to
+    // other bytes that only the file's MD5 would catch.
+    c.include_checksum(true)?;
     Ok(c)
 }
 
@@ -296,6 +299,26 @@ mod tests {
             assert_eq!(back, plain, "{n} by groups");
             // A table that does not add up is refused.
             assert!(Frames::parse(tail, stream.len() as u64 + 1, n as u64).is_err());
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_frame_does_not_decode() {
+        let plain = data(BLOCK as usize);
+        let (stream, f) = compress_all(&plain).unwrap();
+        let (cl, pl) = f.frame(0);
+        for at in [cl as usize / 2, cl as usize - 2] {
+            let mut bad = stream.clone();
+            bad[at] ^= 0x04;
+            assert!(
+                decompress_frame(&bad[..cl as usize], pl).is_err(),
+                "byte {at}"
+            );
+            let mut d = StreamDecoder::new().unwrap();
+            assert!(
+                d.feed(&bad, &mut |_| Ok(())).is_err(),
+                "byte {at}, streamed"
+            );
         }
     }
 
