@@ -566,8 +566,7 @@ pub struct StreamOpener {
     sealed_total: u64,
     total: u64,
     head: Vec<u8>,
-    chunk: Vec<u8>,
-    index: u64,
+    chunks: Chunks,
 }
 
 impl StreamOpener {
@@ -578,8 +577,7 @@ impl StreamOpener {
             sealed_total,
             total: 0,
             head: Vec::new(),
-            chunk: Vec::with_capacity(SEALED_CHUNK as usize),
-            index: 0,
+            chunks: Chunks::new(0..0, 0),
         }
     }
 
@@ -610,6 +608,7 @@ impl StreamOpener {
                 Some(o) => {
                     let start = o.payload_start() as usize;
                     self.total = o.plain_len(self.sealed_total)?;
+                    self.chunks = Chunks::new(0..chunks_of(self.total), self.total);
                     self.opener = Some(o);
                     // What came after the header is payload; re-feed it below.
                     let after = self.head.split_off(start);
@@ -623,17 +622,54 @@ impl StreamOpener {
 
     fn feed_payload(
         &mut self,
-        mut data: &[u8],
+        data: &[u8],
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), FeedError> {
         let o = self.opener.as_ref().expect("opened");
+        let too_long = SealError::BadLength {
+            sealed: self.sealed_total,
+        };
+        self.chunks.feed(o, data, too_long, &mut |_, p| out(p))
+    }
+
+    /// Whether every chunk has been opened.
+    pub fn finished(&self) -> bool {
+        self.opener.is_some() && self.chunks.finished()
+    }
+}
+
+/// Chunks `index..end` of a payload of `total` bytes, assembled from sealed bytes as they
+/// arrive and opened one by one.
+struct Chunks {
+    total: u64,
+    chunk: Vec<u8>,
+    index: u64,
+    end: u64,
+}
+
+impl Chunks {
+    fn new(range: Range<u64>, total: u64) -> Self {
+        Self {
+            total,
+            chunk: Vec::with_capacity(SEALED_CHUNK as usize),
+            index: range.start,
+            end: range.end,
+        }
+    }
+
+    /// Feeds sealed bytes; `out(plain_offset, plaintext)` for each chunk opened; bytes
+    /// past the last chunk are `too_long`.
+    fn feed(
+        &mut self,
+        o: &Opener,
+        mut data: &[u8],
+        too_long: SealError,
+        out: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), FeedError> {
         let last = chunks_of(self.total) - 1;
         while !data.is_empty() {
-            if self.index > last {
-                return Err(SealError::BadLength {
-                    sealed: self.sealed_total,
-                }
-                .into());
+            if self.index >= self.end {
+                return Err(too_long.into());
             }
             let want = if self.index == last {
                 (self.total - last * CHUNK + TAG) as usize
@@ -645,7 +681,7 @@ impl StreamOpener {
             data = &data[take..];
             if self.chunk.len() == want {
                 o.open_chunk(self.index, self.index == last, &mut self.chunk)?;
-                out(&self.chunk).map_err(FeedError::Out)?;
+                out(self.index * CHUNK, &self.chunk).map_err(FeedError::Out)?;
                 self.chunk.clear();
                 self.index += 1;
             }
@@ -653,9 +689,8 @@ impl StreamOpener {
         Ok(())
     }
 
-    /// Whether every chunk has been opened.
-    pub fn finished(&self) -> bool {
-        self.opener.is_some() && self.index == chunks_of(self.total)
+    fn finished(&self) -> bool {
+        self.index == self.end && self.chunk.is_empty()
     }
 }
 
@@ -671,55 +706,29 @@ pub enum FeedError {
 /// Opens the chunks `chunks` of a ranged download as they stream in.
 pub struct RangeOpener<'a> {
     opener: &'a Opener,
-    total: u64,
-    chunk: Vec<u8>,
-    index: u64,
-    end: u64,
+    chunks: Chunks,
 }
 
 impl<'a> RangeOpener<'a> {
     pub fn new(opener: &'a Opener, chunks: Range<u64>, total: u64) -> Self {
         Self {
             opener,
-            total,
-            chunk: Vec::with_capacity(SEALED_CHUNK as usize),
-            index: chunks.start,
-            end: chunks.end,
+            chunks: Chunks::new(chunks, total),
         }
     }
 
     /// Feeds sealed bytes; `out(plain_offset, plaintext)` for each chunk opened.
     pub fn feed(
         &mut self,
-        mut data: &[u8],
+        data: &[u8],
         out: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), FeedError> {
-        let last = chunks_of(self.total) - 1;
-        while !data.is_empty() {
-            if self.index >= self.end {
-                return Err(SealError::BadLength { sealed: 0 }.into());
-            }
-            let want = if self.index == last {
-                (self.total - last * CHUNK + TAG) as usize
-            } else {
-                SEALED_CHUNK as usize
-            };
-            let take = (want - self.chunk.len()).min(data.len());
-            self.chunk.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.chunk.len() == want {
-                self.opener
-                    .open_chunk(self.index, self.index == last, &mut self.chunk)?;
-                out(self.index * CHUNK, &self.chunk).map_err(FeedError::Out)?;
-                self.chunk.clear();
-                self.index += 1;
-            }
-        }
-        Ok(())
+        let too_long = SealError::BadLength { sealed: 0 };
+        self.chunks.feed(self.opener, data, too_long, out)
     }
 
     pub fn finished(&self) -> bool {
-        self.index == self.end && self.chunk.is_empty()
+        self.chunks.finished()
     }
 }
 

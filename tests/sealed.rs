@@ -327,44 +327,33 @@ async fn suite(b: Backend) {
     }
     // The stock tools, as the README says: `age -d -i key.txt OBJECT > FILE`, and
     // `| zstd -d` for a compressed one.
-    if let Some(age) = age_tool {
-        let obj = tmp.path().join("index.age");
-        std::fs::write(&obj, b.get(&ikey).await).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("age -d -i \"$1\" \"$2\" | zstd -d -c")
-            .arg("sh")
-            .arg(tmp.path().join("team.key"))
-            .arg(&obj)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: age -d | zstd -d: {}",
-            b.name,
-            String::from_utf8_lossy(&out.stderr)
+    if age_tool.is_some() {
+        let shell = |cmd: &str, key: &str, object: &[u8], want: &[u8]| {
+            let obj = tmp.path().join("object.age");
+            std::fs::write(&obj, object).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", cmd, "sh"])
+                .arg(tmp.path().join(key))
+                .arg(&obj)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{}: {cmd}: {err}", b.name);
+            assert!(out.stdout == want, "{}: {cmd} gave other bytes", b.name);
+        };
+        let index_obj = b.get(&ikey).await;
+        shell(
+            r#"age -d -i "$1" "$2" | zstd -d -c"#,
+            "team.key",
+            &index_obj,
+            &index,
         );
-        assert!(
-            out.stdout == index,
-            "{}: age -d | zstd -d gave other bytes",
-            b.name
+        shell(
+            r#"age -d -i "$1" "$2""#,
+            "breakglass.key",
+            &b.get(&dkey).await,
+            &big,
         );
-        let path = data.join(IOT).join("md-2-big-Data.db");
-        let obj = tmp.path().join("object.age");
-        std::fs::write(&obj, b.get(&layout.data_key(path.to_str().unwrap())).await).unwrap();
-        let out = std::process::Command::new(age)
-            .args(["-d", "-i"])
-            .arg(tmp.path().join("breakglass.key"))
-            .arg(&obj)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: age -d: {}",
-            b.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.stdout == big, "{}: age -d gave other bytes", b.name);
     }
 
     // 4. A restart stores nothing again, and on S3 (through a counting proxy) asks no HEAD

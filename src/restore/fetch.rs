@@ -616,48 +616,26 @@ async fn fetch_ranges(
             let want = r.end - r.start;
             let _permit = ctx.gate.acquire().await.expect("gate closed");
             let mut crc = per_range.then(crc32fast::Hasher::new);
-            if let Some((o, _)) = sealed {
-                let (chunks, bytes) = crate::seal::sealed_range(o.payload_start(), r.clone(), size);
-                let mut s = store.get_stream(key, Some(bytes.clone())).await?;
-                let mut ro = crate::seal::RangeOpener::new(o, chunks, size);
-                let mut got = 0u64;
-                while let Some(chunk) =
-                    next_chunk(&mut s, key, bytes.start + got, opts.idle_timeout).await?
-                {
-                    if got + chunk.len() as u64 > bytes.end - bytes.start {
-                        return Err(RestoreError::Size {
-                            key: key.to_string(),
-                            expected: bytes.end - bytes.start,
-                            actual: got + chunk.len() as u64,
-                        });
-                    }
-                    if let Some(t) = &opts.throttle {
-                        t.take(chunk.len() as u64).await;
-                    }
-                    ro.feed(&chunk, &mut |at, plain| {
-                        file.write_all_at(plain, at)?;
+            if let Some((o, stored)) = sealed {
+                // The sealed bytes of the range's chunks, opened as they arrive.
+                stream_range(
+                    ctx,
+                    key,
+                    stored,
+                    Some(o),
+                    size,
+                    r.clone(),
+                    path,
+                    &mut |at, plain| {
+                        file.write_all_at(plain, at)
+                            .map_err(RestoreError::io("write", path))?;
                         if let Some(c) = &mut crc {
                             c.update(plain);
                         }
                         Ok(())
-                    })
-                    .map_err(|e| match e {
-                        crate::seal::FeedError::Seal(e) => sealed::open_err(key, e),
-                        crate::seal::FeedError::Out(e) => RestoreError::io("write", path)(e),
-                    })?;
-                    got += chunk.len() as u64;
-                    observer.bytes(chunk.len() as u64);
-                    if let Some(hook) = &opts.chunk_hook {
-                        hook(key, bytes.start + got);
-                    }
-                }
-                if !ro.finished() {
-                    return Err(RestoreError::Size {
-                        key: key.to_string(),
-                        expected: bytes.end - bytes.start,
-                        actual: got,
-                    });
-                }
+                    },
+                )
+                .await?;
                 if let Some(c) = crc {
                     crcs_ref.lock().expect("poisoned")[i] = Some(c);
                 }
