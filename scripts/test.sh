@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: starts a local Garage S3 server (installing it on first use, about 7 min)
-# and the Azure and GCS emulators (Azurite, fake-gcs-server: scripts/emulators.sh, about 20 s to
-# install), runs the whole test suite against them, and stops them.
+# The test command: starts a local Garage S3 server (installing it on first use, about 7 min),
+# the Azure and GCS emulators (Azurite, fake-gcs-server: scripts/emulators.sh, about 20 s to
+# install) and a one-node Ceph RADOS Gateway with Object Lock (scripts/ceph-s3.sh: Debian's
+# packages, about 30 s to install, 17 s to start), runs the whole test suite against them, and
+# stops them.
 #
 #   bash scripts/test.sh                      # cargo test --all-targets -- --test-threads=4
 #   bash scripts/test.sh --test s3_store      # cargo args go before `--` ...
@@ -80,7 +82,8 @@ if [[ ${TABLESNAP_KEEP_S3:-} != 1 ]]; then
     trap 'exit 130' INT
     trap 'exit 143' TERM
 fi
-for s in s3-server.sh emulators.sh; do
+export TABLESNAP_CEPH_STATE=${TABLESNAP_CEPH_STATE:-$REPO/.ci/work/ceph}
+for s in s3-server.sh emulators.sh ceph-s3.sh; do
     if bash "scripts/$s" status 2>/dev/null; then
         echo "test.sh: reusing the servers of scripts/$s" >&2
     else
@@ -100,6 +103,8 @@ export no_proxy="$NO_PROXY"
 source "$TABLESNAP_S3_STATE/env"
 # shellcheck disable=SC1091
 source "$TABLESNAP_EMU_STATE/env"
+# shellcheck disable=SC1091
+source "$TABLESNAP_CEPH_STATE/env"
 
 threads=(--test-threads=4)
 for a in "${test_args[@]+"${test_args[@]}"}"; do

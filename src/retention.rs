@@ -301,6 +301,28 @@ impl Tables {
         out
     }
 
+    /// The newest index of every directory, snapshots and backups included (what the
+    /// Object Lock keeper keeps locked, with what it names), in key order.
+    pub fn newest_indexes(&self) -> Vec<KeptIndex> {
+        let mut out: Vec<KeptIndex> = self
+            .dirs
+            .iter()
+            .filter_map(|(dir, entries)| {
+                let newest = entries
+                    .iter()
+                    .filter(|e| e.name.ends_with(INDEX_SUFFIX))
+                    .max_by(|a, b| newness(a).cmp(&newness(b)))?;
+                Some(KeptIndex {
+                    key: self.key(dir, &newest.name),
+                    dir: dir.to_string(),
+                    reason: Reason::NewestIndex,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
     fn key(&self, dir: &str, name: &str) -> String {
         let d = if dir == "/" { "" } else { dir };
         self.scope.layout.data_key(&format!("{d}/{name}"))

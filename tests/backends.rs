@@ -1,4 +1,5 @@
-//! One end-to-end suite, written once, run against every kind of destination: S3 (Garage),
+//! One end-to-end suite, written once, run against every kind of destination: S3 (Garage, and
+//! Ceph RADOS Gateway),
 //! Azure Blob Storage (Azurite) and Google Cloud Storage (fake-gcs-server), all on 127.0.0.1
 //! and started by `scripts/test.sh` (`scripts/s3-server.sh`, `scripts/emulators.sh`).
 //!
@@ -16,7 +17,7 @@
 
 mod common;
 
-use common::backend::{Backend, azure, gcs, opath, s3};
+use common::backend::{Backend, azure, ceph, gcs, opath, s3};
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -45,6 +46,14 @@ const IOT: &str = "baselines/iot-5b608090e03d11ebb4c1d335f841c590";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_garage() {
     suite(s3()).await;
+}
+
+/// A third real S3 implementation checks every assumption Garage lets pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ceph_rgw() {
+    if let Some(b) = ceph() {
+        suite(b).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

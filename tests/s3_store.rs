@@ -169,7 +169,7 @@ async fn multipart_upload_with_metadata_reads_back_byte_for_byte() {
             .unwrap();
     }
     upload.complete().await.unwrap();
-    store.finish_multipart(&key, &meta).unwrap();
+    store.finish_multipart(&key, &meta).await.unwrap();
 
     let info = store
         .head(&key)

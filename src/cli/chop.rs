@@ -140,6 +140,18 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
             a.path
         );
     }
+    // On a versioned bucket (Object Lock implies it) a DELETE only adds a marker: the
+    // versions themselves are deleted, and a locked one is skipped and counted.
+    let versioned = match store.versioned().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell whether the bucket keeps versions ({e}); deleting as on a bucket without versions (a versioned one would only get delete markers)"
+            );
+            false
+        }
+    };
+    let mut versions = VersionTally::default();
     let name = a.name.clone().unwrap_or_else(super::fqdn);
     let scope = Scope::new(a.dest.layout(name), &a.path);
     let dry_run = a.debug || a.dry_run;
@@ -244,7 +256,7 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     printable(v.key)
                 );
             }
-            if !dry_run {
+            if !dry_run || versioned {
                 batch.push(v.key.to_string());
             }
         });
@@ -262,6 +274,16 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         while batch.len() >= 1000 || (last && !batch.is_empty()) {
             let rest = batch.split_off(batch.len().min(1000));
             let now_batch = std::mem::replace(&mut batch, rest);
+            if versioned {
+                match versions.delete(&store, &now_batch, dry_run, now).await {
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        failed = true;
+                    }
+                }
+                continue;
+            }
             match store.delete_many(now_batch).await {
                 Ok(n) => deleted += n,
                 Err(e) => {
@@ -280,6 +302,19 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "{} indexes kept ({unreadable} unreadable); keep {keep_n} objects ({keep_b} bytes), delete {del_n} objects ({del_b} bytes)",
         wanted.len(),
     );
+    if versioned {
+        tracing::info!(
+            "versioned bucket: {} {} versions and delete markers of those objects; {} versions still locked, {} (kept until their lock expires)",
+            if dry_run { "would delete" } else { "deleted" },
+            versions.deleted,
+            versions.locked,
+            if dry_run {
+                "would be skipped"
+            } else {
+                "skipped"
+            },
+        );
+    }
     if dry_run {
         tracing::info!("dry run: nothing deleted");
         return Ok(ExitCode::SUCCESS);
@@ -290,4 +325,74 @@ async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Versions deleted and skipped on a versioned bucket.
+#[derive(Default)]
+struct VersionTally {
+    deleted: u64,
+    locked: u64,
+}
+
+impl VersionTally {
+    /// Deletes every version and delete marker of `keys` (in a dry run, tells which are
+    /// locked); answers how many of the keys have no version left.
+    async fn delete(
+        &mut self,
+        store: &Store,
+        keys: &[String],
+        dry_run: bool,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<usize, crate::store::StoreError> {
+        use std::collections::{BTreeMap, HashSet};
+        let mut by_dir: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for k in keys {
+            let dir = k.rsplit_once('/').map_or("", |(d, _)| d);
+            by_dir.entry(dir).or_default().push(k);
+        }
+        let mut gone = 0usize;
+        for (dir, ks) in by_dir {
+            let wanted: HashSet<&str> = ks.iter().copied().collect();
+            let all: Vec<(String, String)> = store
+                .versions_in(dir)
+                .await?
+                .into_iter()
+                .filter(|v| wanted.contains(v.key.as_str()))
+                .map(|v| (v.key, v.version_id))
+                .collect();
+            let mut kept: HashSet<&str> = HashSet::new();
+            if dry_run {
+                for (k, v) in &all {
+                    match store.version_retention(k, v).await? {
+                        Some(t) if t > now => {
+                            self.locked += 1;
+                            kept.insert(k);
+                        }
+                        _ => self.deleted += 1,
+                    }
+                }
+            } else {
+                let results = store.delete_versions_of(&all).await?;
+                for ((k, v), r) in all.iter().zip(results) {
+                    match r {
+                        crate::store::s3api::VersionDeleted::Deleted => self.deleted += 1,
+                        crate::store::s3api::VersionDeleted::Locked => {
+                            tracing::debug!(key = %printable(k), version = %v, "locked: kept");
+                            self.locked += 1;
+                            kept.insert(k);
+                        }
+                        crate::store::s3api::VersionDeleted::Failed(e) => {
+                            return Err(crate::store::StoreError::Answer {
+                                op: "delete a version of",
+                                key: printable(k).to_string(),
+                                reason: e,
+                            });
+                        }
+                    }
+                }
+            }
+            gone += ks.iter().filter(|k| !kept.contains(**k)).count();
+        }
+        Ok(gone)
+    }
 }

@@ -149,6 +149,12 @@ pub struct Args {
     /// For each table, the newest file set at or before TIME (RFC 3339 or epoch seconds)
     #[arg(long, value_name = "TIME", value_parser = parse_time, env = "TABLESLURP_AS_OF")]
     pub as_of: Option<DateTime<Utc>>,
+    /// Read the bucket as it was at TIME (RFC 3339 or epoch seconds), from its versions (S3
+    /// with versioning or Object Lock): indexes and objects deleted or overwritten since are
+    /// read from the versions current then. With --list and --verify too
+    #[arg(long = "bucket-as-of", value_name = "TIME", value_parser = parse_time,
+          env = "TABLESLURP_BUCKET_AS_OF")]
+    pub bucket_as_of: Option<DateTime<Utc>>,
     /// Download even when the file exists (replacing it), and even without room for it
     #[arg(long, env = "TABLESLURP_FORCE")]
     pub force: bool,
@@ -246,7 +252,13 @@ fn store_options(a: &Args) -> StoreOptions {
 async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // A mistyped or unmounted file:// bucket is "bucket missing" (exit 3), not an empty
     // bucket created on the spot and then "nothing to restore".
-    let store = Store::open_existing(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
+    let mut store = Store::open_existing(&store_options(&a)).map_err(|e| anyhow!("{e}"))?;
+    if let Some(t) = a.bucket_as_of {
+        store = store
+            .with_as_of(t)
+            .map_err(|e| anyhow!("--bucket-as-of: {e}"))?;
+        tracing::info!(at = %t.to_rfc3339(), "reading the bucket as it was then, from its versions");
+    }
     // Read first: a bad key file is told before a long LIST, not after.
     let identities = if a.identity.is_empty() {
         None

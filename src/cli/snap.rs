@@ -205,6 +205,18 @@ pub struct SnapArgs {
     #[arg(long = "compress", value_name = "HOW", default_value = "none",
           value_parser = ["none", "zstd"], env = "TABLESNAP_COMPRESS")]
     pub compress: String,
+    /// Lock every object stored (data and indexes) for at least N days with S3 Object Lock,
+    /// and keep what a current index names locked (extended when less than N/2 days are
+    /// left). The bucket must have Object Lock enabled
+    #[arg(long = "object-lock-days", value_name = "N", env = "TABLESNAP_OBJECT_LOCK_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub object_lock_days: Option<u32>,
+    /// GOVERNANCE (an account allowed to bypass it may still delete) or COMPLIANCE (nobody
+    /// can, until the date)
+    #[arg(long = "object-lock-mode", value_name = "MODE", default_value = "GOVERNANCE",
+          value_parser = ["GOVERNANCE", "COMPLIANCE", "governance", "compliance"],
+          env = "TABLESNAP_OBJECT_LOCK_MODE")]
+    pub object_lock_mode: String,
 }
 
 impl SnapArgs {
@@ -216,6 +228,21 @@ impl SnapArgs {
             self.reduced_redundancy
                 .then(|| "REDUCED_REDUNDANCY".to_string())
         });
+        let object_lock = match self.object_lock_days {
+            Some(days) => {
+                let dest = crate::store::Destination::parse(&self.bucket)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if !matches!(dest, crate::store::Destination::S3 { .. }) {
+                    anyhow::bail!(
+                        "--object-lock-days needs an S3 destination (s3://BUCKET with Object Lock enabled), not {dest}"
+                    );
+                }
+                let mode = crate::store::s3api::LockMode::parse(&self.object_lock_mode)
+                    .context("--object-lock-mode must be GOVERNANCE or COMPLIANCE")?;
+                Some(crate::store::lock::LockPolicy { mode, days })
+            }
+            None => None,
+        };
         let store = StoreOptions {
             destination: self.bucket,
             access_key: self.aws_key,
@@ -277,6 +304,7 @@ impl SnapArgs {
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
         cfg.metrics_addr = self.metrics_addr;
         cfg.health_failing_after = Duration::from_secs(self.health_failing_after);
+        cfg.object_lock = object_lock;
         Ok(cfg)
     }
 }

@@ -30,6 +30,7 @@
 //!   aborted), and return a summary.
 
 mod index;
+pub mod keeper;
 mod queue;
 mod run;
 mod state;
@@ -86,6 +87,9 @@ pub struct Config {
     /// Called periodically from the main loop (systemd's watchdog): if the loop hangs, the
     /// pings stop and the service manager restarts the daemon.
     pub watchdog: Option<Watchdog>,
+    /// `--object-lock-days`: every object stored is locked, and what a current index names
+    /// is kept locked ([`keeper`]).
+    pub object_lock: Option<crate::store::lock::LockPolicy>,
 }
 
 /// A periodic liveness ping from the daemon's main loop.
@@ -123,6 +127,7 @@ impl Config {
             metrics_addr: None,
             health_failing_after: crate::metrics::DEFAULT_FAILING_AFTER,
             watchdog: None,
+            object_lock: None,
         }
     }
 }
@@ -140,6 +145,10 @@ pub enum DaemonError {
     },
     #[error("{path} is not a directory that can be watched")]
     NotADir { path: PathBuf },
+    #[error(
+        "--object-lock-days: {dest} does not have Object Lock enabled; create a bucket with it (aws s3api create-bucket --object-lock-enabled-for-bucket ...) or drop --object-lock-days"
+    )]
+    NoObjectLock { dest: String },
     #[error("{0}")]
     Watch(#[from] WatchError),
     #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
@@ -198,8 +207,21 @@ impl std::fmt::Display for Summary {
 
 /// Runs the daemon until `shutdown` resolves (or, with `once`, until everything is stored).
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
-    let store = Store::open(&cfg.store)?;
+    let mut store = Store::open(&cfg.store)?;
     let roots = check_roots(&cfg)?;
+    if let Some(policy) = cfg.object_lock {
+        store = store.with_lock(policy)?;
+        if !store.object_lock_enabled().await? {
+            return Err(DaemonError::NoObjectLock {
+                dest: store.destination().to_string(),
+            });
+        }
+        tracing::info!(
+            mode = policy.mode.as_str(),
+            days = policy.days,
+            "every object stored is locked; what the newest indexes name is kept locked"
+        );
+    }
     let mut upload_cfg = cfg.upload.clone();
     upload_cfg.copy_hardlinks |= cfg.events.create;
     let uploader = Arc::new(Uploader::new(store, cfg.layout.clone(), upload_cfg));
@@ -263,13 +285,67 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         index = cfg.upload.with_index,
         "tablesnap started"
     );
+    let keeper = cfg.object_lock.map(|policy| {
+        keeper::Keeper::new(
+            uploader.store().clone(),
+            cfg.layout.clone(),
+            roots.clone(),
+            policy,
+        )
+    });
+    let keeper = match keeper {
+        Some(k) if !cfg.once => {
+            spawn_keeper(k, cfg.rescan_interval, cancel.child_token());
+            None
+        }
+        k => k,
+    };
     let mut d = Daemon::new(&cfg, uploader, metrics, roots);
     let probing = (!cfg.once).then(|| probe(&cfg, &dest));
     if let Some(fatal) = run::main_loop(&mut d, watcher, &mut shutdown, &cancel, probing).await {
         let _ = d.finish();
         return Err(fatal);
     }
+    if let Some(mut k) = keeper {
+        // --once: after everything is stored and named, what is named is kept locked.
+        match k.start(chrono::Utc::now()).await {
+            Ok(kept) if kept.failed > 0 => d.gave_up += kept.failed,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("object lock: {e}");
+                d.gave_up += 1;
+            }
+        }
+    }
     d.finish()
+}
+
+/// The daemon's lock keeper: a first pass at start, then one at every rescan interval
+/// (hourly without one), until the daemon stops.
+fn spawn_keeper(mut k: keeper::Keeper, every: Option<Duration>, stop: CancellationToken) {
+    let every = every.unwrap_or(Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let work = async {
+            let mut started = false;
+            loop {
+                let now = chrono::Utc::now();
+                let r = if started {
+                    k.pass(now).await
+                } else {
+                    k.start(now).await
+                };
+                match r {
+                    Ok(_) => started = true,
+                    Err(e) => tracing::warn!("object lock: {e}; tried again in {every:?}"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = work => {}
+        }
+    });
 }
 
 /// Every watched path, absolute, a directory (a symlink to one is followed, as the

@@ -55,6 +55,22 @@ pub enum StoreError {
     Symlink { op: &'static str, key: String },
     #[error("{key}: larger than {limit} bytes, not read")]
     TooLarge { key: String, limit: u64 },
+    /// An S3 request of our own ([`super::s3api`]) answered an error.
+    #[error("{op} {key}: {status} {code}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
+    S3 {
+        op: &'static str,
+        key: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// An S3 request of our own failed without an answer, or with one that does not parse.
+    #[error("{op} {key}: {reason}")]
+    Answer {
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
 }
 
 /// How an error should be treated by a long-running process.
@@ -96,6 +112,26 @@ impl StoreError {
         }
     }
 
+    /// The same error naming `key` (a listing names its prefix, not the bucket).
+    pub fn with_key(self, key: &str) -> Self {
+        match self {
+            StoreError::S3 {
+                op,
+                status,
+                code,
+                message,
+                ..
+            } => StoreError::S3 {
+                op,
+                key: key.to_string(),
+                status,
+                code,
+                message,
+            },
+            e => e,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Op { source, .. } => match source {
@@ -116,6 +152,13 @@ impl StoreError {
                 _ => ErrorKind::Transient,
             },
             StoreError::BucketMissing { .. } => ErrorKind::NotFound,
+            StoreError::S3 { status, .. } => match status {
+                404 => ErrorKind::NotFound,
+                401 | 403 => ErrorKind::Denied,
+                429 | 500.. => ErrorKind::Transient,
+                _ => ErrorKind::Other,
+            },
+            StoreError::Answer { .. } => ErrorKind::Transient,
             _ => ErrorKind::Other,
         }
     }

@@ -43,8 +43,10 @@ use crate::credentials::MetadataFallback;
 mod destination;
 mod error;
 mod local;
+pub mod lock;
 mod open;
 mod paged;
+pub mod s3api;
 #[cfg(test)]
 mod tests;
 mod xattr;
@@ -124,6 +126,12 @@ pub struct Store {
     storage_class: Option<String>,
     /// Set when S3 credentials can only come from the instance metadata service.
     metadata_fallback: Option<Arc<MetadataFallback>>,
+    /// S3: the signed requests object_store cannot make (Object Lock, versions).
+    api: Option<Arc<s3api::S3Api>>,
+    /// Every object written is locked (`tablesnap --object-lock-days`).
+    locking: Option<Arc<lock::Locking>>,
+    /// The bucket read as it was at a time (`tableslurp --bucket-as-of`).
+    as_of: Option<Arc<lock::AsOf>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -195,6 +203,9 @@ impl Store {
         if let Some(root) = &self.local_root {
             return local::list(root.clone(), dir.to_string());
         }
+        if self.as_of.is_some() {
+            return self.list_dir_as_of(dir);
+        }
         if let Some(paged) = &self.paged {
             return paged_list(paged.clone(), dir.to_string());
         }
@@ -239,6 +250,9 @@ impl Store {
     /// which hosts a bucket holds. Sorted; at most `limit`.
     pub async fn list_prefixes(&self, dir: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         let dir = dir.trim_end_matches('/');
+        if self.as_of.is_some() {
+            return self.list_prefixes_as_of(dir, limit).await;
+        }
         let mut out: Vec<String> = if let Some(root) = &self.local_root {
             let d = if dir.is_empty() {
                 root.clone()
@@ -334,8 +348,14 @@ impl Store {
                 Err(e) => Err(e),
             };
         }
+        let version = match self.version_for(key).await? {
+            Some(None) => return Ok(None),
+            Some(v) => v,
+            None => None,
+        };
         let opts = GetOptions {
             head: true,
+            version,
             ..Default::default()
         };
         let r = match self.inner.get_opts(&path, opts).await {
@@ -344,6 +364,23 @@ impl Store {
             Err(e) => return Err(self.op_err("head", key)(e)),
         };
         self.info_of(key, &r).map(Some)
+    }
+
+    /// The version of `key` to read: with `--bucket-as-of`, the one current then (a key
+    /// that was not there then is not found); otherwise the current one.
+    async fn version_to_read(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self.version_for(key).await? {
+            None => Ok(None),
+            Some(Some(v)) => Ok(Some(v)),
+            Some(None) => Err(StoreError::Op {
+                op: "get",
+                key: key.to_string(),
+                source: object_store::Error::NotFound {
+                    path: key.to_string(),
+                    source: "no version of it at the --bucket-as-of time".into(),
+                },
+            }),
+        }
     }
 
     /// What a GET or HEAD response says about `key`: size, dates, ETag and user metadata
@@ -391,10 +428,12 @@ impl Store {
             attributes: self.attributes(meta),
             ..Default::default()
         };
-        self.inner
+        let r = self
+            .inner
             .put_opts(&path, PutPayload::from_bytes(body), opts)
             .await
             .map_err(self.op_err("put", key))?;
+        self.lock_written(key, r.version.as_deref()).await?;
         self.set_local_meta(key, meta)?;
         self.sync_local(key)
     }
@@ -407,6 +446,7 @@ impl Store {
             .copy(&f, &t)
             .await
             .map_err(self.op_err("copy", from))?;
+        self.lock_written(to, None).await?;
         self.touch_local(to)?;
         self.sync_local(to)
     }
@@ -448,7 +488,8 @@ impl Store {
 
     /// After a completed multipart upload: stores the metadata where the backend could not
     /// take it at initiation (local destinations).
-    pub fn finish_multipart(&self, key: &str, meta: &PutMeta) -> Result<(), StoreError> {
+    pub async fn finish_multipart(&self, key: &str, meta: &PutMeta) -> Result<(), StoreError> {
+        self.lock_written(key, None).await?;
         self.set_local_meta(key, meta)?;
         self.sync_local(key)
     }
@@ -499,6 +540,7 @@ impl Store {
         }
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
+            version: self.version_to_read(key).await?,
             ..Default::default()
         };
         let r = self
@@ -527,9 +569,13 @@ impl Store {
             let (file, info) = local::open(root, key, "get").await?;
             return Ok((info, local::read_stream(file, key, None).await?));
         }
+        let opts = GetOptions {
+            version: self.version_to_read(key).await?,
+            ..Default::default()
+        };
         let r = self
             .inner
-            .get_opts(&path, GetOptions::default())
+            .get_opts(&path, opts)
             .await
             .map_err(self.op_err("get", key))?;
         let info = self.info_of(key, &r)?;
@@ -551,9 +597,13 @@ impl Store {
         if self.local_root.is_some() {
             return self.get_bytes_capped(key, u64::MAX).await;
         }
+        let opts = GetOptions {
+            version: self.version_to_read(key).await?,
+            ..Default::default()
+        };
         let r = self
             .inner
-            .get_opts(&path, GetOptions::default())
+            .get_opts(&path, opts)
             .await
             .map_err(self.op_err("get", key))?;
         r.bytes().await.map_err(self.op_err("read", key))

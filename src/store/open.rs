@@ -306,10 +306,27 @@ impl Store {
             source,
         };
         let (mut paged, mut local, mut root_dir, mut metadata_fallback) = (None, None, None, None);
+        let mut api = None;
         let inner: Arc<dyn ObjectStore> = match &dest {
             Destination::S3 { bucket } => {
                 let (b, client, fallback) = build_s3(opts, bucket, retry, client)?;
-                let s3 = Arc::new(b.with_client_options(client).build().map_err(build_err)?);
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+                let region = b
+                    .get_config_value(&AmazonS3ConfigKey::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
+                let s3 = Arc::new(
+                    b.with_client_options(client.clone())
+                        .build()
+                        .map_err(build_err)?,
+                );
+                api = Some(Arc::new(super::s3api::S3Api::new(
+                    &client,
+                    s3.credentials().clone(),
+                    endpoint.as_deref(),
+                    bucket,
+                    &region,
+                    dest.to_string(),
+                )?));
                 paged = Some(s3.clone() as Arc<dyn PaginatedListStore>);
                 metadata_fallback = fallback;
                 s3
@@ -354,6 +371,9 @@ impl Store {
             dest,
             storage_class: opts.storage_class.clone(),
             metadata_fallback,
+            api,
+            locking: None,
+            as_of: None,
         })
     }
 }

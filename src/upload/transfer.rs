@@ -562,7 +562,10 @@ impl Uploader {
             }
             return Err(e);
         }
-        self.store.finish_multipart(key, meta).map_err(store_err)
+        self.store
+            .finish_multipart(key, meta)
+            .await
+            .map_err(store_err)
     }
 }
 

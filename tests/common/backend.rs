@@ -59,6 +59,40 @@ pub fn s3() -> Backend {
     }
 }
 
+/// The third real S3: Ceph RADOS Gateway (`scripts/ceph-s3.sh`), its plain bucket.
+pub fn ceph() -> Option<Backend> {
+    let what = "S3 (Ceph RGW)";
+    let endpoint = var("TABLESNAP_TEST_CEPH_ENDPOINT", what)?;
+    let access_key = var("TABLESNAP_TEST_CEPH_ACCESS_KEY", what)?;
+    let secret_key = var("TABLESNAP_TEST_CEPH_SECRET_KEY", what)?;
+    let bucket = var("TABLESNAP_TEST_CEPH_BUCKET", what)?;
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&bucket)
+        .with_endpoint(&endpoint)
+        .with_access_key_id(&access_key)
+        .with_secret_access_key(&secret_key)
+        .with_region("us-east-1")
+        .with_virtual_hosted_style_request(false)
+        .with_client_options(ClientOptions::new().with_allow_http(true))
+        .build()
+        .expect("raw Ceph client");
+    Some(Backend {
+        name: "ceph",
+        dest: format!("s3://{bucket}"),
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), access_key),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret_key),
+            ("AWS_ENDPOINT_URL".into(), endpoint),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ],
+        raw: Arc::new(raw),
+        multipart: true,
+        root: None,
+    })
+}
+
 pub fn azure() -> Option<Backend> {
     let url = var("TABLESNAP_TEST_AZURE_URL", "Azure (Azurite)")?;
     let container = var("TABLESNAP_TEST_AZURE_CONTAINER", "Azure (Azurite)")?;
