@@ -255,6 +255,7 @@ impl SnapArgs {
             storage_class,
             retry_timeout: None,
             max_retries: None,
+            checksum_sha256: object_lock.is_some(),
         };
         let name = self.name.unwrap_or_else(super::fqdn);
         let layout = Layout::new(self.prefix, name, self.keyname_separator);

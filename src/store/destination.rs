@@ -26,6 +26,9 @@ pub struct StoreOptions {
     /// Total time a single request may spend retrying transient failures.
     pub retry_timeout: Option<Duration>,
     pub max_retries: Option<usize>,
+    /// Send a SHA-256 checksum (`x-amz-checksum-sha256`) with every PUT and part: S3 requires
+    /// one on a bucket with a default Object Lock retention (set with --object-lock-days).
+    pub checksum_sha256: bool,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("sse", &self.sse)
             .field("sse_kms_key_id", &self.sse_kms_key_id)
             .field("storage_class", &self.storage_class)
+            .field("checksum_sha256", &self.checksum_sha256)
             .finish()
     }
 }

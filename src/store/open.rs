@@ -220,6 +220,9 @@ fn s3_endpoint(
         .as_deref()
         .is_none_or(|e| e.starts_with("https://"));
     b = b.with_unsigned_payload(https);
+    if opts.checksum_sha256 {
+        b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+    }
     if let Some(kms) = &opts.sse_kms_key_id {
         b = b.with_sse_kms_encryption(kms);
     } else if opts.sse {
