@@ -200,26 +200,10 @@ impl Store {
         Ok(self.api()?.get_retention(key, None).await?.map(|(_, t)| t))
     }
 
-    /// Every version and delete marker under `prefix`, newest first within a key.
-    pub async fn versions_under(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
-        self.api()?.list_all_versions(prefix).await
-    }
-
     /// The versions and delete markers of the objects directly in `dir/` (not below).
     pub async fn versions_in(&self, dir: &str) -> Result<Vec<ObjectVersion>, StoreError> {
-        let api = self.api()?;
         let prefix = format!("{}/", dir.trim_end_matches('/'));
-        let mut out = Vec::new();
-        let mut from = None;
-        loop {
-            let page = api.list_versions(&prefix, Some("/"), from.as_ref()).await?;
-            out.extend(page.versions);
-            match page.next {
-                Some(n) => from = Some(n),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.api()?.list_all_versions(&prefix, Some("/")).await
     }
 
     /// The retain-until of one version (tablechop's dry run says what is locked).
@@ -254,7 +238,7 @@ impl Store {
         if let Some(v) = a.versions.lock().unwrap().get(key) {
             return Ok(Some(v.clone()));
         }
-        let all = self.api()?.list_all_versions(key).await?;
+        let all = self.api()?.list_all_versions(key, None).await?;
         let mine: Vec<ObjectVersion> = all.into_iter().filter(|v| v.key == key).collect();
         let v = version_at(&mine, a.at).map(|v| v.version_id.clone());
         a.versions

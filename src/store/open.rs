@@ -329,7 +329,7 @@ impl Store {
                     bucket,
                     &region,
                     dest.to_string(),
-                )?));
+                )));
                 paged = Some(s3.clone() as Arc<dyn PaginatedListStore>);
                 metadata_fallback = fallback;
                 s3

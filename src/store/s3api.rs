@@ -77,7 +77,10 @@ pub enum VersionDeleted {
 
 /// Signed S3 requests on one bucket.
 pub struct S3Api {
-    http: HttpClient,
+    /// Built on the first request (a client parses the CA bundle): a run that makes none of
+    /// these calls never pays for it.
+    http: std::sync::OnceLock<HttpClient>,
+    options: ClientOptions,
     credentials: AwsCredentialProvider,
     /// `http://host:port/bucket` (path style) or `https://bucket.s3.region.amazonaws.com`.
     base: String,
@@ -110,26 +113,34 @@ impl S3Api {
         bucket: &str,
         region: &str,
         dest: String,
-    ) -> Result<Self, StoreError> {
-        let http = ReqwestConnector::default()
-            .connect(options)
-            .map_err(|source| StoreError::Build {
-                dest: dest.clone(),
-                source,
-            })?;
+    ) -> Self {
         let base = match endpoint {
             Some(e) => format!("{}/{}", e.trim_end_matches('/'), encode_key(bucket)),
             None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
         };
         let sign_payload = base.starts_with("http://");
-        Ok(S3Api {
-            http,
+        S3Api {
+            http: std::sync::OnceLock::new(),
+            options: options.clone(),
             credentials,
             base,
             region: region.to_string(),
             sign_payload,
             dest,
-        })
+        }
+    }
+
+    fn http(&self) -> Result<&HttpClient, StoreError> {
+        if let Some(h) = self.http.get() {
+            return Ok(h);
+        }
+        let h = ReqwestConnector::default()
+            .connect(&self.options)
+            .map_err(|source| StoreError::Build {
+                dest: self.dest.clone(),
+                source,
+            })?;
+        Ok(self.http.get_or_init(|| h))
     }
 
     /// Whether the bucket has Object Lock enabled (GetObjectLockConfiguration).
@@ -387,12 +398,16 @@ impl S3Api {
         })
     }
 
-    /// Every version under `prefix`, page by page.
-    pub async fn list_all_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+    /// Every version under `prefix` (with a delimiter, only those not below it), page by page.
+    pub async fn list_all_versions(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<Vec<ObjectVersion>, StoreError> {
         let mut out = Vec::new();
         let mut from = None;
         loop {
-            let page = self.list_versions(prefix, None, from.as_ref()).await?;
+            let page = self.list_versions(prefix, delimiter, from.as_ref()).await?;
             out.extend(page.versions);
             match page.next {
                 Some(n) => from = Some(n),
@@ -527,7 +542,7 @@ impl S3Api {
                     key: what.clone(),
                     source,
                 })?;
-            let transient = match self.http.execute(req).await {
+            let transient = match self.http()?.execute(req).await {
                 Ok(resp) => {
                     let status = resp.status();
                     let bytes = resp.into_body().bytes().await;
