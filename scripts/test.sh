@@ -88,7 +88,14 @@ for s in s3-server.sh emulators.sh ceph-s3.sh; do
         echo "test.sh: reusing the servers of scripts/$s" >&2
     else
         stop_here+=("$s")
-        bash "scripts/$s" start
+        if [[ $s == ceph-s3.sh && ${CI:-} != true && -z ${TABLESNAP_REQUIRE_BACKENDS:-} ]]; then
+            # Ceph needs root to install its Debian packages: outside CI, its tests skip
+            # (saying so) when it cannot start.
+            bash "scripts/$s" start ||
+                echo "test.sh: Ceph RGW did not start (see above): the Object Lock and Ceph tests will skip" >&2
+        else
+            bash "scripts/$s" start
+        fi
     fi
 done
 
@@ -103,8 +110,10 @@ export no_proxy="$NO_PROXY"
 source "$TABLESNAP_S3_STATE/env"
 # shellcheck disable=SC1091
 source "$TABLESNAP_EMU_STATE/env"
-# shellcheck disable=SC1091
-source "$TABLESNAP_CEPH_STATE/env"
+if [[ -f $TABLESNAP_CEPH_STATE/env ]]; then
+    # shellcheck disable=SC1091
+    source "$TABLESNAP_CEPH_STATE/env"
+fi
 
 threads=(--test-threads=4)
 for a in "${test_args[@]+"${test_args[@]}"}"; do
