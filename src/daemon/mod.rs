@@ -29,6 +29,7 @@
 //!   within a deadline, then cancel every request still running (multipart uploads are
 //!   aborted), and return a summary.
 
+mod files;
 mod index;
 pub mod keeper;
 mod queue;

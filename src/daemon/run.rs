@@ -319,6 +319,7 @@ impl Daemon<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::State;
     use super::*;
     use crate::upload::Outcome;
 
@@ -332,7 +333,7 @@ mod tests {
         let p = dir.path().join("nb-1-big-Data.db");
         d.enqueue(p.clone());
         let task = d.next_task().expect("the file");
-        assert!(d.running.contains(&p));
+        assert!(matches!(d.files.state(&p), Some(State::Running { .. })));
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut owners = HashMap::new();
         let q = p.clone();
@@ -346,8 +347,10 @@ mod tests {
         let r = tasks.join_next_with_id().await.unwrap();
         assert!(r.is_err(), "the task panicked");
         d.joined(r, &mut owners);
-        assert!(!d.running.contains(&p), "left running for ever");
-        assert!(d.retrying.contains(&p), "not retried");
+        assert!(
+            matches!(d.files.state(&p), Some(State::Retrying { .. })),
+            "left running for ever, or not retried"
+        );
         assert!(owners.is_empty());
 
         // An index task that panics (another directory: this one still owes the retried

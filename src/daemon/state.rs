@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::files::{Ended, Files};
 use super::index::IndexScheduler;
 use super::{Config, DaemonError, Summary, backoff};
 use crate::layout;
@@ -68,31 +69,13 @@ pub(super) struct Daemon<'a> {
     pub(super) cfg: &'a Config,
     pub(super) uploader: Arc<Uploader>,
     pub(super) metrics: Arc<Metrics>,
-    /// When each file not yet durable was first seen (for the recovery-point metric); a
-    /// file given up on leaves it.
-    pub(super) pending_since: HashMap<Arc<Path>, u64>,
-    pub(super) pending_order: BTreeSet<(u64, Arc<Path>)>,
     pub(super) roots: Vec<PathBuf>,
-    /// What waits for an upload slot ([`super::queue`]: a flush is not held behind a
-    /// compaction's backlog).
-    pub(super) queue: super::queue::UploadQueue,
-    pub(super) queued: HashSet<Arc<Path>>,
-    pub(super) running: HashSet<PathBuf>,
-    /// Paths that got an event while running: queue again when done.
-    pub(super) rerun: HashSet<PathBuf>,
-    pub(super) retry_at: BTreeMap<Instant, Vec<PathBuf>>,
-    pub(super) retrying: HashSet<PathBuf>,
-    pub(super) attempts: HashMap<PathBuf, u32>,
-    /// Files the daemon still owes an upload (queued, running or retrying), per directory:
-    /// an index waits for its own directory's uploads, not for the whole queue.
-    pub(super) busy_dirs: HashMap<PathBuf, usize>,
-    pub(super) owed: HashSet<Arc<Path>>,
-    /// Files a scan queued that have not been tried once yet, and how many per directory:
-    /// while a directory has some (its backfill), its index waits for them, `max_wait` or
-    /// not, so a backfill writes one listing of it, not one per `max_wait` (each uploading
-    /// the rest itself, serially). A file that failed once no longer holds it.
-    pub(super) untried: HashSet<Arc<Path>>,
-    pub(super) untried_dirs: HashMap<PathBuf, usize>,
+    /// Every file owed to the store and where it stands (queued, running, retrying), with
+    /// the upload queue, the retry timers, busy directories and the recovery-point gauge
+    /// derived from it ([`super::files`]).
+    pub(super) files: Files,
+    /// Failed attempts in a row of each directory's index (for its backoff).
+    pub(super) index_attempts: HashMap<PathBuf, u32>,
     /// Files to look at again, per directory (with whether an event brought them: a closed
     /// file, which only an open transaction holds back), and the directories whose look is
     /// in flight: one look per directory per round, beside the main loop (a readdir of a
@@ -138,20 +121,9 @@ impl<'a> Daemon<'a> {
             cfg,
             uploader,
             metrics,
-            pending_since: HashMap::new(),
-            pending_order: BTreeSet::new(),
             roots,
-            queue: super::queue::UploadQueue::new(),
-            queued: HashSet::new(),
-            running: HashSet::new(),
-            rerun: HashSet::new(),
-            retry_at: BTreeMap::new(),
-            retrying: HashSet::new(),
-            attempts: HashMap::new(),
-            busy_dirs: HashMap::new(),
-            owed: HashSet::new(),
-            untried: HashSet::new(),
-            untried_dirs: HashMap::new(),
+            files: Files::new(),
+            index_attempts: HashMap::new(),
             to_check: BTreeMap::new(),
             checking: HashSet::new(),
             hurried: HashSet::new(),
@@ -173,46 +145,13 @@ impl<'a> Daemon<'a> {
         self.cfg.events.create
     }
 
-    pub(super) fn owe(&mut self, p: &Arc<Path>) {
-        if self.owed.insert(p.clone()) {
-            if let Some(d) = p.parent() {
-                *self.busy_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
-            }
-        }
-    }
-
-    /// `p` was tried once (whatever came of it): it no longer holds its directory's index.
-    fn tried(&mut self, p: &Path) {
-        if !self.untried.remove(p) {
-            return;
-        }
-        if let Some(d) = p.parent() {
-            if let Some(n) = self.untried_dirs.get_mut(d) {
-                *n -= 1;
-                if *n == 0 {
-                    self.untried_dirs.remove(d);
-                }
-            }
-        }
-    }
-
-    pub(super) fn settle(&mut self, p: &Path) {
-        if self.queued.contains(p) || self.running.contains(p) || self.retrying.contains(p) {
-            return;
-        }
-        if self.owed.remove(p) {
-            if let Some(d) = p.parent() {
-                if let Some(n) = self.busy_dirs.get_mut(d) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.busy_dirs.remove(d);
-                    }
-                }
-            }
-        }
-    }
-
     pub(super) fn enqueue(&mut self, p: PathBuf) {
+        self.take_on(p, false)
+    }
+
+    /// `p` is owed from now (`from_scan`: a scan found it, and its directory's index waits
+    /// until it was tried once), unless it is not UTF-8 or filtered out.
+    fn take_on(&mut self, p: PathBuf, from_scan: bool) {
         let Some(s) = p.to_str() else {
             tracing::error!(path = %p.display(), "skipping a path that is not UTF-8 (it cannot be named in a key)");
             return;
@@ -221,22 +160,7 @@ impl<'a> Daemon<'a> {
             tracing::debug!(path = s, "skipped by the include/exclude rules");
             return;
         }
-        // One allocation of the path, shared by every collection that holds it (a backfill
-        // of a million files held each path about eight times: 1.6 GiB).
-        let p: Arc<Path> = p.into();
-        if !self.pending_since.contains_key(&p) {
-            let t = crate::metrics::now_ms();
-            self.pending_since.insert(p.clone(), t);
-            self.pending_order.insert((t, p.clone()));
-        }
-        self.owe(&p);
-        if self.running.contains(&*p) {
-            self.rerun.insert(p.to_path_buf());
-            return;
-        }
-        if self.queued.insert(p.clone()) {
-            self.queue.push_back(p);
-        }
+        self.files.enqueue(&p, crate::metrics::now_ms(), from_scan);
     }
 
     /// Runs a scan (and with `list`, first the LIST of what is stored) beside the main
@@ -355,13 +279,7 @@ impl<'a> Daemon<'a> {
             .files_present
             .fetch_add(f.scan.stored, Ordering::Relaxed);
         for p in f.scan.ready {
-            self.enqueue(p.clone());
-            let queued = self.queued.get(p.as_path()).cloned();
-            if queued.is_some_and(|q| self.untried.insert(q)) {
-                if let Some(d) = p.parent() {
-                    *self.untried_dirs.entry(d.to_path_buf()).or_insert(0) += 1;
-                }
-            }
+            self.take_on(p, true);
         }
         if !f.scan.unsettled.is_empty() {
             self.unsettled
@@ -444,7 +362,7 @@ impl<'a> Daemon<'a> {
                     }
                 }
                 // A file being uploaded or queued is handled there (it will be "vanished").
-                if !self.running.contains(&p) && !self.queued.contains(p.as_path()) {
+                if !self.files.owes(&p) {
                     self.uploader.forget(&p);
                 }
             }
@@ -624,48 +542,24 @@ impl<'a> Daemon<'a> {
             }
         }
         self.start_checks();
-        if let Some(mut e) = self.retry_at.first_entry() {
-            if *e.key() <= now {
-                let p = e.get_mut().pop();
-                if e.get().is_empty() {
-                    e.remove();
-                }
-                if let Some(p) = p {
-                    self.retrying.remove(&p);
-                    if self.running.contains(&p) {
-                        self.rerun.insert(p);
-                        return self.next_task();
-                    }
-                    self.running.insert(p.clone());
-                    return Some(Task::File(p));
-                }
-            }
+        if let Some(p) = self.files.pop_retry(now) {
+            return Some(Task::File(p.to_path_buf()));
         }
         // A due index goes before the queue: the recovery point must move under a backlog.
         // It waits only for its own directory's uploads (at most ten quiet periods).
-        let (busy, held) = (&self.busy_dirs, &self.untried_dirs);
-        if let Some((dir, files)) =
+        let files = &self.files;
+        if let Some((dir, due)) =
             self.indexes
-                .start_unless_held(now, |d| busy.contains_key(d), |d| held.contains_key(d))
+                .start_unless_held(now, |d| files.busy(d), |d| files.held(d))
         {
-            return Some(Task::Index(dir, files));
+            return Some(Task::Index(dir, due));
         }
-        if let Some(p) = self.queue.pop_front() {
-            self.queued.remove(&p);
-            self.running.insert(p.to_path_buf());
-            return Some(Task::File(p.to_path_buf()));
-        }
-        None
+        self.files.pop_queued().map(|p| Task::File(p.to_path_buf()))
     }
 
     pub(super) fn unpop(&mut self, t: Task) {
         match t {
-            Task::File(p) => {
-                self.running.remove(&p);
-                let p = self.shared(&p);
-                self.queued.insert(p.clone());
-                self.queue.push_front(p);
-            }
+            Task::File(p) => self.files.unpop(&p),
             Task::Index(dir, files) => {
                 let now = Instant::now();
                 self.indexes.put_back(&dir, files, now, now);
@@ -677,7 +571,7 @@ impl<'a> Daemon<'a> {
     pub(super) fn finish(mut self) -> Result<Summary, DaemonError> {
         self.progress.finish();
         let s = &self.uploader.stats;
-        let pending_files = self.queue.len() + self.retry_at.values().map(Vec::len).sum::<usize>();
+        let pending_files = self.files.queued_len() + self.files.retrying_len();
         let summary = Summary {
             files_uploaded: s.files_uploaded.load(Ordering::Relaxed),
             bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
@@ -699,8 +593,7 @@ impl<'a> Daemon<'a> {
     }
 
     pub(super) fn idle(&self) -> bool {
-        self.queue.is_empty()
-            && self.retry_at.is_empty()
+        self.files.is_idle()
             && self.indexes.is_idle()
             && self.unsettled.is_empty()
             && self.to_check.is_empty()
@@ -711,7 +604,7 @@ impl<'a> Daemon<'a> {
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let now = Instant::now();
         [
-            self.retry_at.keys().next().copied(),
+            self.files.next_retry(),
             self.unsettled.keys().next().copied(),
             // An index already due that was not started is waiting for its directory's
             // uploads or for a permit: a finishing task wakes the loop, not a timer (but
@@ -728,27 +621,21 @@ impl<'a> Daemon<'a> {
     pub(super) fn finished(&mut self, done: Done) {
         match done {
             Done::File(p, r) => {
-                self.running.remove(&p);
-                self.tried(&p);
-                match r {
+                let ended = match r {
                     Ok(outcome) => {
                         self.progress.file_done(&p, &outcome);
-                        self.attempts.remove(&p);
-                        self.not_pending(&p);
                         self.stored(&p, outcome);
+                        Ended::Done
                     }
                     Err(e) => self.failed(&p, e),
-                }
-                if self.rerun.remove(&p) {
-                    self.enqueue(p.clone());
-                }
-                self.settle(&p);
+                };
+                self.files.finish(&p, ended, crate::metrics::now_ms());
             }
             Done::Index(dir, files, r, left_unsettled) => {
                 let now = Instant::now();
                 match r {
                     Ok(w) => {
-                        self.attempts.remove(&dir);
+                        self.index_attempts.remove(&dir);
                         for d in &w.touch {
                             self.touch_index(d);
                         }
@@ -866,16 +753,15 @@ impl<'a> Daemon<'a> {
 
     pub(super) fn update_gauges(&self, in_flight: usize, watched: Option<usize>) {
         let m = &self.metrics;
-        let retrying: usize = self.retry_at.values().map(Vec::len).sum();
-        m.queue_depth
-            .store((self.queue.len() + retrying) as u64, Ordering::Relaxed);
+        let owed = self.files.queued_len() + self.files.retrying_len();
+        m.queue_depth.store(owed as u64, Ordering::Relaxed);
         m.in_flight.store(in_flight as u64, Ordering::Relaxed);
         m.pending_indexes
             .store(self.indexes.pending_len() as u64, Ordering::Relaxed);
         if let Some(w) = watched {
             m.watched_dirs.store(w as u64, Ordering::Relaxed);
         }
-        let oldest = self.pending_order.first().map(|(t, _)| *t).unwrap_or(0);
+        let oldest = self.files.oldest_pending_ms().unwrap_or(0);
         m.oldest_pending_ms.store(oldest, Ordering::Relaxed);
     }
 
@@ -900,7 +786,13 @@ impl<'a> Daemon<'a> {
     }
 
     /// How long to wait before trying again, or None to give up (with --once).
-    pub(super) fn retry_delay(&mut self, p: &Path, e: &UploadError) -> Option<Duration> {
+    /// `attempts` counts the failures in a row of `p` (one more now).
+    pub(super) fn retry_delay(
+        &mut self,
+        p: &Path,
+        e: &UploadError,
+        attempts: &mut u32,
+    ) -> Option<Duration> {
         if matches!(e, UploadError::Cancelled { .. }) {
             tracing::warn!("{e}");
             return None;
@@ -926,9 +818,8 @@ impl<'a> Daemon<'a> {
             self.gave_up += 1;
             return None;
         }
-        let n = self.attempts.entry(p.to_path_buf()).or_insert(0);
-        *n += 1;
-        let attempt = *n;
+        *attempts += 1;
+        let attempt = *attempts;
         if self.cfg.once && attempt > self.cfg.retries.max(4) {
             tracing::error!("{e}; giving up after {attempt} attempts");
             self.gave_up += 1;
@@ -948,49 +839,34 @@ impl<'a> Daemon<'a> {
         Some(delay)
     }
 
-    pub(super) fn failed(&mut self, p: &Path, e: UploadError) {
+    /// An attempt of `p` failed: how it ends (retried at a time, or given up on: then it no
+    /// longer holds the recovery-point gauge; a later event or rescan brings it back).
+    pub(super) fn failed(&mut self, p: &Path, e: UploadError) -> Ended {
         if let UploadError::Cancelled { .. } = e {
             // Shutdown: not a failure, still pending (the summary counts it).
             tracing::warn!("{e}");
-            let p = self.shared(p);
-            if self.queued.insert(p.clone()) {
-                self.queue.push_back(p);
-            }
-            return;
+            return Ended::Cancelled;
         }
         self.count_failure(&e);
-        if let Some(delay) = self.retry_delay(p, &e) {
-            self.retrying.insert(p.to_path_buf());
-            self.retry_at
-                .entry(Instant::now() + delay)
-                .or_default()
-                .push(p.to_path_buf());
-        } else {
-            // Given up on: no longer owed, so it must not hold the recovery-point gauge
-            // (a later event or rescan makes it pending again, from then).
-            self.not_pending(p);
+        let mut attempts = self.files.attempts(p);
+        match self.retry_delay(p, &e, &mut attempts) {
+            Some(delay) => {
+                self.files.set_attempts(p, attempts);
+                Ended::Retry(Instant::now() + delay)
+            }
+            None => Ended::GaveUp,
         }
-    }
-
-    /// `p` is durable, or no longer waited for: out of the recovery-point bookkeeping.
-    fn not_pending(&mut self, p: &Path) {
-        if let Some((p, t)) = self.pending_since.remove_entry(p) {
-            self.pending_order.remove(&(t, p));
-        }
-    }
-
-    /// The allocation of `p` the daemon already holds (owed files share one), else a new one.
-    fn shared(&self, p: &Path) -> Arc<Path> {
-        self.owed
-            .get(p)
-            .or_else(|| self.pending_since.get_key_value(p).map(|(k, _)| k))
-            .cloned()
-            .unwrap_or_else(|| Arc::from(p))
     }
 
     pub(super) fn index_failed(&mut self, dir: &Path, e: UploadError) -> Option<Duration> {
         self.count_failure(&e);
-        self.retry_delay(dir, &e)
+        let mut attempts = self.index_attempts.get(dir).copied().unwrap_or(0);
+        let delay = self.retry_delay(dir, &e, &mut attempts);
+        match delay {
+            Some(_) => self.index_attempts.insert(dir.to_path_buf(), attempts),
+            None => self.index_attempts.remove(dir),
+        };
+        delay
     }
 }
 
@@ -1075,28 +951,6 @@ mod tests {
     use crate::layout::Layout;
     use crate::store::{Store, StoreOptions};
 
-    /// A backfill of a node with nothing stored held each queued path about eight times (a
-    /// first run over 889,776 files peaked at 1.6 GiB): the queue, the queued, owed and
-    /// pending sets share one allocation of each path.
-    #[test]
-    fn a_queued_path_is_held_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon::for_tests(dir.path());
-        let p = dir.path().join("ks/t-1/nb-1-big-Data.db");
-        d.enqueue(p.clone());
-        let held = d.queued.get(p.as_path()).expect("queued").clone();
-        // queued, owed, pending_since, pending_order, the queue, and `held` itself.
-        assert_eq!(Arc::strong_count(&held), 6);
-        for shared in [
-            d.owed.get(p.as_path()).unwrap(),
-            d.pending_since.get_key_value(p.as_path()).unwrap().0,
-        ] {
-            assert!(Arc::ptr_eq(shared, &held));
-        }
-        assert!(matches!(d.next_task(), Some(Task::File(f)) if f == p));
-        assert!(d.queued.is_empty() && d.queue.is_empty());
-    }
-
     /// Issue #15 item 4: a file given up on (a collision, a name no key can hold, --once
     /// out of retries) kept its `pending_since`, so the recovery-point gauge
     /// (`tablesnap_oldest_pending_seconds`) stayed at its first sighting for ever. A file
@@ -1138,15 +992,16 @@ mod tests {
             key: "k".into(),
         };
         d.finished(Done::File(a.clone(), Err(collision)));
-        assert!(
-            !d.pending_since.contains_key(a.as_path()),
-            "given up on, still pending"
-        );
+        assert!(!d.files.owes(&a), "given up on, still pending");
         // Retried: still pending.
         let changed = UploadError::Changed { path: b.clone() };
         d.finished(Done::File(b.clone(), Err(changed)));
-        assert!(d.pending_since.contains_key(b.as_path()));
-        assert!(d.pending_order.iter().all(|(_, p)| **p == *b));
+        assert!(matches!(
+            d.files.state(&b),
+            Some(super::super::files::State::Retrying { .. })
+        ));
+        d.update_gauges(0, None);
+        assert!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed) > 0);
 
         // --once, out of retries.
         cfg.once = true;
@@ -1158,20 +1013,22 @@ mod tests {
         );
         d.enqueue(a.clone());
         for _ in 0..10 {
-            if !d.pending_since.contains_key(a.as_path()) {
+            if !d.files.owes(&a) {
                 break;
             }
-            d.running.insert(a.clone());
-            d.retrying.remove(&a);
+            // Its retry is due at once (the test does not wait for the backoff).
+            if d.files
+                .pop_retry(Instant::now() + Duration::from_secs(3600))
+                .is_none()
+            {
+                assert!(matches!(d.next_task(), Some(Task::File(_))));
+            }
             let e = UploadError::Changed { path: a.clone() };
             d.finished(Done::File(a.clone(), Err(e)));
         }
         assert!(d.gave_up > 0);
-        assert!(
-            !d.pending_since.contains_key(a.as_path()),
-            "given up on, still pending"
-        );
-        assert!(d.pending_order.is_empty());
+        assert!(!d.files.owes(&a), "given up on, still pending");
+        assert!(d.files.oldest_pending_ms().is_none());
         d.update_gauges(0, None);
         assert_eq!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed), 0);
     }
@@ -1227,7 +1084,7 @@ mod tests {
         let c = rx.recv().await.expect("the round's answer");
         assert_eq!(c.reads, 1, "one directory read per directory per round");
         d.checked(c);
-        assert!(d.queue.is_empty(), "still in the transaction");
+        assert_eq!(d.files.queued_len(), 0, "still in the transaction");
         let waiting_now: usize = d.unsettled.values().map(Vec::len).sum();
         assert_eq!(waiting_now, 600);
         // The COMMIT: the log goes, the waiting files are looked at again at once (one
@@ -1243,6 +1100,6 @@ mod tests {
         assert_eq!(c.reads, 1);
         d.checked(c);
         assert!(d.unsettled.is_empty());
-        assert_eq!(d.queue.len(), 600);
+        assert_eq!(d.files.queued_len(), 600);
     }
 }
