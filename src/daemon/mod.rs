@@ -35,6 +35,7 @@ pub mod keeper;
 mod queue;
 mod run;
 mod state;
+mod waiting;
 
 use state::Daemon;
 

@@ -3,7 +3,7 @@
 //! ([`super::index`]), and the transitions on each event, finished task or scan. No
 //! store request is made here; tasks are spawned by [`super::run`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::files::{Ended, Files};
 use super::index::IndexScheduler;
+use super::waiting::{Verdict, WaitingFiles};
 use super::{Config, DaemonError, Summary, backoff};
 use crate::layout;
 use crate::metrics::Metrics;
@@ -76,15 +77,10 @@ pub(super) struct Daemon<'a> {
     pub(super) files: Files,
     /// Failed attempts in a row of each directory's index (for its backoff).
     pub(super) index_attempts: HashMap<PathBuf, u32>,
-    /// Files to look at again, per directory (with whether an event brought them: a closed
-    /// file, which only an open transaction holds back), and the directories whose look is
-    /// in flight: one look per directory per round, beside the main loop (a readdir of a
-    /// 50,000-entry directory and its transaction logs per waiting file stalled it).
-    pub(super) to_check: BTreeMap<PathBuf, Vec<(PathBuf, bool)>>,
-    pub(super) checking: HashSet<PathBuf>,
-    /// Directories whose transaction log went away while their look was in flight: what
-    /// it finds still waiting is looked at again at once.
-    pub(super) hurried: HashSet<PathBuf>,
+    /// Files waiting before they may be queued (an open transaction, a file written moments
+    /// ago), with the looks at their directories beside the main loop
+    /// ([`super::waiting`]).
+    pub(super) waiting: WaitingFiles,
     /// Where the looks answer ([`Checked`]), and where scans of new directories do
     /// ([`Found`]); without them (unit tests) they run in place.
     pub(super) checked_tx: Option<tokio::sync::mpsc::UnboundedSender<Checked>>,
@@ -97,8 +93,6 @@ pub(super) struct Daemon<'a> {
     /// Directories whose index is due again because it left out files not settled yet
     /// (once: a file that never settles is named by a later index, not polled for).
     pub(super) rechecked: HashSet<PathBuf>,
-    /// Other files a scan found modified moments ago: looked at again when settled.
-    pub(super) unsettled: BTreeMap<Instant, Vec<PathBuf>>,
     /// Scans running beside the main loop.
     pub(super) scans: usize,
     pub(super) failures: u64,
@@ -124,15 +118,12 @@ impl<'a> Daemon<'a> {
             roots,
             files: Files::new(),
             index_attempts: HashMap::new(),
-            to_check: BTreeMap::new(),
-            checking: HashSet::new(),
-            hurried: HashSet::new(),
+            waiting: WaitingFiles::default(),
             checked_tx: None,
             found_tx: None,
             indexes: IndexScheduler::new(cfg.index_delay),
             last_named: HashMap::new(),
             rechecked: HashSet::new(),
-            unsettled: BTreeMap::new(),
             scans: 0,
             failures: 0,
             gave_up: 0,
@@ -281,11 +272,8 @@ impl<'a> Daemon<'a> {
         for p in f.scan.ready {
             self.take_on(p, true);
         }
-        if !f.scan.unsettled.is_empty() {
-            self.unsettled
-                .entry(now + crate::upload::SETTLE)
-                .or_default()
-                .extend(f.scan.unsettled);
+        for p in f.scan.unsettled {
+            self.waiting.wait(&p, now + crate::upload::SETTLE, false);
         }
         tracing::debug!(
             reason = f.reason,
@@ -315,10 +303,7 @@ impl<'a> Daemon<'a> {
                         .and_then(crate::cassandra::parse_name)
                         .is_some();
                     if sstable {
-                        self.to_check
-                            .entry(dir.to_path_buf())
-                            .or_default()
-                            .push((p, true));
+                        self.waiting.wait(&p, now, true);
                         return;
                     }
                 }
@@ -348,7 +333,7 @@ impl<'a> Daemon<'a> {
                     if let Some(dir) = p.parent() {
                         let now = Instant::now();
                         self.indexes.hurry(dir, now);
-                        self.hurry_waiting(dir, now);
+                        self.waiting.hurry(dir, now);
                     }
                 }
                 // A file the last index names is gone (a compaction's inputs deleted after
@@ -407,27 +392,6 @@ impl<'a> Daemon<'a> {
         self.indexes.touch(dir, due, now);
     }
 
-    /// Files of `dir` waiting for their SSTable to complete are looked at now.
-    fn hurry_waiting(&mut self, dir: &Path, now: Instant) {
-        let mut moved = Vec::new();
-        for v in self.unsettled.values_mut() {
-            v.retain(|p| {
-                let here = p.parent() == Some(dir);
-                if here {
-                    moved.push(p.clone());
-                }
-                !here
-            });
-        }
-        self.unsettled.retain(|_, v| !v.is_empty());
-        if self.checking.contains(dir) {
-            self.hurried.insert(dir.to_path_buf());
-        }
-        if !moved.is_empty() {
-            self.unsettled.entry(now).or_default().extend(moved);
-        }
-    }
-
     /// Scans a new directory (with `recursive`, its subtree) beside the main loop.
     fn scan_new_dir(&mut self, dir: PathBuf, recursive: bool) {
         let hardlinks = self.hardlinks();
@@ -446,19 +410,10 @@ impl<'a> Daemon<'a> {
         });
     }
 
-    /// Starts one look at each directory with files to look at again and none in flight,
-    /// beside the main loop; the answers come back as [`Checked`].
+    /// Starts one look at each directory with files due and none in flight, beside the
+    /// main loop; the answers come back as [`Checked`].
     fn start_checks(&mut self) {
-        let dirs: Vec<PathBuf> = self
-            .to_check
-            .keys()
-            .filter(|d| !self.checking.contains(*d))
-            .cloned()
-            .collect();
-        for dir in dirs {
-            let Some(files) = self.to_check.remove(&dir) else {
-                continue;
-            };
+        for (dir, files) in self.waiting.start_looks() {
             let look = move |dir: PathBuf| {
                 let before = crate::watch::dir_reads();
                 let files = crate::watch::check_waiting(&dir, &files);
@@ -470,7 +425,6 @@ impl<'a> Daemon<'a> {
                 tokio::runtime::Handle::try_current(),
             ) {
                 (Some(tx), Ok(rt)) => {
-                    self.checking.insert(dir.clone());
                     rt.spawn_blocking(move || {
                         let _ = tx.send(look(dir));
                     });
@@ -485,13 +439,12 @@ impl<'a> Daemon<'a> {
 
     /// A look at a directory answered: files ready are queued, others wait again.
     pub(super) fn checked(&mut self, c: Checked) {
-        self.checking.remove(&c.dir);
-        let hurried = self.hurried.remove(&c.dir);
+        let hurried = self.waiting.look_done(&c.dir);
         tracing::trace!(dir = %c.dir.display(), files = c.files.len(), reads = c.reads, "looked at files waiting there");
         let now = Instant::now();
         for w in c.files {
-            match w.ready {
-                Some(true) => self.enqueue(w.path),
+            let verdict = match w.ready {
+                Some(true) => Verdict::Ready,
                 Some(false)
                     if self.cfg.once
                         && !w.event
@@ -502,18 +455,16 @@ impl<'a> Daemon<'a> {
                 {
                     // A run that ends cannot wait for a compaction: a later one takes it.
                     tracing::warn!(path = %w.path.display(), "its SSTable is not complete (being written?): not uploaded by this run");
+                    Verdict::Drop
                 }
-                Some(false) => {
-                    let at = if hurried {
-                        now
-                    } else if w.event {
-                        now + RECHECK
-                    } else {
-                        now + RECHECK.min(crate::upload::SETTLE * 2)
-                    };
-                    self.unsettled.entry(at).or_default().push(w.path);
-                }
-                None => {}
+                Some(false) if hurried => Verdict::Again(now),
+                Some(false) if w.event => Verdict::Again(now + RECHECK),
+                Some(false) => Verdict::Again(now + RECHECK.min(crate::upload::SETTLE * 2)),
+                None => Verdict::Drop,
+            };
+            self.waiting.answered(&w.path, verdict);
+            if verdict == Verdict::Ready {
+                self.enqueue(w.path);
             }
         }
     }
@@ -530,17 +481,9 @@ impl<'a> Daemon<'a> {
 
     pub(super) fn next_task(&mut self) -> Option<Task> {
         let now = Instant::now();
-        // Files a scan left waiting: ready now, or later (or gone).
-        while let Some(e) = self.unsettled.first_entry() {
-            if *e.key() > now {
-                break;
-            }
-            // Looked at again beside the loop: one look per directory (`start_checks`).
-            for p in e.remove() {
-                let dir = p.parent().unwrap_or(Path::new("/")).to_path_buf();
-                self.to_check.entry(dir).or_default().push((p, false));
-            }
-        }
+        // Files waiting whose time has come: looked at beside the loop, one look per
+        // directory (`start_checks`).
+        self.waiting.advance(now);
         self.start_checks();
         if let Some(p) = self.files.pop_retry(now) {
             return Some(Task::File(p.to_path_buf()));
@@ -593,19 +536,14 @@ impl<'a> Daemon<'a> {
     }
 
     pub(super) fn idle(&self) -> bool {
-        self.files.is_idle()
-            && self.indexes.is_idle()
-            && self.unsettled.is_empty()
-            && self.to_check.is_empty()
-            && self.checking.is_empty()
-            && self.scans == 0
+        self.files.is_idle() && self.indexes.is_idle() && self.waiting.is_idle() && self.scans == 0
     }
 
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let now = Instant::now();
         [
             self.files.next_retry(),
-            self.unsettled.keys().next().copied(),
+            self.waiting.next_wake(),
             // An index already due that was not started is waiting for its directory's
             // uploads or for a permit: a finishing task wakes the loop, not a timer (but
             // one that waits for max_wait needs the timer: poll once a second then).
@@ -1069,10 +1007,9 @@ mod tests {
         let mut d = Daemon::for_tests(dir.path());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         d.checked_tx = Some(tx);
-        d.unsettled
-            .entry(Instant::now())
-            .or_default()
-            .extend(waiting.iter().cloned());
+        for p in &waiting {
+            d.waiting.wait(p, Instant::now(), false);
+        }
         let before = crate::watch::dir_reads();
         assert!(d.next_task().is_none(), "nothing is ready");
         assert_eq!(
@@ -1085,8 +1022,7 @@ mod tests {
         assert_eq!(c.reads, 1, "one directory read per directory per round");
         d.checked(c);
         assert_eq!(d.files.queued_len(), 0, "still in the transaction");
-        let waiting_now: usize = d.unsettled.values().map(Vec::len).sum();
-        assert_eq!(waiting_now, 600);
+        assert_eq!(d.waiting.len(), 600);
         // The COMMIT: the log goes, the waiting files are looked at again at once (one
         // more look) and queued.
         std::fs::remove_file(t.join("nb_txn_compaction_00000000-0000-0000-0000-000000000001.log"))
@@ -1099,7 +1035,7 @@ mod tests {
         let c = rx.recv().await.expect("the round's answer");
         assert_eq!(c.reads, 1);
         d.checked(c);
-        assert!(d.unsettled.is_empty());
+        assert!(d.waiting.is_idle());
         assert_eq!(d.files.queued_len(), 600);
     }
 }
