@@ -361,6 +361,10 @@ async fn compacted_before_upload_is_skipped_not_fatal() {
         c.threads = 1;
         c.upload = UploadConfig {
             part_size: Some(5 << 20),
+            // The big file holds the slot about 4 s.
+            throttle: Some(std::sync::Arc::new(tablesnap::throttle::Throttle::new(
+                12 << 20,
+            ))),
             ..UploadConfig::default()
         };
         c
@@ -371,8 +375,12 @@ async fn compacted_before_upload_is_skipped_not_fatal() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     write_file(&table.join("nb-1-big-Data.db"), &big);
-    // ...while a generation is flushed, then compacted into a new one and deleted.
+    // ...while a generation is flushed (and queued behind it: its files are looked at
+    // within milliseconds; deleted before that look, they would never be queued, and
+    // nothing would vanish between queue and upload), then compacted into a new one and
+    // deleted.
     let old = flush_in_place(&root, NB, &table, 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     for (p, _) in &old {
         std::fs::remove_file(p).unwrap();
     }
