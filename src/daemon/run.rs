@@ -199,7 +199,7 @@ impl Daemon<'_> {
             Task::Index(d, f) => Task::Index(d.clone(), f.clone()),
         };
         let previous = match &task {
-            Task::Index(d, _) => self.last_named.get(d).cloned(),
+            Task::Index(d, _) => self.named(d).cloned(),
             Task::File(_) => None,
         };
         let h = tasks.spawn(async move {

@@ -3,7 +3,7 @@
 //! ([`super::index`]), and the transitions on each event, finished task or scan. No
 //! store request is made here; tasks are spawned by [`super::run`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,6 +66,21 @@ pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// all its waiting files, beside the main loop (`Daemon::start_checks`).
 pub(super) const RECHECK: Duration = Duration::from_secs(5);
 
+/// What the daemon keeps of one directory's restore point, beside its index schedule
+/// ([`IndexScheduler`]).
+#[derive(Debug, Default)]
+pub(super) struct DirRecord {
+    /// What the last index this run wrote (or found stored at startup) named: a file stored
+    /// that it does not name, or one it names deleted, makes a new index due. Shared with
+    /// the index task that reads it (a 50,000-name set is not copied per index).
+    pub(super) named: Option<Arc<BTreeSet<String>>>,
+    /// Its index is due again because the last one left out files not settled yet (once:
+    /// a file that never settles is named by a later index, not polled for).
+    pub(super) second_look: bool,
+    /// Failed index writes in a row (for the backoff).
+    pub(super) attempts: u32,
+}
+
 pub(super) struct Daemon<'a> {
     pub(super) cfg: &'a Config,
     pub(super) uploader: Arc<Uploader>,
@@ -75,8 +90,6 @@ pub(super) struct Daemon<'a> {
     /// the upload queue, the retry timers, busy directories and the recovery-point gauge
     /// derived from it ([`super::files`]).
     pub(super) files: Files,
-    /// Failed attempts in a row of each directory's index (for its backoff).
-    pub(super) index_attempts: HashMap<PathBuf, u32>,
     /// Files waiting before they may be queued (an open transaction, a file written moments
     /// ago), with the looks at their directories beside the main loop
     /// ([`super::waiting`]).
@@ -86,13 +99,8 @@ pub(super) struct Daemon<'a> {
     pub(super) checked_tx: Option<tokio::sync::mpsc::UnboundedSender<Checked>>,
     pub(super) found_tx: Option<tokio::sync::mpsc::UnboundedSender<Found>>,
     pub(super) indexes: IndexScheduler,
-    /// What the last index this run wrote for each directory named: a file stored that it
-    /// does not name, or one it names deleted, makes a new index due.
-    /// Shared with the index task that reads it (a 50,000-name set is not copied per index).
-    pub(super) last_named: HashMap<PathBuf, Arc<BTreeSet<String>>>,
-    /// Directories whose index is due again because it left out files not settled yet
-    /// (once: a file that never settles is named by a later index, not polled for).
-    pub(super) rechecked: HashSet<PathBuf>,
+    /// What the daemon knows of each directory's restore point ([`DirRecord`]).
+    pub(super) dirs: HashMap<PathBuf, DirRecord>,
     /// Scans running beside the main loop.
     pub(super) scans: usize,
     pub(super) failures: u64,
@@ -117,13 +125,11 @@ impl<'a> Daemon<'a> {
             metrics,
             roots,
             files: Files::new(),
-            index_attempts: HashMap::new(),
             waiting: WaitingFiles::default(),
             checked_tx: None,
             found_tx: None,
             indexes: IndexScheduler::new(cfg.index_delay),
-            last_named: HashMap::new(),
-            rechecked: HashSet::new(),
+            dirs: HashMap::new(),
             scans: 0,
             failures: 0,
             gave_up: 0,
@@ -259,11 +265,11 @@ impl<'a> Daemon<'a> {
         // directory changed while the daemon was down (written only if what it would name
         // differs, see `Uploader::write_restore_point`).
         for (dir, names) in f.stored_points {
-            if self.last_named.contains_key(&dir) || !dir.is_dir() {
+            if self.named(&dir).is_some() || !dir.is_dir() {
                 continue;
             }
             self.uploader.retire_unnamed(&dir, &names);
-            self.last_named.insert(dir.clone(), Arc::new(names));
+            self.dirs.entry(dir.clone()).or_default().named = Some(Arc::new(names));
             self.touch_index(&dir);
         }
         self.metrics
@@ -341,7 +347,7 @@ impl<'a> Daemon<'a> {
                 // Files deleted by --delete-on-backup stay named, and are no change.
                 else if !self.cfg.delete_on_backup && !crate::cassandra::is_temporary(name) {
                     if let Some(dir) = p.parent() {
-                        if self.last_named.get(dir).is_none_or(|n| n.contains(name)) {
+                        if self.named(dir).is_none_or(|n| n.contains(name)) {
                             self.touch_index(dir);
                         }
                     }
@@ -573,20 +579,21 @@ impl<'a> Daemon<'a> {
                 let now = Instant::now();
                 match r {
                     Ok(w) => {
-                        self.index_attempts.remove(&dir);
                         for d in &w.touch {
                             self.touch_index(d);
                         }
+                        let draining = self.draining;
+                        let rec = self.dirs.entry(dir.clone()).or_default();
+                        rec.attempts = 0;
                         if !w.indexed.is_empty() {
                             tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
-                            self.last_named
-                                .insert(dir.clone(), Arc::new(w.names.iter().cloned().collect()));
+                            rec.named = Some(Arc::new(w.names.iter().cloned().collect()));
                         }
-                        if self.rechecked.remove(&dir) {
+                        if std::mem::take(&mut rec.second_look) {
                             // This was the second look: a file still not settled is named
                             // by the index its own upload makes due.
-                        } else if left_unsettled && !self.draining {
-                            self.rechecked.insert(dir.clone());
+                        } else if left_unsettled && !draining {
+                            rec.second_look = true;
                             self.indexes.touch(&dir, now + crate::upload::SETTLE, now);
                         }
                         if !w.deferred.is_empty() {
@@ -668,7 +675,7 @@ impl<'a> Daemon<'a> {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let toc = crate::cassandra::parse_name(name).is_some_and(|f| f.component == "TOC.txt");
             if matches!(outcome, Outcome::Uploaded { .. } | Outcome::Copied { .. })
-                && (toc || self.last_named.get(dir).is_none_or(|n| !n.contains(name)))
+                && (toc || self.named(dir).is_none_or(|n| !n.contains(name)))
             {
                 self.touch_index(dir);
             }
@@ -798,13 +805,16 @@ impl<'a> Daemon<'a> {
 
     pub(super) fn index_failed(&mut self, dir: &Path, e: UploadError) -> Option<Duration> {
         self.count_failure(&e);
-        let mut attempts = self.index_attempts.get(dir).copied().unwrap_or(0);
+        let mut attempts = self.dirs.get(dir).map_or(0, |r| r.attempts);
         let delay = self.retry_delay(dir, &e, &mut attempts);
-        match delay {
-            Some(_) => self.index_attempts.insert(dir.to_path_buf(), attempts),
-            None => self.index_attempts.remove(dir),
-        };
+        let rec = self.dirs.entry(dir.to_path_buf()).or_default();
+        rec.attempts = if delay.is_some() { attempts } else { 0 };
         delay
+    }
+
+    /// What the last index this run wrote (or found stored) for `dir` named.
+    pub(super) fn named(&self, dir: &Path) -> Option<&Arc<BTreeSet<String>>> {
+        self.dirs.get(dir).and_then(|r| r.named.as_ref())
     }
 }
 
