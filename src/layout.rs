@@ -102,6 +102,52 @@ pub fn superseded_name(at: chrono::DateTime<chrono::Utc>, name: &str) -> String 
 /// See [`superseded_name`].
 pub const SUPERSEDED_PREFIX: &str = "tablesnap-was-";
 
+/// The object beside a directory's restore points that says which SSTables they keep
+/// naming, gone from disk, because what replaced them on another data directory (JBOD) is
+/// not named there yet: `DIR/tablesnap-held.json`. tablesnap writes it before a restore
+/// point that relies on it and deletes it when nothing is held, so a restart goes on
+/// holding them. No Cassandra file has this name, no index names it, and readers (the
+/// original's included) never read it; tablechop keeps it.
+pub const HOLDS_NAME: &str = "tablesnap-held.json";
+
+/// The body of [`HOLDS_NAME`]: `{"version": 1, "dir": DIR, "held": {INPUT: [OUTPUT...]}}`,
+/// an input an SSTable name of DIR (`nb-1-big`), an output a path (`/d1/ks/t-1/nb-3-big`).
+pub fn holds_json(dir: &str, holds: &crate::upload::lineage::Holds) -> String {
+    let held: serde_json::Map<String, serde_json::Value> = holds
+        .iter()
+        .map(|(i, w)| {
+            let w: Vec<serde_json::Value> = w
+                .iter()
+                .filter_map(|p| p.to_str())
+                .map(|p| serde_json::Value::String(p.into()))
+                .collect();
+            (i.clone(), serde_json::Value::Array(w))
+        })
+        .collect();
+    serde_json::json!({"version": 1, "dir": dir, "held": held}).to_string()
+}
+
+/// Parses a [`holds_json`] body; `None` if it is not one (a name that is not an SSTable's,
+/// another version): then nothing is held, as before this object existed.
+pub fn parse_holds(body: &[u8]) -> Option<crate::upload::lineage::Holds> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("version")?.as_u64()? != 1 {
+        return None;
+    }
+    let mut out = crate::upload::lineage::Holds::new();
+    for (input, w) in v.get("held")?.as_object()? {
+        // An SSTable's name (`nb-1-big`), nothing that could escape its directory.
+        crate::cassandra::parse_name(&format!("{input}-Data.db"))?;
+        let outs = w
+            .as_array()?
+            .iter()
+            .map(|p| p.as_str().map(std::path::PathBuf::from))
+            .collect::<Option<std::collections::BTreeSet<_>>>()?;
+        out.insert(input.clone(), outs);
+    }
+    Some(out)
+}
+
 /// The file name whose older bytes `name` keeps, and the time in its name (unix ms), if
 /// `name` is a [`superseded_name`].
 pub fn parse_superseded(name: &str) -> Option<(i64, &str)> {
@@ -774,6 +820,28 @@ mod tests {
         assert_eq!(StatMeta::parse(&m.to_json()), Some(m));
         assert_eq!(StatMeta::parse(&bare.to_json()), Some(bare));
         assert_eq!(StatMeta::parse("not json"), None);
+    }
+
+    #[test]
+    fn holds_round_trip_and_refuse_what_is_not_one() {
+        let holds = crate::upload::lineage::Holds::from([(
+            "nb-1-big".to_string(),
+            std::collections::BTreeSet::from([std::path::PathBuf::from("/d1/ks/t-1/nb-3-big")]),
+        )]);
+        let body = holds_json("/d2/ks/t-1", &holds);
+        assert_eq!(
+            body,
+            r#"{"version":1,"dir":"/d2/ks/t-1","held":{"nb-1-big":["/d1/ks/t-1/nb-3-big"]}}"#
+        );
+        assert_eq!(parse_holds(body.as_bytes()), Some(holds));
+        for bad in [
+            r#"{"version":2,"held":{}}"#,
+            r#"{"version":1,"held":{"../x":[]}}"#,
+            r#"{"version":1,"held":{"nb-1-big":[1]}}"#,
+            r#"["nb-1-big"]"#,
+        ] {
+            assert_eq!(parse_holds(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

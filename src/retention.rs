@@ -16,6 +16,9 @@
 //! 8. a superseded copy (`DIR/tablesnap-was-<ms>-NAME`, the bytes NAME held before
 //!    tablesnap stored other bytes under it) is kept while a kept index of its directory made
 //!    at or before it names NAME: tableslurp restores that index's NAME from it;
+//! 9. a directory's `tablesnap-held.json` (the inputs its restore points keep naming for
+//!    an output on another data directory not named there yet) is kept: the daemon reads
+//!    it at a restart and deletes it itself once nothing is held;
 //! 7. whatever AGE (even 0), no object stored in the same second as its directory's newest
 //!    index or later is deleted, while that index is kept: tablesnap stores files before the index that names them,
 //!    so such an object may be named by the next index (tablechop running beside the
@@ -104,6 +107,9 @@ pub enum Reason {
     /// A superseded copy (`tablesnap-was-<ms>-NAME`) of the bytes a kept index made before
     /// it names under NAME (rule 8).
     Superseded,
+    /// The record of inputs held for other data directories (`tablesnap-held.json`): the
+    /// daemon deletes it when nothing is held (rule 9).
+    Holds,
     /// Older than AGE_DAYS and named by no kept index.
     Old,
 }
@@ -121,6 +127,9 @@ impl Reason {
             }
             Reason::Superseded => {
                 "the bytes a kept older index names under a name stored again since"
+            }
+            Reason::Holds => {
+                "the inputs tablesnap holds for other data directories (it deletes this itself)"
             }
             Reason::Old => "older than AGE_DAYS and named by no kept index",
         }
@@ -406,6 +415,8 @@ impl Tables {
                 Reason::Named
             } else if needed_copy(e) {
                 Reason::Superseded
+            } else if &*e.name == layout::HOLDS_NAME {
+                Reason::Holds
             } else if whole {
                 Reason::UnreadableIndex
             } else if awaiting(e) {
@@ -608,6 +619,35 @@ mod tests {
         // Made before every kept index: no kept restore point reads it.
         assert_eq!(r("tablesnap-was-0-nb-1-big-Data.db"), (Reason::Old, true));
         assert_eq!(r("nb-1-big-Data.db"), (Reason::Named, false));
+    }
+
+    /// Rule 9: the daemon's record of held inputs outlives AGE_DAYS (0 here) and the
+    /// newest index: a restart needs it while an output on another disk uploads.
+    #[test]
+    fn the_record_of_held_inputs_is_kept_whatever_its_age() {
+        let mut t = Tables::new(Scope::new(Layout::new("", "h", ":"), "/d"));
+        for (k, a) in [
+            ("h:/d/t/nb-1-big-Data.db-listdir.json", 1.0),
+            ("h:/d/t/tablesnap-held.json", 3.0),
+            ("h:/d/t/nb-9-big-Data.db", 3.0),
+        ] {
+            t.add(&obj(k, a));
+        }
+        let mut reasons = BTreeMap::new();
+        t.decide_dir(
+            "/d/t",
+            &Kept::default(),
+            Utc.timestamp_opt(NOW, 0).unwrap(),
+            Duration::days(0),
+            |v| {
+                reasons.insert(v.key.to_string(), (v.reason, v.delete));
+            },
+        );
+        assert_eq!(
+            reasons["h:/d/t/tablesnap-held.json"],
+            (Reason::Holds, false)
+        );
+        assert_eq!(reasons["h:/d/t/nb-9-big-Data.db"], (Reason::Old, true));
     }
 
     #[test]

@@ -46,8 +46,12 @@ pub(super) struct Found {
     pub(super) missing_index: Vec<PathBuf>,
     /// What each directory's newest stored index names (after a LIST): compared with the
     /// directory as it is now, so changes made while the daemon was down are noticed.
-    pub(super) stored_points: Vec<(PathBuf, BTreeSet<String>)>,
+    pub(super) stored_points: Vec<StoredPoint>,
 }
+
+/// A directory, what its newest stored restore point names, and the inputs it held for
+/// other data directories (JBOD) when it was written.
+pub(super) type StoredPoint = (PathBuf, BTreeSet<String>, crate::upload::lineage::Holds);
 
 /// What one look at a directory ([`crate::watch::check_waiting`]) said of files waiting
 /// there.
@@ -264,7 +268,8 @@ impl<'a> Daemon<'a> {
         // The newest restore point of each directory as stored: a new one is due if the
         // directory changed while the daemon was down (written only if what it would name
         // differs, see `Uploader::write_restore_point`).
-        for (dir, names) in f.stored_points {
+        self.restore_holds(&f.stored_points);
+        for (dir, names, _) in f.stored_points {
             if self.named(&dir).is_some() || !dir.is_dir() {
                 continue;
             }
@@ -287,6 +292,29 @@ impl<'a> Daemon<'a> {
             stored = f.scan.stored,
             "scan done"
         );
+    }
+
+    /// The inputs the run before held for outputs on other data directories (JBOD) hold
+    /// again while those outputs are not named by their directory's newest restore point
+    /// (a restart while a big output uploaded must not drop its inputs on the other disk).
+    fn restore_holds(&self, points: &[StoredPoint]) {
+        let named: HashMap<&Path, &BTreeSet<String>> =
+            points.iter().map(|(d, n, _)| (d.as_path(), n)).collect();
+        let is_named = |out: &Path| {
+            let (Some(d), Some(s)) = (out.parent(), out.file_name().and_then(|n| n.to_str()))
+            else {
+                return false;
+            };
+            let prefix = format!("{s}-");
+            named
+                .get(d)
+                .is_some_and(|n| n.iter().any(|x| x.starts_with(&prefix)))
+        };
+        for (dir, _, holds) in points {
+            if !holds.is_empty() && self.named(dir).is_none() {
+                self.uploader.restore_holds(dir, holds, is_named);
+            }
+        }
     }
 
     pub(super) fn on_event(&mut self, ev: WatchEvent) {
@@ -851,14 +879,14 @@ async fn stored_points(
     up: &crate::upload::Uploader,
     roots: &[PathBuf],
     hardlinks: bool,
-) -> Vec<(PathBuf, BTreeSet<String>)> {
+) -> Vec<StoredPoint> {
     let mut out = Vec::new();
     for r in roots {
         out.extend(
             up.stored_restore_points(r)
                 .await
                 .into_iter()
-                .filter(|(d, _)| {
+                .filter(|(d, _, _)| {
                     hardlinks || crate::cassandra::dir_kind(d) == crate::cassandra::DirKind::Live
                 }),
         );

@@ -245,6 +245,7 @@ impl Uploader {
                 held: &held,
             })
         };
+        self.store_holds(dir, dir_str, cancel).await?;
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
         if !not_stored.is_empty() {
             tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
@@ -260,6 +261,81 @@ impl Uploader {
             tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
         }
         Ok(Some((dir_str, view, point.names)))
+    }
+
+    /// Stores what `dir`'s held inputs wait for ([`layout::HOLDS_NAME`]) when it changed,
+    /// before the restore point that relies on it: a restart reads it back
+    /// ([`Self::restore_holds`]). Deleted when nothing is held.
+    async fn store_holds(
+        &self,
+        dir: &Path,
+        dir_str: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), UploadError> {
+        let now = self.lineage.lock().unwrap().holds(dir);
+        let same = match self.holds_stored.lock().unwrap().get(dir) {
+            Some(was) => *was == now,
+            None => now.is_empty(),
+        };
+        if same {
+            return Ok(());
+        }
+        let path = dir.join(layout::HOLDS_NAME);
+        let key = key_of(&self.layout, &path)?;
+        let meta = PutMeta {
+            content_type: Some("application/json".into()),
+            user: vec![],
+        };
+        let body = Bytes::from(layout::holds_json(dir_str, &now));
+        let r = tokio::select! {
+            r = async {
+                if now.is_empty() {
+                    self.store.delete(&key).await
+                } else {
+                    self.store.put(&key, body, &meta).await
+                }
+            } => r,
+            _ = cancel.cancelled() => return Err(UploadError::Cancelled { path }),
+        };
+        r.map_err(|source| UploadError::Store {
+            path,
+            source: Box::new(source),
+        })?;
+        tracing::debug!(dir = %dir.display(), held = now.len(), "stored the inputs held for other data directories");
+        let mut stored = self.holds_stored.lock().unwrap();
+        if now.is_empty() {
+            stored.remove(dir);
+        } else {
+            stored.insert(dir.to_path_buf(), now);
+        }
+        Ok(())
+    }
+
+    /// After a restart: `dir`'s inputs held by the run before (`holds`, read from the
+    /// store) hold again as far as they still do ([`lineage::Lineages::restore_holds`]):
+    /// `named` says whether an output (`DIR/nb-3-big`) is named by its directory's newest
+    /// restore point.
+    pub fn restore_holds(&self, dir: &Path, holds: &lineage::Holds, named: impl Fn(&Path) -> bool) {
+        self.holds_stored
+            .lock()
+            .unwrap()
+            .insert(dir.to_path_buf(), holds.clone());
+        let data_of = |sstable: &Path| {
+            sstable
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| sstable.with_file_name(format!("{n}-Data.db")))
+        };
+        let now = self.lineage.lock().unwrap().restore_holds(
+            dir,
+            holds,
+            |out| data_of(out).is_some_and(|d| d.exists()),
+            named,
+            |input| !dir.join(format!("{input}-Data.db")).exists(),
+        );
+        if !now.is_empty() {
+            tracing::info!(dir = %dir.display(), held = ?now.keys().collect::<Vec<_>>(), "inputs still held for outputs not named on another data directory");
+        }
     }
 
     /// Readers take a directory's newest index by LastModified, which listings give to the

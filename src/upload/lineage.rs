@@ -16,7 +16,7 @@
 //!
 //! Pure state: no I/O here.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::cassandra::{Lineage, TxnLog, TxnState};
@@ -50,6 +50,12 @@ fn table_of(p: &Path) -> (Option<&std::ffi::OsStr>, Option<&std::ffi::OsStr>) {
 
 /// An input held on (JBOD): its directory and SSTable name.
 type Holder = (PathBuf, String);
+
+/// A directory's inputs held on (JBOD), each with what it waits for: outputs in other
+/// directories (`DIR/nb-3-big`) or the logs of compactions that took them again. Stored
+/// beside the directory's restore points (`crate::layout::HOLDS_NAME`) so that a restart
+/// does not forget them.
+pub type Holds = BTreeMap<String, BTreeSet<PathBuf>>;
 
 /// See the module doc.
 #[derive(Debug, Default)]
@@ -167,6 +173,63 @@ impl Lineages {
             .get(dir)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// What `dir`'s held inputs wait for (see [`Holds`]).
+    pub fn holds(&self, dir: &Path) -> Holds {
+        self.held
+            .get(dir)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, w)| !w.is_empty())
+                    .map(|(i, w)| (i.clone(), w.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// After a restart: `dir`'s inputs wait again for what `holds` (stored by the run
+    /// before) says they waited for, as far as it still holds: only outputs (a log's
+    /// outputs are not known now), complete on disk (`complete`: one deleted since holds no
+    /// data, and nothing would ever release the input), and not yet named by their
+    /// directory's newest restore point (`named`); only inputs gone from disk
+    /// (`gone`). Returns what it holds now.
+    pub fn restore_holds(
+        &mut self,
+        dir: &Path,
+        holds: &Holds,
+        complete: impl Fn(&Path) -> bool,
+        named: impl Fn(&Path) -> bool,
+        gone: impl Fn(&str) -> bool,
+    ) -> Holds {
+        let mut now = Holds::new();
+        for (input, keys) in holds {
+            if !gone(input) {
+                continue;
+            }
+            let keys: BTreeSet<PathBuf> = keys
+                .iter()
+                .filter(|k| {
+                    k.extension().is_none_or(|e| e != "log")
+                        && k.parent().is_some_and(|d| d != dir)
+                        && complete(k)
+                        && !named(k)
+                })
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            if let (Some(k), Some(t)) = table_of(dir) {
+                self.tables
+                    .entry((k.to_os_string(), t.to_os_string()))
+                    .or_default()
+                    .insert(dir.to_path_buf());
+            }
+            self.hold(&[(dir.to_path_buf(), input.clone())], &keys);
+            now.insert(input.clone(), keys);
+        }
+        now
     }
 
     /// The log at `log` was deleted: if its end was not read, what it replaced is taken
@@ -468,6 +531,57 @@ mod tests {
         l.file_gone(dir, "nb-4-big");
         l.log_gone(Path::new(LOG));
         assert_eq!(l.inputs_of(dir, "nb-6-big"), None);
+    }
+
+    /// What a run held on survives a restart through [`Lineages::holds`] (stored) and
+    /// [`Lineages::restore_holds`], as far as it still holds.
+    #[test]
+    fn holds_are_restored_after_a_restart_while_they_still_hold() {
+        let (d1, d2) = (Path::new("/d1/ks/t-1"), Path::new("/d2/ks/t-1"));
+        let committed = log(&[
+            (RecordType::Add, "/d1/ks/t-1/nb-3-big"),
+            (RecordType::Remove, "/d2/ks/t-1/nb-1-big"),
+            (RecordType::Commit, ""),
+        ]);
+        let mut before = Lineages::default();
+        before.log_read(&d2.join("nb_txn_compaction_1.log"), &committed);
+        let stored = before.holds(d2);
+        let out3 = PathBuf::from("/d1/ks/t-1/nb-3-big");
+        assert_eq!(
+            stored,
+            Holds::from([("nb-1-big".to_string(), BTreeSet::from([out3.clone()]))])
+        );
+        assert!(before.holds(d1).is_empty());
+
+        let mut l = Lineages::default();
+        let now = l.restore_holds(d2, &stored, |_| true, |_| false, |_| true);
+        assert_eq!(now, stored);
+        assert_eq!(l.held_elsewhere(d2), ["nb-1-big".to_string()].into());
+        assert_eq!(l.holds(d2), stored);
+        // Released as in the run before: disk 1's index names the output.
+        assert_eq!(l.named(d1, ["nb-3-big"]), vec![d2.to_path_buf()]);
+        assert!(l.held_elsewhere(d2).is_empty() && l.holds(d2).is_empty());
+
+        // Nothing is held when the output is named already, gone from disk (nothing would
+        // release the input), or the input is on disk; nor for a log.
+        for (complete, named, gone) in [
+            (true, true, true),
+            (false, false, true),
+            (true, false, false),
+        ] {
+            let mut l = Lineages::default();
+            let now = l.restore_holds(d2, &stored, |_| complete, |_| named, |_| gone);
+            assert!(now.is_empty() && l.held_elsewhere(d2).is_empty());
+        }
+        let by_log = Holds::from([(
+            "nb-1-big".to_string(),
+            BTreeSet::from([PathBuf::from("/d1/ks/t-1/nb_txn_compaction_2.log")]),
+        )]);
+        let mut l = Lineages::default();
+        assert!(
+            l.restore_holds(d2, &by_log, |_| true, |_| false, |_| true)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -264,6 +264,8 @@ pub struct Uploader {
     /// What the compactions of each directory replaced: an output not stored yet whose
     /// inputs the last listing names does not hold back that directory's other indexes.
     lineage: Mutex<lineage::Lineages>,
+    /// What each directory's stored [`layout::HOLDS_NAME`] says (absent: none stored).
+    holds_stored: Mutex<HashMap<PathBuf, lineage::Holds>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -333,6 +335,7 @@ impl Uploader {
             names: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
             lineage: Mutex::new(lineage::Lineages::default()),
+            holds_stored: Mutex::new(HashMap::new()),
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
             gone: Mutex::new(Default::default()),

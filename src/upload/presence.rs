@@ -48,7 +48,11 @@ impl Uploader {
     pub async fn stored_restore_points(
         &self,
         root: &Path,
-    ) -> Vec<(PathBuf, std::collections::BTreeSet<String>)> {
+    ) -> Vec<(
+        PathBuf,
+        std::collections::BTreeSet<String>,
+        super::lineage::Holds,
+    )> {
         use futures::StreamExt;
         let Ok(root_key) = key_of(&self.layout, root) else {
             return vec![];
@@ -66,18 +70,42 @@ impl Uploader {
                         return None;
                     }
                 };
-                match layout::parse_listing(&body) {
-                    Ok(l) => Some((dir, l.names.into_iter().collect())),
+                let names = match layout::parse_listing(&body) {
+                    Ok(l) => l.names.into_iter().collect(),
                     Err(e) => {
                         tracing::warn!(key = %key, "the newest index is not a listing ({e}): a new one is written at the next change");
-                        None
+                        return None;
                     }
-                }
+                };
+                Some((dir, names, self.stored_holds(&dir_key).await))
             })
             .buffer_unordered(8)
             .filter_map(|x| async move { x })
             .collect()
             .await
+    }
+
+    /// What the directory `dir_key`'s [`layout::HOLDS_NAME`] says, if the LIST saw one
+    /// (unreadable: nothing held, said).
+    async fn stored_holds(&self, dir_key: &str) -> super::lineage::Holds {
+        let key = format!("{dir_key}/{}", layout::HOLDS_NAME);
+        if self.known(&key).is_none() {
+            return Default::default();
+        }
+        match self
+            .store
+            .get_bytes_capped(&key, layout::MAX_INDEX_BYTES)
+            .await
+        {
+            Ok(b) => layout::parse_holds(&b).unwrap_or_else(|| {
+                tracing::warn!(key = %key, "not a record of held inputs: ignored");
+                Default::default()
+            }),
+            Err(e) => {
+                tracing::warn!(key = %key, "cannot read the inputs held for other data directories ({e}): they are not held");
+                Default::default()
+            }
+        }
     }
 
     pub(super) fn covered(&self, key: &str) -> bool {
