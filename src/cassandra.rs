@@ -618,7 +618,9 @@ pub fn in_open_transaction(dir: &std::path::Path, sstable: &str) -> bool {
         }
         read_small(&e.path()).is_some_and(|c| {
             let log = parse_txn_log(&c);
-            log.state == TxnState::InProgress && log.added.iter().any(|a| a == sstable)
+            // Aborted: its outputs are about to be deleted (Cassandra logs ABORT, then
+            // deletes them): never ready either.
+            log.state != TxnState::Committed && log.added.iter().any(|a| a == sstable)
         })
     })
 }

@@ -569,7 +569,9 @@ pub fn check_waiting(dir: &Path, files: &[(PathBuf, bool)]) -> Vec<Waiting> {
     for log in names.iter().filter(|n| cassandra::is_txn_log(n)) {
         if let Some(c) = read(log) {
             let l = cassandra::parse_txn_log(&c);
-            if l.state == TxnState::InProgress {
+            // An aborted one's outputs are being deleted (ABORT is logged first): the
+            // close event of its half-written Data.db must not upload it meanwhile.
+            if l.state != TxnState::Committed {
                 open.extend(l.added);
             }
         }
@@ -710,6 +712,15 @@ mod tests {
             std::fs::write(t.join(f), b"x").unwrap();
         }
         std::fs::write(t.join("nb-3-big-TOC.txt"), b"Data.db\nTOC.txt\n").unwrap();
+        // An aborted compaction whose output is not deleted yet.
+        let add = Record::new(RecordType::Add, &format!("{}/nb-5-big", t.display()));
+        let abort = Record::new(RecordType::Abort, "");
+        std::fs::write(
+            t.join("nb_txn_compaction_00000000-0000-0000-0000-000000000005.log"),
+            format!("{add}\n{abort}\n"),
+        )
+        .unwrap();
+        std::fs::write(t.join("nb-5-big-Data.db"), b"half").unwrap();
         let q = |n: &str, event: bool| (t.join(n), event);
         let before = dir_reads();
         let got: Vec<Option<bool>> = check_waiting(
@@ -722,6 +733,7 @@ mod tests {
                 q("nb-3-big-Data.db", false), // complete
                 q("nb-4-big-Data.db", true),  // gone
                 q("manifest.json", true),
+                q("nb-5-big-Data.db", true), // closed by the abort: never uploaded
             ],
         )
         .into_iter()
@@ -736,7 +748,8 @@ mod tests {
                 Some(false),
                 Some(true),
                 None,
-                Some(true)
+                Some(true),
+                Some(false)
             ]
         );
         assert_eq!(dir_reads() - before, 1);
