@@ -1288,6 +1288,8 @@ struct Verdict {
     unknown_objects: Vec<String>,
     /// `tablesnap-was-` objects seen (each checked as the bytes of its name).
     superseded_copies: usize,
+    /// Versions of `tablesnap-held.json` (JBOD inputs held for another disk) seen.
+    hold_records: usize,
     snapshot_bytes: u64,
     snapshot_objects: u64,
     /// What is wrong with each bad index (one line per SSTable named wrongly).
@@ -1364,6 +1366,10 @@ fn check_objects(j: &Journal, seen: &Seen, v: &mut Verdict) {
         let name = Path::new(&d.path).file_name().unwrap().to_string_lossy();
         if cassandra::is_txn_log(&name) {
             v.txn_log_objects.push(d.path.clone());
+            continue;
+        }
+        if name == tablesnap::layout::HOLDS_NAME {
+            v.hold_records += 1;
             continue;
         }
         // A superseded copy (`tablesnap-was-<ms>-NAME`): the bytes some incarnation of NAME
@@ -2322,9 +2328,10 @@ async fn simulated_node_under_kill_9_restores_exactly_complete_sstables() {
         bad_restores.len()
     );
     eprintln!(
-        "other:       {} transaction logs stored, {} superseded copies, {} unknown objects, {} unparsable indexes, {} names of SSTables deleted > 10 s before their index, {} objects deleted while the newest index named them",
+        "other:       {} transaction logs stored, {} superseded copies, {} records of held JBOD inputs, {} unknown objects, {} unparsable indexes, {} names of SSTables deleted > 10 s before their index, {} objects deleted while the newest index named them",
         v.txn_log_objects.len(),
         v.superseded_copies,
+        v.hold_records,
         v.unknown_objects.len(),
         s.bad_index_bodies.len(),
         v.stale_names,

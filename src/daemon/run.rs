@@ -44,6 +44,7 @@ pub(super) async fn main_loop(
     if d.cfg.backup || d.cfg.once {
         d.metrics.rescan("startup");
         d.spawn_scan("startup", true, &found_tx);
+        d.before_startup = true;
     }
 
     let permits = Arc::new(Semaphore::new(d.cfg.threads.max(1)));

@@ -107,6 +107,10 @@ pub(super) struct Daemon<'a> {
     pub(super) dirs: HashMap<PathBuf, DirRecord>,
     /// Scans running beside the main loop.
     pub(super) scans: usize,
+    /// The startup scan (-B, --once) has not answered yet: no index is written before it
+    /// says what each directory's newest stored restore point names (and holds), or an
+    /// index written meanwhile would be made without them.
+    pub(super) before_startup: bool,
     pub(super) failures: u64,
     pub(super) gave_up: usize,
     /// Files, bytes, rate and ETA of the startup backfill (-B, --once).
@@ -135,6 +139,7 @@ impl<'a> Daemon<'a> {
             indexes: IndexScheduler::new(cfg.index_delay),
             dirs: HashMap::new(),
             scans: 0,
+            before_startup: false,
             failures: 0,
             gave_up: 0,
             progress: crate::progress::Progress::none(),
@@ -259,6 +264,7 @@ impl<'a> Daemon<'a> {
             }
         }
         if f.reason == "startup" {
+            self.before_startup = false;
             self.progress = crate::progress::Progress::start(f.scan.ready.iter(), f.scan.stored);
         }
         let now = Instant::now();
@@ -525,7 +531,9 @@ impl<'a> Daemon<'a> {
         // A due index goes before the queue: the recovery point must move under a backlog.
         // It waits only for its own directory's uploads (at most ten quiet periods).
         let files = &self.files;
-        if let Some((dir, due)) =
+        if self.before_startup {
+            // Indexes wait for the startup comparison (see `before_startup`).
+        } else if let Some((dir, due)) =
             self.indexes
                 .start_unless_held(now, |d| files.busy(d), |d| files.held(d))
         {
@@ -1007,6 +1015,30 @@ mod tests {
         assert!(d.files.oldest_pending_ms().is_none());
         d.update_gauges(0, None);
         assert_eq!(d.metrics.oldest_pending_ms.load(Ordering::Relaxed), 0);
+    }
+
+    /// A restart's indexes wait for the startup comparison: written before it, an index
+    /// would be made without the directory's stored restore point (what it named, what
+    /// it held for another disk) and could drop what that one kept named.
+    #[test]
+    fn no_index_is_written_before_the_startup_comparison() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::for_tests(dir.path());
+        d.before_startup = true;
+        let p = dir.path().join("t/nb-1-big-Data.db");
+        d.indexes.schedule(&p, Instant::now(), true);
+        assert!(
+            d.next_task().is_none(),
+            "an index before the startup comparison"
+        );
+        d.scans = 1;
+        d.found(Found {
+            reason: "startup",
+            scan: Scan::default(),
+            missing_index: vec![],
+            stored_points: vec![],
+        });
+        assert!(matches!(d.next_task(), Some(Task::Index(..))));
     }
 
     /// Issue #15: every component waiting for its SSTable's COMMIT was re-checked every
