@@ -5,11 +5,13 @@
 //!
 //! ```text
 //!   data dirs ──inotify──▶ watch ──events──▶ daemon::state ──▶ upload (N permits) ──▶ store
-//!      │   IN_MOVED_TO, IN_CLOSE_WRITE,       (per path: queued,   stat + md5 (+ the    (S3, GCS,
-//!      │   IN_CREATE, IN_Q_OVERFLOW            running, retrying,   SSTable's Digest),   Azure,
-//!      │                                       waiting for COMMIT;  PUT, multipart or    file://)
-//!      │                                       queue fair across    (sealed to age keys:
-//!      │                                       directories)          seal)
+//!      │   IN_MOVED_TO, IN_CLOSE_WRITE,       daemon::waiting      stat + md5 (+ the    (S3, GCS,
+//!      │   IN_CREATE, IN_Q_OVERFLOW           (until its COMMIT,   SSTable's Digest),   Azure,
+//!      │                                       one look per dir)   PUT, multipart or    file://)
+//!      │                                      daemon::files        (sealed to age keys:
+//!      │                                       (queued, running,    seal)
+//!      │                                       retrying; queue fair
+//!      │                                       across directories)
 //!      └── scan (-B, new dirs, overflow, rescan), beside the loop ─┘  copy of a hard link
 //!                       │                                                   │
 //!         cassandra::DirView: complete SSTables (TOC, txn logs),            │
@@ -39,8 +41,12 @@
 //!   transfer, presence (the known set), collisions, hard-link copies, index. What a
 //!   restore point names is one pure function ([`upload::point`]) of the directory's view,
 //!   what is durable, the last listing and what compactions replaced ([`upload::lineage`]).
-//! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together: the state
-//!   model, the index scheduler and the run loop each in a file of their own.
+//! * [`daemon`]: `run(config, shutdown)` ties watch → state → upload together. Its state
+//!   is explicit models, each pure and held by a property test against a plain reference:
+//!   what is owed per file (queued, running, retrying; busy directories and the
+//!   recovery-point gauge derived), what waits before it may be queued (one look per
+//!   directory beside the loop), the upload queue, the index scheduler; `state` applies
+//!   events to them and the run loop does the I/O.
 //! * [`seal`]: sealed backups: each data object an age file sealed on the node to public
 //!   keys (`--recipient`), opened by range on restore (`--identity`); indexes stay in clear.
 //! * [`restore`] and [`retention`]: plan-then-execute for `tableslurp` and `tablechop`.

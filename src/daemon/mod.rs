@@ -1,8 +1,11 @@
 //! The tablesnap daemon: `run(config, shutdown)` wires watch → queue → upload → store, the
 //! same code in production (shutdown = SIGTERM/SIGINT) and in tests (any future).
 //!
-//! * The queue deduplicates paths; a path that gets an event while it is being uploaded is
-//!   queued again afterwards (the uploader skips it if nothing changed).
+//! * Every file owed to the store is in one state of one model (`files.rs`): queued,
+//!   running (queued again afterwards if an event came meanwhile: the uploader skips it if
+//!   nothing changed) or retrying at a time; files that may not be queued yet (a component
+//!   of an SSTable whose transaction is open) are in another (`waiting.rs`). Both are pure
+//!   and checked by property tests; `state.rs` applies events to them, `run.rs` does the I/O.
 //! * At most `threads` uploads run at once (semaphore permits); large files also upload
 //!   their parts concurrently inside the shared memory budget.
 //! * Failures never stop the daemon and never drop a file: store errors are retried with
