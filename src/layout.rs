@@ -102,6 +102,74 @@ pub fn superseded_name(at: chrono::DateTime<chrono::Utc>, name: &str) -> String 
 /// See [`superseded_name`].
 pub const SUPERSEDED_PREFIX: &str = "tablesnap-was-";
 
+/// A sorted set of file names in one allocation: what a directory's last restore point
+/// named, held for every directory of the node by the daemon. As a `BTreeSet<String>` the
+/// 889,776 names of a million-object node took about 90 MiB of a restart's 152; here a name
+/// costs its bytes and four.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    buf: String,
+    /// Where each name ends in `buf`, in name order.
+    ends: Vec<u32>,
+}
+
+impl Names {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.buf[start..self.ends[i] as usize]
+    }
+
+    /// The names, in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &str> + ExactSizeIterator + Clone + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.get(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Names {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut all: Vec<S> = iter.into_iter().collect();
+        all.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        all.dedup_by(|a, b| a.as_ref() == b.as_ref());
+        let mut n = Names {
+            buf: String::with_capacity(all.iter().map(|s| s.as_ref().len()).sum()),
+            ends: Vec::with_capacity(all.len()),
+        };
+        for s in &all {
+            n.buf.push_str(s.as_ref());
+            n.ends
+                .push(u32::try_from(n.buf.len()).expect("names over 4 GiB"));
+        }
+        n
+    }
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
 /// The object beside a directory's restore points that says which SSTables they keep
 /// naming, gone from disk, because what replaced them on another data directory (JBOD) is
 /// not named there yet: `DIR/tablesnap-held.json`. tablesnap writes it before a restore
@@ -820,6 +888,27 @@ mod tests {
         assert_eq!(StatMeta::parse(&m.to_json()), Some(m));
         assert_eq!(StatMeta::parse(&bare.to_json()), Some(bare));
         assert_eq!(StatMeta::parse("not json"), None);
+    }
+
+    #[test]
+    fn names_are_a_sorted_set() {
+        let n: Names = ["nb-2-big-Data.db", "a", "nb-10-big-TOC.txt", "a", ""]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            n.iter().collect::<Vec<_>>(),
+            ["", "a", "nb-10-big-TOC.txt", "nb-2-big-Data.db"]
+        );
+        assert_eq!(n.len(), 4);
+        for x in ["", "a", "nb-10-big-TOC.txt", "nb-2-big-Data.db"] {
+            assert!(n.contains(x), "{x}");
+        }
+        for x in ["b", "nb-1", "nb-2-big-Data.dbx", " "] {
+            assert!(!n.contains(x), "{x}");
+        }
+        assert!(!Names::default().contains(""));
+        let same: Names = n.iter().rev().collect();
+        assert_eq!(same, n);
     }
 
     #[test]

@@ -1188,11 +1188,21 @@ async fn a_jbod_input_stays_held_across_a_restart_while_its_output_uploads() {
     let bucket = tempfile::tempdir().unwrap();
     let (t1, t2) = (table(d1.path()), table(d2.path()));
     let roots = || vec![d1.path().to_path_buf(), d2.path().to_path_buf()];
-    let d = Running::start(slow(bucket.path(), roots())).await;
+    // A long quiet period: the hold is stored when the log goes (which hurries disk 2's
+    // listing, and the listing stores it first), not a quiet period later.
+    let mut c = slow(bucket.path(), roots());
+    c.index_delay = Duration::from_secs(5);
+    let d = Running::start(c).await;
     let (gen1, gen2) = jbod_flushed(bucket.path(), &t1, &t2).await;
     let (gen3, bytes) = jbod_compaction(&t1, &t2, &gen1, &gen2, "0000cafe");
     let held = object(bucket.path(), &key(&t2.join("tablesnap-held.json")));
-    until("disk 2's hold stored", || held.exists()).await;
+    until_within(
+        "disk 2's hold stored as its log goes",
+        Duration::from_secs(2),
+        || held.exists(),
+        String::new,
+    )
+    .await;
     let body = std::fs::read_to_string(&held).unwrap();
     assert!(
         body.contains(&format!("\"nb-1-big\":[\"{}/nb-3-big\"]", t1.display())),

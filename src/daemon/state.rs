@@ -3,7 +3,7 @@
 //! ([`super::index`]), and the transitions on each event, finished task or scan. No
 //! store request is made here; tasks are spawned by [`super::run`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use super::files::{Ended, Files};
 use super::index::IndexScheduler;
 use super::waiting::{Verdict, WaitingFiles};
 use super::{Config, DaemonError, Summary, backoff};
-use crate::layout;
+use crate::layout::{self, Names};
 use crate::metrics::Metrics;
 use crate::store::ErrorKind;
 use crate::upload::{IndexWritten, Outcome, UploadError, Uploader};
@@ -51,7 +51,7 @@ pub(super) struct Found {
 
 /// A directory, what its newest stored restore point names, and the inputs it held for
 /// other data directories (JBOD) when it was written.
-pub(super) type StoredPoint = (PathBuf, BTreeSet<String>, crate::upload::lineage::Holds);
+pub(super) type StoredPoint = (PathBuf, Names, crate::upload::lineage::Holds);
 
 /// What one look at a directory ([`crate::watch::check_waiting`]) said of files waiting
 /// there.
@@ -77,7 +77,7 @@ pub(super) struct DirRecord {
     /// What the last index this run wrote (or found stored at startup) named: a file stored
     /// that it does not name, or one it names deleted, makes a new index due. Shared with
     /// the index task that reads it (a 50,000-name set is not copied per index).
-    pub(super) named: Option<Arc<BTreeSet<String>>>,
+    pub(super) named: Option<Arc<Names>>,
     /// Its index is due again because the last one left out files not settled yet (once:
     /// a file that never settles is named by a later index, not polled for).
     pub(super) second_look: bool,
@@ -304,7 +304,7 @@ impl<'a> Daemon<'a> {
     /// again while those outputs are not named by their directory's newest restore point
     /// (a restart while a big output uploaded must not drop its inputs on the other disk).
     fn restore_holds(&self, points: &[StoredPoint]) {
-        let named: HashMap<&Path, &BTreeSet<String>> =
+        let named: HashMap<&Path, &Names> =
             points.iter().map(|(d, n, _)| (d.as_path(), n)).collect();
         let is_named = |out: &Path| {
             let (Some(d), Some(s)) = (out.parent(), out.file_name().and_then(|n| n.to_str()))
@@ -623,7 +623,7 @@ impl<'a> Daemon<'a> {
                         rec.attempts = 0;
                         if !w.indexed.is_empty() {
                             tracing::info!(dir = %dir.display(), files = w.names.len(), indexes = w.indexed.len(), "index written");
-                            rec.named = Some(Arc::new(w.names.iter().cloned().collect()));
+                            rec.named = Some(Arc::new(w.names.iter().collect()));
                         }
                         if std::mem::take(&mut rec.second_look) {
                             // This was the second look: a file still not settled is named
@@ -849,7 +849,7 @@ impl<'a> Daemon<'a> {
     }
 
     /// What the last index this run wrote (or found stored) for `dir` named.
-    pub(super) fn named(&self, dir: &Path) -> Option<&Arc<BTreeSet<String>>> {
+    pub(super) fn named(&self, dir: &Path) -> Option<&Arc<Names>> {
         self.dirs.get(dir).and_then(|r| r.named.as_ref())
     }
 }

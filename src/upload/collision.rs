@@ -184,7 +184,7 @@ impl Uploader {
     /// ([`Uploader::retired`]): compacted away, truncated, or abandoned by a point-in-time
     /// restore (the restored directory holds an older point's SSTables, the bucket the
     /// newer ones under the names Cassandra will number again).
-    pub fn retire_unnamed(&self, dir: &Path, names: &std::collections::BTreeSet<String>) {
+    pub fn retire_unnamed(&self, dir: &Path, names: &layout::Names) {
         let Ok(dir_key) = key_of(&self.layout, dir) else {
             return;
         };

@@ -20,7 +20,7 @@ impl Uploader {
         &self,
         dir: &Path,
         data_files: &[PathBuf],
-        previous: Option<&std::collections::BTreeSet<String>>,
+        previous: Option<&layout::Names>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
         let own: std::collections::BTreeSet<String> = data_files
@@ -103,7 +103,7 @@ impl Uploader {
     pub async fn write_restore_point(
         &self,
         dir: &Path,
-        previous: Option<&std::collections::BTreeSet<String>>,
+        previous: Option<&layout::Names>,
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
         let own = std::collections::BTreeSet::new();
@@ -194,7 +194,7 @@ impl Uploader {
     async fn listing<'d>(
         &self,
         dir: &'d Path,
-        previous: Option<&std::collections::BTreeSet<String>>,
+        previous: Option<&layout::Names>,
         own: &std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
@@ -220,6 +220,9 @@ impl Uploader {
             }
             super::point::stand_ins(dir, &view, own, previous, &lineage)
         };
+        // What is held for another data directory is stored before anything else of this
+        // listing (uploads may take long): a restart reads it back.
+        self.store_holds(dir, dir_str, cancel).await?;
         let durable = self
             .make_nameable_durable(dir, &view, &later, cancel)
             .await?;
@@ -245,7 +248,6 @@ impl Uploader {
                 held: &held,
             })
         };
-        self.store_holds(dir, dir_str, cancel).await?;
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
         if !not_stored.is_empty() {
             tracing::warn!(dir = %dir.display(), sstables = ?not_stored, "SSTables with a component not stored are left out of this index");
@@ -272,15 +274,12 @@ impl Uploader {
         dir_str: &str,
         cancel: &CancellationToken,
     ) -> Result<(), UploadError> {
-        let now = self.lineage.lock().unwrap().holds(dir);
-        let same = match self.holds_stored.lock().unwrap().get(dir) {
-            Some(was) => *was == now,
-            None => now.is_empty(),
-        };
-        if same {
+        if !self.holds_unstored(dir) {
             return Ok(());
         }
+        // One listing of a directory at a time (the index scheduler): one writer.
         let path = dir.join(layout::HOLDS_NAME);
+        let now = self.lineage.lock().unwrap().holds(dir);
         let key = key_of(&self.layout, &path)?;
         let meta = PutMeta {
             content_type: Some("application/json".into()),
@@ -363,6 +362,16 @@ impl Uploader {
     /// directories whose next restore point no longer names inputs held on for JBOD.
     pub fn txn_log_read(&self, log: &Path, parsed: &crate::cassandra::TxnLog) -> Vec<PathBuf> {
         self.lineage.lock().unwrap().log_read(log, parsed)
+    }
+
+    /// Whether what `dir` holds for other data directories differs from what is stored
+    /// of it ([`layout::HOLDS_NAME`]).
+    fn holds_unstored(&self, dir: &Path) -> bool {
+        let now = self.lineage.lock().unwrap().holds(dir);
+        match self.holds_stored.lock().unwrap().get(dir) {
+            Some(was) => *was != now,
+            None => !now.is_empty(),
+        }
     }
 
     /// The transaction log `log` was deleted (see [`lineage::Lineages::log_gone`]).

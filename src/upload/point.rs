@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::cassandra::{DirView, NotComplete, parse_name};
+use crate::layout::Names;
 
 use super::lineage::Lineages;
 
@@ -36,7 +37,7 @@ pub fn stand_ins(
     dir: &Path,
     view: &DirView,
     own: &BTreeSet<String>,
-    previous: Option<&BTreeSet<String>>,
+    previous: Option<&Names>,
     lineage: &Lineages,
 ) -> BTreeSet<String> {
     let Some(previous) = previous else {
@@ -44,7 +45,7 @@ pub fn stand_ins(
     };
     let named: BTreeSet<&str> = previous
         .iter()
-        .filter_map(|n| parse_name(n))
+        .filter_map(parse_name)
         .map(|f| f.sstable)
         .collect();
     view.sstables
@@ -63,7 +64,7 @@ pub struct Facts<'a> {
     /// bytes), the filter's and settledness already applied.
     pub durable: &'a [String],
     /// What the last listing of the directory named.
-    pub previous: Option<&'a BTreeSet<String>>,
+    pub previous: Option<&'a Names>,
     /// The SSTables standing in ([`stand_ins`]): not named, not waited for.
     pub later: &'a BTreeSet<String>,
     /// Files removed after their upload (`--delete-on-backup`): named on.
@@ -109,7 +110,7 @@ pub fn restore_point(f: &Facts) -> Point {
         .collect();
     names.retain(|n| parse_name(n).is_none_or(|p| !partial.contains(p.sstable)));
     if !partial.is_empty() || !f.held.is_empty() {
-        let previous: Vec<&String> = f.previous.into_iter().flatten().collect();
+        let previous: Vec<&str> = f.previous.into_iter().flat_map(Names::iter).collect();
         let obsolete = |n: &str| {
             parse_name(n)
                 .and_then(|p| f.view.sstables.get(p.sstable))
@@ -117,7 +118,7 @@ pub fn restore_point(f: &Facts) -> Point {
         };
         let gone: BTreeSet<&str> = previous
             .iter()
-            .map(|n| n.as_str())
+            .copied()
             .filter(|n| obsolete(n) || !(f.on_disk)(n))
             .collect();
         let gone_sstables: BTreeSet<&str> = gone
@@ -133,10 +134,10 @@ pub fn restore_point(f: &Facts) -> Point {
                     gone_sstables.contains(p.sstable)
                         && sources.as_ref().is_none_or(|s| s.contains(p.sstable))
                 }
-                None => !partial.is_empty() && gone.contains(n.as_str()),
+                None => !partial.is_empty() && gone.contains(n),
             };
             if back && (f.accepts)(n) {
-                names.push(n.clone());
+                names.push(n.to_string());
             }
         }
     }
@@ -158,8 +159,8 @@ fn sources(f: &Facts, left_out: &BTreeSet<String>) -> Option<BTreeSet<String>> {
     let named: BTreeSet<&str> = f
         .previous
         .into_iter()
-        .flatten()
-        .filter_map(|n| parse_name(n))
+        .flat_map(Names::iter)
+        .filter_map(parse_name)
         .map(|p| p.sstable)
         .collect();
     let mut out = BTreeSet::new();

@@ -48,11 +48,7 @@ impl Uploader {
     pub async fn stored_restore_points(
         &self,
         root: &Path,
-    ) -> Vec<(
-        PathBuf,
-        std::collections::BTreeSet<String>,
-        super::lineage::Holds,
-    )> {
+    ) -> Vec<(PathBuf, layout::Names, super::lineage::Holds)> {
         use futures::StreamExt;
         let Ok(root_key) = key_of(&self.layout, root) else {
             return vec![];

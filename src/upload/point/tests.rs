@@ -348,13 +348,10 @@ impl Table {
             self.lineage.record(dir(d), l.clone());
         }
         let own_set: BTreeSet<String> = own.map(sst).into_iter().collect();
-        let later = stand_ins(
-            dir(d),
-            &view,
-            &own_set,
-            self.previous[d].as_ref(),
-            &self.lineage,
-        );
+        // What the daemon holds of the last listing.
+        let previous: Option<crate::layout::Names> =
+            self.previous[d].as_ref().map(|p| p.iter().collect());
+        let later = stand_ins(dir(d), &view, &own_set, previous.as_ref(), &self.lineage);
         // Every nameable file not standing in is made durable (uploaded) first; a refused
         // output's files cannot be.
         let mut durable = vec![];
@@ -377,7 +374,7 @@ impl Table {
         let point = restore_point(&Facts {
             view: &view,
             durable: &durable,
-            previous: self.previous[d].as_ref(),
+            previous: previous.as_ref(),
             later: &later,
             kept: None,
             accepts: &|_| true,
