@@ -232,6 +232,7 @@ impl Uploader {
             !std::fs::symlink_metadata(dir.join(n))
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         };
+        let after_truncate = self.after_truncate(dir);
         let point = {
             let lineage = self.lineage.lock().unwrap();
             let held = lineage.held_elsewhere(dir);
@@ -246,6 +247,7 @@ impl Uploader {
                 dir,
                 lineage: &lineage,
                 held: &held,
+                after_truncate,
             })
         };
         let not_stored: Vec<&String> = point.partial.difference(&later).collect();
@@ -263,6 +265,23 @@ impl Uploader {
             tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
         }
         Ok(Some((dir_str, view, point.names)))
+    }
+
+    /// Whether the table of `dir` was truncated or dropped (Cassandra's `truncated-<ms>-` or
+    /// `dropped-<ms>-` snapshot in it) after its newest index known stored was written.
+    fn after_truncate(&self, dir: &Path) -> bool {
+        let Some(cut) = crate::cassandra::truncated_at(dir) else {
+            return false;
+        };
+        let Ok(k) = key_of(&self.layout, &dir.join("-")) else {
+            return false;
+        };
+        let newest = self
+            .known
+            .lock()
+            .unwrap()
+            .newest_index_at(layout::split_dir(&k).0);
+        newest.is_some_and(|at| cut > at)
     }
 
     /// Stores what `dir`'s held inputs wait for ([`layout::HOLDS_NAME`]) when it changed,
@@ -464,4 +483,35 @@ pub struct IndexWritten {
     /// Other directories whose restore point is due: their inputs stood for an output this
     /// index names (JBOD).
     pub touch: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TRUNCATE (Cassandra's `truncated-<ms>-TABLE` snapshot) after the directory's newest
+    /// stored index makes everything that index named dead ([`super::super::point`]); one
+    /// before it, or none, does not.
+    #[test]
+    fn a_truncate_snapshot_newer_than_the_newest_index_is_seen() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreOptions {
+            destination: format!("file://{}", root.path().join("b").display()),
+            ..Default::default()
+        })
+        .unwrap();
+        let u = Uploader::new(store, Layout::new("", "h", ":"), UploadConfig::default());
+        let dir = root.path().join("ks/t-1");
+        std::fs::create_dir_all(dir.join("snapshots")).unwrap();
+        assert!(!u.after_truncate(&dir), "no snapshot, no index");
+        let index = layout::index_key(&key_of(&u.layout, &dir.join("nb-1-big-Data.db")).unwrap());
+        u.mark(&index, 10, true, None);
+        assert!(!u.after_truncate(&dir), "no truncate snapshot");
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let snap = |ms: i64| dir.join(format!("snapshots/truncated-{ms}-t"));
+        std::fs::create_dir(snap(now_ms - 3_600_000)).unwrap();
+        assert!(!u.after_truncate(&dir), "truncated before the index");
+        std::fs::create_dir(snap(now_ms + 5_000)).unwrap();
+        assert!(u.after_truncate(&dir), "truncated after the index");
+    }
 }

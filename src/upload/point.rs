@@ -6,7 +6,7 @@
 //! model of a table's data over time on two data directories (flushes, compactions
 //! committed, aborted and cleaned up in any interleaving, with or without their COMMIT
 //! seen, across the directories, truncates, uploads finishing in any order, refused
-//! outputs).
+//! outputs, kills and restarts of the daemon).
 //!
 //! The rules:
 //! - complete SSTables, each named whole or not at all, and only with every file durable;
@@ -18,6 +18,9 @@
 //!   data, and their objects are stored;
 //! - on JBOD, an input whose output is in another data directory and not named there yet
 //!   stays named too;
+//! - but nothing the last listing named is kept once the table was truncated or dropped
+//!   after it (its `truncated-`/`dropped-` snapshot is newer): all of it is dead, whatever
+//!   a restart forgot of lineage;
 //! - otherwise what is gone is no longer named (no zombie, no truncated data back).
 
 use std::collections::BTreeSet;
@@ -79,6 +82,9 @@ pub struct Facts<'a> {
     /// SSTables of the directory whose outputs are in another data directory and not
     /// named there yet (JBOD, [`Lineages::held_elsewhere`]): named on while gone.
     pub held: &'a BTreeSet<String>,
+    /// The table was truncated or dropped after `previous` was written: nothing it named
+    /// that is gone is kept.
+    pub after_truncate: bool,
 }
 
 /// A restore point's names, and the complete SSTables it leaves out.
@@ -109,7 +115,7 @@ pub fn restore_point(f: &Facts) -> Point {
         .map(|s| s.name.clone())
         .collect();
     names.retain(|n| parse_name(n).is_none_or(|p| !partial.contains(p.sstable)));
-    if !partial.is_empty() || !f.held.is_empty() {
+    if (!partial.is_empty() || !f.held.is_empty()) && !f.after_truncate {
         let previous: Vec<&str> = f.previous.into_iter().flat_map(Names::iter).collect();
         let obsolete = |n: &str| {
             parse_name(n)

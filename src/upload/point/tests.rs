@@ -72,6 +72,11 @@ struct Table {
     previous: [Option<BTreeSet<String>>; 2],
     lineage: Lineages,
     points: usize,
+    /// What each directory's `tablesnap-held.json` says (stored by each listing).
+    stored_holds: [crate::upload::lineage::Holds; 2],
+    restarts: usize,
+    /// Directories whose last listing predates a TRUNCATE (its auto-snapshot is newer).
+    truncated: [bool; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +97,10 @@ enum Op {
     /// An index of the directory picked for the picked complete SSTable's Data.db, or
     /// (None) a restore point.
     Index(bool, Option<u8>),
+    /// The daemon is killed and starts again: what it learnt of lineage is gone; the logs
+    /// still on disk are read again, each directory's last listing and holds are read
+    /// back from the store (`Uploader::restore_holds`).
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -105,6 +114,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::bool::weighted(0.3).prop_map(|t| if t { Op::Truncate } else { Op::Flush(false) }),
         2 => any::<u8>().prop_map(Op::Upload),
         4 => (any::<bool>(), prop::option::of(any::<u8>())).prop_map(|(d, o)| Op::Index(d, o)),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -184,6 +194,12 @@ impl Table {
     fn logs_gone(&mut self, t: &Txn) {
         for d in &t.replicas {
             self.lineage.log_gone(&dir(*d).join(Self::log_name(t)));
+        }
+        // A log's removal hurries its directory's listing, which stores what is held first
+        // (`Uploader::store_holds`): a restart comes after that (a kill within those
+        // milliseconds is the window the README states).
+        for d in &t.replicas {
+            self.stored_holds[*d] = self.lineage.holds(dir(*d));
         }
     }
 
@@ -315,6 +331,7 @@ impl Table {
                 for g in self.disk.keys().copied().collect::<Vec<_>>() {
                     self.gone(g);
                 }
+                self.truncated = [true; 2];
             }
             Op::Upload(i) => {
                 if let Some(g) = pick(&self.complete(), i) {
@@ -325,6 +342,7 @@ impl Table {
                     self.index(d, Some(g))?;
                 }
             }
+            Op::Restart => self.restart(),
             Op::Index(second, own) => {
                 let d = second as usize;
                 let own = match own {
@@ -340,6 +358,43 @@ impl Table {
         Ok(())
     }
 
+    /// A kill and a restart (see [`Op::Restart`]), as the daemon's startup does it.
+    fn restart(&mut self) {
+        self.restarts += 1;
+        self.lineage = Lineages::default();
+        for t in self.txns.clone() {
+            let paths = self.txn_paths(&t);
+            self.read_logs(&t, &paths);
+        }
+        for d in 0..2 {
+            let holds = self.stored_holds[d].clone();
+            let here = |p: &Path| p.parent() == Some(dir(0)) || p.parent() == Some(dir(1));
+            let gen_of = |p: &Path| -> Option<u32> {
+                let n = p.file_name()?.to_str()?;
+                parse_name(&format!("{n}-Data.db"))?.id.parse().ok()
+            };
+            let disk = &self.disk;
+            let previous = &self.previous;
+            let complete = |p: &Path| here(p) && gen_of(p).is_some_and(|g| disk.contains_key(&g));
+            let named = |p: &Path| {
+                let o = usize::from(p.parent() == Some(dir(1)));
+                gen_of(p).is_some_and(|g| {
+                    previous[o]
+                        .as_ref()
+                        .is_some_and(|n| n.contains(&files(g)[0]))
+                })
+            };
+            let gone = |input: &str| {
+                let g: Option<u32> =
+                    parse_name(&format!("{input}-Data.db")).and_then(|f| f.id.parse().ok());
+                g.is_none_or(|g| disk.get(&g).is_none_or(|(dd, _)| *dd != d))
+            };
+            let mut lineage = std::mem::take(&mut self.lineage);
+            lineage.restore_holds(dir(d), &holds, complete, named, gone);
+            self.lineage = lineage;
+        }
+    }
+
     /// What [`super::super::Uploader`]'s index write of directory `d` does, with the
     /// model's I/O.
     fn index(&mut self, d: usize, own: Option<u32>) -> Result<(), TestCaseError> {
@@ -347,6 +402,8 @@ impl Table {
         for l in &view.committed {
             self.lineage.record(dir(d), l.clone());
         }
+        // Stored first (`Uploader::store_holds`).
+        self.stored_holds[d] = self.lineage.holds(dir(d));
         let own_set: BTreeSet<String> = own.map(sst).into_iter().collect();
         // What the daemon holds of the last listing.
         let previous: Option<crate::layout::Names> =
@@ -382,6 +439,7 @@ impl Table {
             dir: dir(d),
             lineage: &self.lineage,
             held: &held,
+            after_truncate: self.truncated[d],
         });
         // Written (and then the daemon's last listing) when it goes under its own Data.db's
         // key, or as a restore point of its own when it names something else.
@@ -400,6 +458,7 @@ impl Table {
                 .lineage
                 .named(dir(d), sstables.iter().map(String::as_str));
             self.previous[d] = Some(names);
+            self.truncated[d] = false;
             self.points += 1;
         }
         Ok(())
