@@ -66,8 +66,8 @@ impl Uploader {
                         return None;
                     }
                 };
-                let names = match layout::parse_listing(&body) {
-                    Ok(l) => l.names.into_iter().collect(),
+                let names = match layout::parse_listing_names(&body) {
+                    Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(key = %key, "the newest index is not a listing ({e}): a new one is written at the next change");
                         return None;
