@@ -878,13 +878,14 @@ fn pit_restore(
     let as_of_s = rfc3339(as_of);
     // Empty its directories (snapshots/ and backups/ stay).
     {
-        let n = node.lock().unwrap();
+        // Node, then journal, as everywhere (the node thread takes them in this order: the
+        // reverse deadlocked once the node snapshotted meanwhile).
+        let mut n = node.lock().unwrap();
         let mut jj = j.lock().unwrap();
         let at = now();
         for &l in &n.tables[t].live {
             jj.ssts[l].end(at);
         }
-        drop(n);
         for d in &dirs {
             for e in std::fs::read_dir(d).unwrap().flatten() {
                 if e.file_type().unwrap().is_file() {
@@ -892,7 +893,7 @@ fn pit_restore(
                 }
             }
         }
-        node.lock().unwrap().tables[t].live.clear();
+        n.tables[t].live.clear();
     }
     let mut back = Vec::new();
     let mut problems = Vec::new();
