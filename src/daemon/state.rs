@@ -1,7 +1,8 @@
-//! The daemon's state model: what it owes the store for each path (queued, running,
-//! retrying at a time, settling until a scan's file is closed), one index scheduler
-//! ([`super::index`]), and the transitions on each event, finished task or scan. No
-//! store request is made here; tasks are spawned by [`super::run`].
+//! The daemon's state: its models ([`super::files`]: what is owed per file;
+//! [`super::waiting`]: what may not be queued yet; [`super::index`]: when each directory's
+//! index is written; a [`DirRecord`] per directory) and the transitions on each event,
+//! finished task or scan, which apply them. No store request is made here; tasks are
+//! spawned by [`super::run`], and directory reads happen beside the loop.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
