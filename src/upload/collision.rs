@@ -96,6 +96,10 @@ impl Uploader {
             // new components in a rewritten TOC: the restore points from now on need it,
             // the earlier ones keep theirs.
             Some(true) if f.component == "TOC.txt" => {
+                // A listing of this directory under way re-reads it.
+                if let Some(d) = path.parent() {
+                    *self.toc_rewrites.lock().unwrap().entry(d.to_path_buf()).or_default() += 1;
+                }
                 self.supersede(path, key, info, size, fp, cancel, "the TOC of a stored SSTable was rewritten (an index built on it added components)")
                     .await
             }

@@ -29,7 +29,8 @@ impl Uploader {
             .filter_map(crate::cassandra::parse_name)
             .map(|f| f.sstable.to_string())
             .collect();
-        let Some((dir_str, view, listed)) = self.listing(dir, previous, &own, cancel).await? else {
+        let Some((dir_str, view, listed)) = self.fresh_listing(dir, previous, &own, cancel).await?
+        else {
             return Ok(IndexWritten::default());
         };
         // An index goes under the key of each pending Data.db it names; a Data.db of an
@@ -52,9 +53,6 @@ impl Uploader {
             })
             .collect();
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
-        if !named.is_empty() {
-            self.space_from_last_index(dir, cancel).await?;
-        }
         // One listing under every key: PUT once, then copied inside the store (no bytes
         // sent again: a backfill of N SSTables is not N times the listing; see put_index).
         // A Data.db whose name held another SSTable before (a generation numbered again):
@@ -107,7 +105,8 @@ impl Uploader {
         cancel: &CancellationToken,
     ) -> Result<IndexWritten, UploadError> {
         let own = std::collections::BTreeSet::new();
-        let Some((dir_str, view, listed)) = self.listing(dir, previous, &own, cancel).await? else {
+        let Some((dir_str, view, listed)) = self.fresh_listing(dir, previous, &own, cancel).await?
+        else {
             return Ok(IndexWritten::default());
         };
         // A directory that never had a restore point and holds no SSTable (a data root, a
@@ -124,7 +123,6 @@ impl Uploader {
                 ..Default::default()
             });
         }
-        self.space_from_last_index(dir, cancel).await?;
         let name = layout::restore_point_name(chrono::Utc::now());
         let body = Bytes::from(layout::listdir_json(dir_str, &listed));
         let at = dir.join(name);
@@ -203,15 +201,8 @@ impl Uploader {
         })?;
         // Only what makes a restore point: complete SSTables (never a file of one still
         // being written: it is not even read here) and other regular files that are closed.
-        let view = match crate::cassandra::view_dir(dir) {
-            Ok(v) => v,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(UploadError::Read {
-                    path: dir.to_path_buf(),
-                    source,
-                });
-            }
+        let Some(view) = Self::view(dir)? else {
+            return Ok(None);
         };
         let later = {
             let mut lineage = self.lineage.lock().unwrap();
@@ -265,6 +256,44 @@ impl Uploader {
             tracing::debug!(dir = %dir.display(), ?unfinished, "SSTables not named in this index");
         }
         Ok(Some((dir_str, view, point.names)))
+    }
+
+    /// [`Self::listing`], spaced from the directory's last index first, and taken again
+    /// (at most twice) when a TOC of the directory was rewritten meanwhile (an index
+    /// build): a listing made before the rewrite and stored after it would name the old
+    /// components with the new TOC's bytes, and no superseded copy made before a restore
+    /// point is read for it. Stored right after, so the listing is what is stored.
+    async fn fresh_listing<'d>(
+        &self,
+        dir: &'d Path,
+        previous: Option<&layout::Names>,
+        own: &std::collections::BTreeSet<String>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
+        let rewrites = |u: &Self| u.toc_rewrites.lock().unwrap().get(dir).copied();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            self.space_from_last_index(dir, cancel).await?;
+            let before = rewrites(self);
+            let l = self.listing(dir, previous, own, cancel).await?;
+            if tries >= 3 || rewrites(self) == before {
+                return Ok(l);
+            }
+            tracing::debug!(dir = %dir.display(), "a TOC was rewritten while the listing was made: taken again");
+        }
+    }
+
+    /// The directory's view; `None` when it is gone.
+    fn view(dir: &Path) -> Result<Option<crate::cassandra::DirView>, UploadError> {
+        match crate::cassandra::view_dir(dir) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(UploadError::Read {
+                path: dir.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     /// Whether the table of `dir` was truncated or dropped (Cassandra's `truncated-<ms>-` or

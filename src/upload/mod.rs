@@ -266,6 +266,9 @@ pub struct Uploader {
     lineage: Mutex<lineage::Lineages>,
     /// What each directory's stored [`layout::HOLDS_NAME`] says (absent: none stored).
     holds_stored: Mutex<HashMap<PathBuf, lineage::Holds>>,
+    /// TOCs of stored SSTables rewritten so far (an index build): a listing made meanwhile
+    /// takes its view again.
+    toc_rewrites: Mutex<HashMap<PathBuf, u64>>,
     /// Reused file-data buffers, so peak memory stays at the budget (glibc otherwise keeps
     /// freed 16 MiB buffers in per-thread arenas: 200+ MiB measured for a 64 MiB budget).
     pool: Arc<BufPool>,
@@ -336,6 +339,7 @@ impl Uploader {
             deleted: Mutex::new(HashMap::new()),
             lineage: Mutex::new(lineage::Lineages::default()),
             holds_stored: Mutex::new(HashMap::new()),
+            toc_rewrites: Default::default(),
             unindexed: Mutex::new(Default::default()),
             force: Mutex::new(Default::default()),
             gone: Mutex::new(Default::default()),
