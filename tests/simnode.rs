@@ -1855,10 +1855,23 @@ fn check_latency(j: &Journal, seen: &Seen, down: &[(SystemTime, SystemTime)], v:
         let dir = s.base.parent().unwrap();
         let ixs = by_dir.get(dir).map_or(&[][..], |v| v.as_slice());
         for &(c, g) in &s.lives {
-            let first = ixs
-                .iter()
-                .find(|(l, named)| *l + SLACK >= c && covered(j, id, named))
-                .map(|x| x.0);
+            // A life that begins covered already: a point-in-time restore that brings a
+            // directory back to its newest restore point (the other directory of the table
+            // went back further) gives its SSTables new lives that the newest index names
+            // themselves; nothing is due, and the daemon rightly writes none. Only for the
+            // SSTable itself named (an output whose inputs were named still waits for its
+            // own index), and not for a name the abandoned timeline used (the newest index
+            // names other bytes then).
+            let newest_before = ixs.iter().rev().find(|(l, _)| *l + SLACK < c);
+            let covered_at_start =
+                !s.reused && newest_before.is_some_and(|(_, named)| named.contains(&s.base));
+            let first = if covered_at_start {
+                Some(c)
+            } else {
+                ixs.iter()
+                    .find(|(l, named)| *l + SLACK >= c && covered(j, id, named))
+                    .map(|x| x.0)
+            };
             let until = match (first, g) {
                 (Some(l), g) if g.is_none_or(|g| l <= g) => {
                     v.indexed += 1;
