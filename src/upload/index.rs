@@ -7,6 +7,9 @@ use super::*;
 /// [`Uploader::space_from_last_index`]): a little over a second.
 pub const INDEX_SPACING: std::time::Duration = std::time::Duration::from_millis(1050);
 
+/// What a listing of a directory found: the directory as UTF-8, its view, and the names.
+type Listed<'d> = (&'d str, crate::cassandra::DirView, Vec<String>);
+
 impl Uploader {
     /// Writes the `-listdir.json` index of each of `data_files` (all in one directory):
     /// classifies the directory now ([`crate::cassandra::DirView`]), makes every file of
@@ -195,7 +198,7 @@ impl Uploader {
         previous: Option<&layout::Names>,
         own: &std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
-    ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
+    ) -> Result<Option<Listed<'d>>, UploadError> {
         let dir_str = dir.to_str().ok_or_else(|| UploadError::NotUtf8 {
             path: dir.to_path_buf(),
         })?;
@@ -269,7 +272,7 @@ impl Uploader {
         previous: Option<&layout::Names>,
         own: &std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
-    ) -> Result<Option<(&'d str, crate::cassandra::DirView, Vec<String>)>, UploadError> {
+    ) -> Result<Option<Listed<'d>>, UploadError> {
         let rewrites = |u: &Self| u.toc_rewrites.lock().unwrap().get(dir).copied();
         let mut tries = 0;
         loop {
@@ -322,12 +325,11 @@ impl Uploader {
         dir_str: &str,
         cancel: &CancellationToken,
     ) -> Result<(), UploadError> {
-        if !self.holds_unstored(dir) {
-            return Ok(());
-        }
         // One listing of a directory at a time (the index scheduler): one writer.
+        let Some(now) = self.holds_unstored(dir) else {
+            return Ok(());
+        };
         let path = dir.join(layout::HOLDS_NAME);
-        let now = self.lineage.lock().unwrap().holds(dir);
         let key = key_of(&self.layout, &path)?;
         let meta = PutMeta {
             content_type: Some("application/json".into()),
@@ -412,14 +414,15 @@ impl Uploader {
         self.lineage.lock().unwrap().log_read(log, parsed)
     }
 
-    /// Whether what `dir` holds for other data directories differs from what is stored
-    /// of it ([`layout::HOLDS_NAME`]).
-    fn holds_unstored(&self, dir: &Path) -> bool {
+    /// What `dir` holds for other data directories, if it differs from what is stored of
+    /// it ([`layout::HOLDS_NAME`]).
+    fn holds_unstored(&self, dir: &Path) -> Option<lineage::Holds> {
         let now = self.lineage.lock().unwrap().holds(dir);
-        match self.holds_stored.lock().unwrap().get(dir) {
+        let changed = match self.holds_stored.lock().unwrap().get(dir) {
             Some(was) => *was != now,
             None => !now.is_empty(),
-        }
+        };
+        changed.then_some(now)
     }
 
     /// The transaction log `log` was deleted (see [`lineage::Lineages::log_gone`]).
